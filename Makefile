@@ -1,0 +1,32 @@
+# nixdist: `make demo` and `make test` work on a fresh Debian 12 machine, as root.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup test lint unit demo bench vectors clean
+
+setup:
+	@scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(PY) -m pytest -q -m 'not integration'
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: setup
+	@scripts/demo.sh
+
+bench: setup
+	$(PY) bench/run.py
+
+# Re-record the golden vectors from the Nix installed on this machine.
+vectors: setup
+	$(PY) tests/record_vectors.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
