@@ -16,6 +16,10 @@ class WireError(NixdistError, ValueError):
     """Malformed bytes: bad padding, an oversize length, truncated or trailing data."""
 
 
+class ParseError(NixdistError, ValueError):
+    """Text that should denote a Nix value does not (a store path, a hash, a derivation)."""
+
+
 class ProtocolError(NixdistError):
     """A protocol was not followed."""
 
