@@ -19,10 +19,12 @@ decoded as UTF-8 with ``surrogateescape`` so that any byte string round-trips th
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from nixdist.errors import WireError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 U64_MAX: Final = (1 << 64) - 1
 U32_MAX: Final = (1 << 32) - 1
@@ -89,7 +91,9 @@ class Reader:
         if end > len(self._data):
             if self._partial:
                 raise NeedData
-            raise WireError(f"truncated: needed {n} bytes at offset {self.pos}, have {self.remaining}")
+            raise WireError(
+                f"truncated: needed {n} bytes at offset {self.pos}, have {self.remaining}"
+            )
         chunk = self._data[self.pos : end]
         self.pos = end
         return chunk
@@ -114,7 +118,9 @@ class Reader:
         start = self.pos
         length = self.read_u64()
         if length > max_len:
-            raise WireError(f"string of {length} bytes at offset {start} exceeds the limit {max_len}")
+            raise WireError(
+                f"string of {length} bytes at offset {start} exceeds the limit {max_len}"
+            )
         data = bytes(self._take(length))
         pad = self._take(padding(length))
         if any(pad):
@@ -128,7 +134,9 @@ class Reader:
         start = self.pos
         count = self.read_u64()
         if count > max_count:
-            raise WireError(f"list of {count} strings at offset {start} exceeds the limit {max_count}")
+            raise WireError(
+                f"list of {count} strings at offset {start} exceeds the limit {max_count}"
+            )
         return [self.read_text(max_len) for _ in range(count)]
 
     def expect(self, literal: bytes, what: str) -> None:
