@@ -1,0 +1,255 @@
+"""The OpenSSH client, run the way Nix runs it, with one shared control master per builder.
+
+Command lines (nix-protocols.md §3.1, design.md §7)::
+
+    ssh <host> -x -a <NIX_SSHOPTS words> [-i <key>] [host-key pinning] <our defaults>
+        -oControlPath=<socket> -oControlMaster=no -- nix-store --serve --write [--store X]
+
+so the user's ``~/.ssh/config`` (ports, users, ProxyJump, keys) applies exactly as with
+``build-remote``. ``NIX_SSHOPTS`` is split on whitespace like Nix does, and comes before our
+own ``-o`` defaults: for ssh the first value given for an option wins, so the user's choice
+beats ours.
+
+**Control masters.** Nix starts a hook process per accepted derivation; each opening its own
+SSH connection pays a full handshake. We keep one master per builder (`ControlMasters`), started
+detached — its own session, stdin and stdout on /dev/null, stderr to a log file in the state
+directory — so it never holds Nix's pipes (Nix waits for EOF on the hook's stderr) and survives
+Nix killing the hook's process group. ``ControlPersist`` ends it after a quiet while. A flock
+per socket keeps concurrent hooks from starting two masters for one builder, and a socket
+nobody listens on any more is removed and replaced.
+
+**Host keys.** A machine line's base64 public host key (field 8) is pinned: it is written to a
+known-hosts file of its own, matched through ``HostKeyAlias`` (so the port or ``HostName`` of an
+ssh-config alias does not matter) with ``StrictHostKeyChecking=yes``.
+
+**localhost.** As in Nix 2.8, ``ssh://localhost`` runs the remote command locally without
+ssh (handy for tests together with ``?remote-store=``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import os
+import shlex
+import socket
+import subprocess
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from nixdist.errors import ConfigError, TransportError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from pathlib import Path
+
+    from nixdist.model.machines import Machine
+
+SSH: Final = "ssh"
+DEFAULT_PERSIST_S: Final = 600
+DEFAULT_CONNECT_TIMEOUT_S: Final = 15
+_PINNED_ALIAS: Final = "nixdist-pinned-host"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SshTarget:
+    """Where and how to reach one builder's ``nix-store --serve``."""
+
+    host: str  # the URI authority, verbatim: ``user@host`` or an ssh-config alias
+    ssh_key: str | None = None
+    public_host_key: str | None = None  # base64 of an OpenSSH public key line
+    compress: bool = False
+    remote_program: str = "nix-store"
+    remote_store: str | None = None
+    extra_opts: tuple[str, ...] = field(default=())  # NIX_SSHOPTS words
+
+    @property
+    def is_local(self) -> bool:
+        return self.host == "localhost"
+
+    def remote_command(self) -> str:
+        words = [self.remote_program, "--serve", "--write"]
+        if self.remote_store:
+            words += ["--store", self.remote_store]
+        return " ".join(shlex.quote(word) for word in words)
+
+    def key(self) -> str:
+        """A short stable name for this target, for socket and file names."""
+        identity = "\0".join(
+            (self.host, self.ssh_key or "", self.public_host_key or "", *self.extra_opts)
+        )
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarget:
+    """The ssh target of an ``ssh://`` machine, with its URI parameters applied."""
+    parsed = urllib.parse.urlsplit(machine.uri)
+    if parsed.scheme != "ssh":
+        raise ConfigError(f"store URI {machine.uri!r} is not ssh://", file=machine.source or None)
+    params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+    host = parsed.netloc
+    if not host:
+        raise ConfigError(f"store URI {machine.uri!r} has no host", file=machine.source or None)
+    return SshTarget(
+        host=host,
+        ssh_key=machine.ssh_key or params.get("ssh-key") or None,
+        public_host_key=machine.public_host_key or params.get("base64-ssh-public-host-key"),
+        compress=params.get("compress", "false") == "true",
+        remote_program=params.get("remote-program", "nix-store"),
+        remote_store=params.get("remote-store") or None,
+        extra_opts=tuple(environ.get("NIX_SSHOPTS", "").split()),
+    )
+
+
+def ssh_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for ssh: no GUI password prompts (as build-remote does)."""
+    env = dict(environ)
+    env.pop("DISPLAY", None)
+    env.pop("SSH_ASKPASS", None)
+    return env
+
+
+class ControlMasters:
+    """One persistent ssh control master per builder, shared by every hook process."""
+
+    def __init__(self, state_dir: Path, *, persist_s: int = DEFAULT_PERSIST_S) -> None:
+        self._dir = state_dir / "ssh"
+        self._persist_s = persist_s
+
+    def socket_path(self, target: SshTarget) -> Path:
+        return self._dir / f"{target.key()}.sock"
+
+    def _known_hosts(self, target: SshTarget) -> Path | None:
+        if not target.public_host_key:
+            return None
+        try:
+            line = base64.b64decode(target.public_host_key, validate=True).decode().strip()
+        except (binascii.Error, UnicodeDecodeError) as err:
+            raise ConfigError(f"public host key of {target.host} is not base64: {err}") from err
+        path = self._dir / f"{target.key()}.known_hosts"
+        text = f"{_PINNED_ALIAS} {line}\n"
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return path
+
+    def base_argv(self, target: SshTarget) -> list[str]:
+        """``ssh <host> -x -a …``: everything but the control and command parts."""
+        argv = [SSH, target.host, "-x", "-a", *target.extra_opts]
+        if target.ssh_key:
+            argv += ["-i", target.ssh_key]
+        known_hosts = self._known_hosts(target)
+        if known_hosts is not None:
+            argv += [
+                f"-oUserKnownHostsFile={known_hosts}",
+                f"-oHostKeyAlias={_PINNED_ALIAS}",
+                "-oStrictHostKeyChecking=yes",
+            ]
+        if target.compress:
+            argv.append("-C")
+        argv += ["-oBatchMode=yes", f"-oConnectTimeout={DEFAULT_CONNECT_TIMEOUT_S}"]
+        return argv
+
+    def serve_argv(self, target: SshTarget, *, use_master: bool = True) -> list[str]:
+        """The command line that runs ``nix-store --serve --write`` on the builder."""
+        if target.is_local:
+            return ["bash", "-c", target.remote_command()]
+        argv = self.base_argv(target)
+        if use_master:
+            argv += [f"-oControlPath={self.socket_path(target)}", "-oControlMaster=no"]
+        return [*argv, "--", target.remote_command()]
+
+    def ensure_master(self, target: SshTarget, environ: Mapping[str, str]) -> bool:
+        """Make sure a master for `target` is listening; start one if needed.
+
+        Returns True when a master is ready. Raises TransportError with ssh's own words when
+        the master cannot connect (host down, authentication refused, wrong host key).
+        """
+        if target.is_local:
+            return False
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sock = self.socket_path(target)
+        if _is_listening(sock):
+            return True
+        with _flocked(sock.with_suffix(".lock")):
+            if _is_listening(sock):
+                return True
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            self._start_master(target, environ, sock)
+        return True
+
+    def _start_master(self, target: SshTarget, environ: Mapping[str, str], sock: Path) -> None:
+        log = sock.with_suffix(".log")
+        argv = [
+            *self.base_argv(target),
+            "-M",
+            "-N",
+            f"-oControlPath={sock}",
+            f"-oControlPersist={self._persist_s}",
+            "-oServerAliveInterval=30",
+        ]
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                env=ssh_environment(environ),
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + DEFAULT_CONNECT_TIMEOUT_S + 5
+        delay = 0.002
+        while time.monotonic() < deadline:
+            if _is_listening(sock):
+                return
+            if proc.poll() is not None and not _is_listening(sock):
+                said = log.read_text(errors="replace").strip()
+                raise TransportError(
+                    f"cannot connect to '{target.host}': {said or f'ssh exited {proc.returncode}'}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        proc.kill()
+        raise TransportError(f"cannot connect to '{target.host}': timed out")
+
+    def stop_master(self, target: SshTarget) -> None:
+        sock = self.socket_path(target)
+        if sock.exists():
+            subprocess.run(
+                [SSH, "-oControlPath=" + str(sock), "-O", "exit", target.host],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
+
+
+def _is_listening(sock: Path) -> bool:
+    """Whether a control master accepts connections on `sock` (cheaper than ``ssh -O check``)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def describe_argv(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
