@@ -1,0 +1,431 @@
+"""Which builder takes a derivation: Nix's machine selection as one pure function.
+
+`choose(request, local, states)` is the whole decision. It takes no clock, no lock and no file:
+the caller gathers the facts (slot probes under the main lock, health, remote load), calls
+`choose`, then acts on the `Decision` (like httpcore's `_assign_requests_to_connections`).
+`nixdist explain` calls the same function, so what it prints is what the hook would do.
+
+Nix's rules (``build-remote.cc``, 2.8; unchanged in structure up to 2.35; nix-protocols.md §2.5,
+§2.9), for one ``try`` with system S and required features R:
+
+* can build locally = am_willing and (S is the local `system` or in `extra-platforms`)
+  and R ⊆ local `system-features`.
+* A machine *matches* ("right type") when it is enabled, S is one of its systems or S is
+  ``builtin`` (any machine takes builtins), R ⊆ supported | mandatory, and mandatory ⊆ R.
+* A matching machine is *eligible* when it has a free slot (fewer than max-jobs slot locks
+  held). A matching machine with max-jobs 0 is never eligible, yet it still counts as matching.
+* The best eligible machine has the lowest load / speed factor; ties go to the higher speed
+  factor, then to the lower load, then to the machine listed first.
+* No eligible machine: ``# postpone`` when some machine matches and the build cannot be done
+  locally; ``# decline`` otherwise, with the "Failed to find a machine for remote build!"
+  report (`render_no_machine_report`) at warning level when the build cannot be done locally
+  (2.8; 2.18+ decides the level with max-jobs > 0 instead of am_willing, see `WarnRule`),
+  at chatty level otherwise. No machines at all: ``# decline-permanently``.
+
+Speed factors are floats, as in Nix 2.20+. Nix 2.8 kept them as unsigned integers and divided
+``load / speed`` in integers, so there a load of 1 on a speed-2 machine tied with an idle
+speed-1 machine (both 0) and the faster one won; here 0.5 > 0, and the idle machine wins.
+A speed factor ≤ 0 (which the machines parser never produces) counts as 1, like Nix's 0 → 1.
+
+nixdist's additions, all of which only ever remove machines or raise loads:
+
+* A machine that is down (`MachineState.down_reason`, from health tracking) or whose store URI
+  scheme the caller cannot speak (`supported_schemes`) is *not enabled*: like a machine that
+  Nix disabled after a failed connection, it is skipped and does not count as matching.
+* When the builder's own report is known (`MachineState.remote_load`), the effective load is
+  ``max(slots held on this host, builds running on the builder)``. The max, not the sum,
+  because our own builds show up in both numbers. A machine whose effective load reaches its
+  max-jobs is busy even if a slot is free here (other clients are using it).
+
+Every machine that is not chosen gets a `Rejection` with a `RejectReason` and a line of text,
+in machines-file order, so that ``explain`` and ``status`` can say "b2: lacks feature kvm".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, assert_never
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from nixdist.model.machines import Machine
+
+BUILTIN_SYSTEM = "builtin"
+"""The system of Nix's builtin derivations (``builtin:fetchurl``): every machine takes them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildRequest:
+    """One ``try`` from Nix: ``am_willing`` is true when Nix has a free local build slot."""
+
+    drv_path: str
+    system: str
+    required_features: frozenset[str] = frozenset()
+    am_willing: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalCapabilities:
+    """The local machine's settings, as received in the hook's settings block."""
+
+    system: str
+    extra_platforms: frozenset[str] = frozenset()
+    system_features: frozenset[str] = frozenset()
+    max_jobs: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteLoad:
+    """What a builder reported about itself (probed over its connection, cached briefly)."""
+
+    running_builds: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineState:
+    """Everything `choose` needs to know about one machine right now.
+
+    `load` is the number of slot locks held on this host (`nixdist.state.slots`), `free_slot`
+    whether one of its slots could be locked. `down_reason` is None when the machine is usable.
+    `remote_load` is None when the builder's own numbers are unknown.
+    """
+
+    machine: Machine
+    load: int
+    free_slot: bool
+    down_reason: str | None = None
+    remote_load: RemoteLoad | None = None
+
+    @property
+    def effective_load(self) -> int:
+        """The load used for ranking: local slots, or the builder's running builds if higher."""
+        if self.remote_load is None:
+            return self.load
+        return max(self.load, self.remote_load.running_builds)
+
+
+class RejectReason(StrEnum):
+    """Why a machine was not chosen; the first that applies, in this order."""
+
+    WRONG_SYSTEM = "wrong_system"
+    MISSING_FEATURES = "missing_features"
+    MANDATORY_NOT_REQUIRED = "mandatory_not_required"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    DOWN = "down"
+    ZERO_JOBS = "zero_jobs"
+    BUSY = "busy"
+    OUTRANKED = "outranked"
+
+
+_NOT_MATCHING = frozenset(
+    {
+        RejectReason.WRONG_SYSTEM,
+        RejectReason.MISSING_FEATURES,
+        RejectReason.MANDATORY_NOT_REQUIRED,
+        RejectReason.UNSUPPORTED_SCHEME,
+        RejectReason.DOWN,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """One machine that was not chosen, and why, in words (`detail`)."""
+
+    machine: Machine
+    reason: RejectReason
+    detail: str
+
+    @property
+    def matches(self) -> bool:
+        """Whether the machine counted as "right type" (enabled, system and features fit)."""
+        return self.reason not in _NOT_MATCHING
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    """Build on `machine` (position `index` in the states given to `choose`)."""
+
+    machine: Machine
+    index: int
+    load: int
+    reasons: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Postpone:
+    """Ask again later: a machine fits but is busy, and the build cannot be done locally."""
+
+    reasons: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decline:
+    """Let Nix build locally (or fail). `warn`: print the no-machine report as a warning."""
+
+    reasons: tuple[Rejection, ...] = ()
+    permanently: bool = False
+    warn: bool = False
+
+
+Decision = Accept | Postpone | Decline
+
+
+class WarnRule(StrEnum):
+    """How a decline decides between a warning and a chatty message (nix-protocols.md §2.9)."""
+
+    AM_WILLING = "am-willing"
+    """Nix 2.8: warn unless the build can be done locally right now."""
+    MAX_JOBS = "max-jobs"
+    """Nix 2.18+: warn unless the build could be done locally at all (max-jobs > 0)."""
+
+
+def _system_fits(system: str, local: LocalCapabilities) -> bool:
+    return system in {local.system, *local.extra_platforms}
+
+
+def can_build_locally(request: BuildRequest, local: LocalCapabilities) -> bool:
+    """Nix's ``canBuildLocally``: willing now, right system, every required feature local."""
+    return (
+        request.am_willing
+        and _system_fits(request.system, local)
+        and request.required_features <= local.system_features
+    )
+
+
+def could_build_locally(request: BuildRequest, local: LocalCapabilities) -> bool:
+    """Nix 2.18+'s ``couldBuildLocally``: like `can_build_locally` with max-jobs > 0 for willing."""
+    return (
+        local.max_jobs > 0
+        and _system_fits(request.system, local)
+        and request.required_features <= local.system_features
+    )
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a store URI (``ssh`` for ``ssh://host``), or "" when it has none."""
+    scheme, sep, _ = uri.partition("://")
+    return scheme if sep else ""
+
+
+def _speed(machine: Machine) -> float:
+    return machine.speed_factor if machine.speed_factor > 0 else 1.0
+
+
+def _words(features: Iterable[str]) -> str:
+    return ", ".join(sorted(features))
+
+
+def _plural(word: str, items: frozenset[str]) -> str:
+    return word if len(items) == 1 else word + "s"
+
+
+def _mismatch(request: BuildRequest, machine: Machine) -> Rejection | None:
+    """Why `machine` can never take `request` whatever its state, or None if it fits."""
+    if request.system != BUILTIN_SYSTEM and request.system not in machine.systems:
+        return Rejection(
+            machine=machine,
+            reason=RejectReason.WRONG_SYSTEM,
+            detail=f"does not build {request.system} (systems: {', '.join(machine.systems)})",
+        )
+    missing = request.required_features - machine.supported_features - machine.mandatory_features
+    if missing:
+        return Rejection(
+            machine=machine,
+            reason=RejectReason.MISSING_FEATURES,
+            detail=f"lacks {_plural('feature', missing)} {_words(missing)}",
+        )
+    unrequested = machine.mandatory_features - request.required_features
+    if unrequested:
+        return Rejection(
+            machine=machine,
+            reason=RejectReason.MANDATORY_NOT_REQUIRED,
+            detail=(
+                f"only takes builds that require its mandatory "
+                f"{_plural('feature', unrequested)} {_words(unrequested)}"
+            ),
+        )
+    return None
+
+
+def _unavailable(state: MachineState, supported_schemes: frozenset[str] | None) -> Rejection | None:
+    """Why a fitting machine cannot take a build now, or None if it is eligible."""
+    machine = state.machine
+    if supported_schemes is not None and uri_scheme(machine.uri) not in supported_schemes:
+        scheme = uri_scheme(machine.uri) or machine.uri
+        return Rejection(
+            machine=machine,
+            reason=RejectReason.UNSUPPORTED_SCHEME,
+            detail=f"store type {scheme!r} is not supported",
+        )
+    if state.down_reason is not None:
+        return Rejection(
+            machine=machine, reason=RejectReason.DOWN, detail=f"down: {state.down_reason}"
+        )
+    if machine.max_jobs <= 0:
+        return Rejection(
+            machine=machine, reason=RejectReason.ZERO_JOBS, detail="max jobs is 0: never used"
+        )
+    load = state.effective_load
+    if not state.free_slot or load >= machine.max_jobs:
+        if state.remote_load is not None and state.remote_load.running_builds > state.load:
+            detail = (
+                f"busy: {state.remote_load.running_builds} builds running there, "
+                f"max jobs {machine.max_jobs}"
+            )
+        else:
+            detail = f"busy: {state.load} of {machine.max_jobs} slots taken"
+        return Rejection(machine=machine, reason=RejectReason.BUSY, detail=detail)
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Candidate:
+    index: int
+    state: MachineState
+    load: int
+
+    @property
+    def speed(self) -> float:
+        return _speed(self.state.machine)
+
+    @property
+    def score(self) -> float:
+        return self.load / self.speed
+
+
+def _better(new: _Candidate, best: _Candidate) -> bool:
+    """Nix's ranking: lower load/speed, then higher speed, then lower load; else keep `best`."""
+    if new.score != best.score:
+        return new.score < best.score
+    if new.speed != best.speed:
+        return new.speed > best.speed
+    return new.load < best.load
+
+
+def _outranked(loser: _Candidate, best: _Candidate) -> Rejection:
+    def describe(c: _Candidate) -> str:
+        return f"load {c.load} / speed {c.speed:g} = {c.score:.2f}"
+
+    if loser.score != best.score:
+        why = f"{describe(loser)}, {best.state.machine.uri} has {best.score:.2f}"
+    elif loser.speed != best.speed:
+        why = f"same load/speed as {best.state.machine.uri}, which is faster"
+    else:  # equal score and speed imply equal load
+        why = f"same load and speed as {best.state.machine.uri}, which is listed first"
+    return Rejection(machine=loser.state.machine, reason=RejectReason.OUTRANKED, detail=why)
+
+
+def choose(
+    request: BuildRequest,
+    local: LocalCapabilities,
+    states: Sequence[MachineState],
+    *,
+    supported_schemes: frozenset[str] | None = None,
+    warn_rule: WarnRule = WarnRule.AM_WILLING,
+) -> Decision:
+    """Decide where `request` is built, given every machine's state in machines-file order.
+
+    `supported_schemes` (e.g. ``frozenset({"ssh"})``) lists the store URI schemes the caller can
+    open; None accepts every machine, as Nix does.
+    """
+    if not states:
+        return Decline(permanently=True)
+    right_type = False
+    best: _Candidate | None = None
+    verdicts: list[Rejection | _Candidate] = []
+    for index, state in enumerate(states):
+        rejection = _mismatch(request, state.machine) or _unavailable(state, supported_schemes)
+        if rejection is not None:
+            right_type = right_type or rejection.matches
+            verdicts.append(rejection)
+            continue
+        right_type = True
+        candidate = _Candidate(index=index, state=state, load=state.effective_load)
+        verdicts.append(candidate)
+        if best is None or _better(candidate, best):
+            best = candidate
+
+    if best is not None:
+        chosen = best
+        reasons = tuple(
+            _outranked(v, chosen) if isinstance(v, _Candidate) else v
+            for v in verdicts
+            if v is not chosen
+        )
+        return Accept(
+            machine=chosen.state.machine, index=chosen.index, load=chosen.load, reasons=reasons
+        )
+    rejections = tuple(v for v in verdicts if isinstance(v, Rejection))
+    local_now = can_build_locally(request, local)
+    if right_type and not local_now:
+        return Postpone(reasons=rejections)
+    match warn_rule:
+        case WarnRule.AM_WILLING:
+            quiet = local_now
+        case WarnRule.MAX_JOBS:
+            quiet = could_build_locally(request, local)
+        case _:  # pragma: no cover - exhaustive
+            assert_never(warn_rule)
+    return Decline(reasons=rejections, warn=not quiet)
+
+
+def render_rejections(decision: Decision) -> list[str]:
+    """One line per machine not chosen, in file order: ``ssh://b2: lacks feature kvm``."""
+    return [f"{r.machine.uri}: {r.detail}" for r in decision.reasons]
+
+
+def render_decision(decision: Decision) -> str:
+    """A one-line summary of the decision, for logs, ``explain`` and ``status``."""
+    match decision:
+        case Accept(machine=machine, load=load):
+            return (
+                f"accept {machine.uri} (load {load} of {machine.max_jobs}, "
+                f"speed {_speed(machine):g})"
+            )
+        case Postpone():
+            return "postpone: every machine that fits is busy"
+        case Decline(permanently=True):
+            return "decline permanently: no machines are configured"
+        case Decline():
+            return "decline: no machine can take this build"
+        case _:  # pragma: no cover - exhaustive
+            assert_never(decision)
+
+
+_ANSI_WARNING = "\x1b[35;1m"
+_ANSI_NORMAL = "\x1b[0m"
+
+
+def render_no_machine_report(
+    request: BuildRequest, machines: Sequence[Machine], *, color: bool = False
+) -> str:
+    """Nix 2.8's "Failed to find a machine for remote build!" text, line for line.
+
+    Feature sets are sorted (Nix prints `std::set`s), systems are in machine order. Nix wraps
+    each inserted value in bold magenta; `color=True` does the same. 2.18+ puts brackets around
+    the lists; this is the 2.8 form. The derivation is shown by its base name.
+    """
+
+    def value(text: object) -> str:
+        return f"{_ANSI_WARNING}{text}{_ANSI_NORMAL}" if color else str(text)
+
+    drv = request.drv_path.rsplit("/", 1)[-1] or "<unknown>"
+    lines = [
+        "Failed to find a machine for remote build!",
+        f"derivation: {value(drv)}",
+        (
+            "required (system, features): "
+            f"({value(request.system)}, {value(_words(request.required_features))})"
+        ),
+        f"{value(len(machines))} available machines:",
+        "(systems, maxjobs, supportedFeatures, mandatoryFeatures)",
+    ]
+    lines.extend(
+        f"({value(', '.join(m.systems))}, {value(m.max_jobs)}, "
+        f"{value(_words(m.supported_features))}, {value(_words(m.mandatory_features))})"
+        for m in machines
+    )
+    return "\n".join(lines)
