@@ -1,0 +1,665 @@
+"""NAR (Nix ARchive): the canonical serialisation of a file tree, without I/O.
+
+A NAR is a sequence of wire strings (``u64(len) bytes zero-padding-to-8``, see
+`nixdist.wire.primitives`). Every quoted token below is one such string::
+
+    nar        = "nix-archive-1" node
+    node       = "(" "type" type-body ")"
+    type-body  = "regular" [ "executable" "" ] "contents" CONTENTS
+               | "symlink" "target" TARGET
+               | "directory" entry*
+    entry      = "entry" "(" "name" NAME "node" node ")"
+
+* ``CONTENTS`` is a string whose length is the file size: ``u64(size)``, the bytes, zero padding.
+* ``executable`` is present iff the owner-execute bit is set. Nothing else about permissions,
+  owners or times is stored. Only regular files, directories and symlinks exist.
+* Entries of a directory are in strictly increasing byte-wise order of ``NAME``; a name is
+  never empty, ``.`` or ``..``, and never contains ``/`` or NUL.
+* A NAR is self-delimiting: a reader knows where it ends by parsing it. On the serve protocol
+  the next reply follows the NAR directly, so the reader hands back what it did not use.
+* The NAR hash of a store path is SHA-256 over these exact bytes; its narSize is their count.
+
+Events
+------
+Both directions use the same events, describing the tree in NAR order (a pre-order walk,
+entries of a directory in byte-wise order of their names)::
+
+    Directory(path) <the entries' events> DirectoryEnd(path)
+    Regular(path, executable, size) Contents(data)* -- the data totals `size` bytes
+    Symlink(path, target)
+
+`path` is a `NarPath`: the tuple of entry names from the root, ``()`` being the root itself.
+
+`NarWriter` / `encode_nar` turn events into bytes; file contents arrive as `Contents` chunks
+and are passed through, so a file is never held whole. `NarReader` is a push decoder in the
+style of h11: `feed(data)` returns the events that data completes, `done` says the NAR ended,
+and `unused_data` holds the bytes after its end. Contents are cut from the fed chunks and
+never accumulated, so decoding a large file costs about one copy of its bytes.
+
+Strictness and limits
+---------------------
+We write and accept only the canonical form (Nix 2.8's parser also tolerates, e.g., a regular
+node without ``contents`` or ``executable`` after ``contents``; Nix never writes those, and the
+NAR hash is over the exact bytes, so a non-canonical NAR could not round-trip anyway).
+Nix 2.8 puts no explicit limit on names or targets, but the kernel does when the tree is
+restored, so we check these before allocating anything:
+
+* a name is at most `MAX_NAME_LEN` (255, Linux ``NAME_MAX``) bytes;
+* a symlink target is 1 to `MAX_TARGET_LEN` (4095, ``PATH_MAX`` minus the NUL) bytes, no NUL;
+* a token (``type``, ``entry``, ...) is at most `MAX_TOKEN_LEN` bytes;
+* directories nest at most `MAX_DEPTH` levels below the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from nixdist.errors import LocalProtocolError, WireError
+from nixdist.wire.primitives import encode_bytes, encode_u64, padding
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+NarPath = tuple[bytes, ...]
+
+MAX_NAME_LEN: Final = 255
+MAX_TARGET_LEN: Final = 4095
+MAX_TOKEN_LEN: Final = 16
+MAX_DEPTH: Final = 1024
+
+NAR_MAGIC: Final = b"nix-archive-1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Directory:
+    """A directory starts; its entries' events follow, then `DirectoryEnd` with the same path."""
+
+    path: NarPath
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryEnd:
+    path: NarPath
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Regular:
+    """A regular file of `size` bytes; `Contents` events carrying exactly `size` bytes follow."""
+
+    path: NarPath
+    executable: bool
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contents:
+    """A piece of the contents of the regular file announced last."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Symlink:
+    path: NarPath
+    target: bytes
+
+
+NarEvent = Directory | DirectoryEnd | Regular | Contents | Symlink
+
+
+def render_path(path: NarPath) -> str:
+    """A NAR path for messages: ``'a/b'``, or ``'<root>'`` for the root."""
+    if not path:
+        return "<root>"
+    return repr(b"/".join(path))[2:-1]
+
+
+def name_problem(name: bytes) -> str | None:
+    """Why `name` cannot be a directory entry name in a NAR, or None if it can."""
+    if not name:
+        return "empty name"
+    if name in {b".", b".."}:
+        return f"name {name!r} is not allowed"
+    if b"/" in name:
+        return f"name {name!r} contains '/'"
+    if b"\0" in name:
+        return f"name {name!r} contains NUL"
+    if len(name) > MAX_NAME_LEN:
+        return f"name of {len(name)} bytes is longer than {MAX_NAME_LEN}"
+    return None
+
+
+def target_problem(target: bytes) -> str | None:
+    """Why `target` cannot be a symlink target in a NAR, or None if it can."""
+    if not target:
+        return "empty symlink target"
+    if b"\0" in target:
+        return f"symlink target {target[:64]!r} contains NUL"
+    if len(target) > MAX_TARGET_LEN:
+        return f"symlink target of {len(target)} bytes is longer than {MAX_TARGET_LEN}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+
+
+def _tokens(*tokens: bytes) -> bytes:
+    return b"".join(encode_bytes(token) for token in tokens)
+
+
+_MAGIC_BYTES: Final = _tokens(NAR_MAGIC)
+_OPEN_REGULAR: Final = _tokens(b"(", b"type", b"regular", b"contents")
+_OPEN_EXECUTABLE: Final = _tokens(b"(", b"type", b"regular", b"executable", b"", b"contents")
+_OPEN_DIRECTORY: Final = _tokens(b"(", b"type", b"directory")
+_OPEN_SYMLINK: Final = _tokens(b"(", b"type", b"symlink", b"target")
+_CLOSE: Final = _tokens(b")")
+_ENTRY_NAME: Final = _tokens(b"entry", b"(", b"name")
+_NODE: Final = _tokens(b"node")
+_PAD_CLOSE: Final = tuple(bytes(n) + encode_bytes(b")") for n in range(8))  # by padding length
+_COALESCE: Final = 64 * 1024
+
+
+class NarWriter:
+    """Encodes `NarEvent`s into NAR bytes, checking that they describe a valid tree.
+
+    `send(event)` returns the bytes for one event (`Contents` data is returned as is).
+    Events out of order raise `LocalProtocolError`; names or targets a NAR cannot hold raise
+    `WireError`. `done` becomes true when the root node is complete.
+    """
+
+    __slots__ = ("_dirs", "_done", "_file_pad", "_file_remaining", "_in_file", "_started")
+
+    def __init__(self) -> None:
+        # open directories, outermost first: (path, name of the last entry written or None)
+        self._dirs: list[tuple[NarPath, bytes | None]] = []
+        self._started = False
+        self._done = False
+        self._in_file = False
+        self._file_remaining = 0
+        self._file_pad = 0
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def send(self, event: NarEvent) -> bytes:
+        out: list[bytes] = []
+        self.send_into(event, out)
+        return b"".join(out)
+
+    def send_into(self, event: NarEvent, out: list[bytes]) -> None:
+        """Like `send`, but appends the pieces to `out` (no joining of large contents)."""
+        if isinstance(event, Contents):
+            self._contents(event.data, out)
+            return
+        if self._in_file:
+            raise LocalProtocolError(
+                f"{type(event).__name__} while {self._file_remaining} bytes of contents are due"
+            )
+        match event:
+            case Regular():
+                self._regular(event, out)
+            case Symlink(path=path, target=target):
+                problem = target_problem(target)
+                if problem is not None:
+                    raise WireError(f"cannot write {render_path(path)!r} to a NAR: {problem}")
+                self._open_node(path, out)
+                out.append(_OPEN_SYMLINK)
+                out.append(encode_bytes(target))
+                out.append(_CLOSE)
+                self._close_node(out)
+            case Directory(path=path):
+                self._open_node(path, out)
+                out.append(_OPEN_DIRECTORY)
+                self._dirs.append((path, None))
+            case DirectoryEnd(path=path):
+                if not self._dirs or self._dirs[-1][0] != path:
+                    raise LocalProtocolError(f"DirectoryEnd for {render_path(path)!r} is not open")
+                self._dirs.pop()
+                out.append(_CLOSE)
+                self._close_node(out)
+
+    def _regular(self, event: Regular, out: list[bytes]) -> None:
+        if event.size < 0:
+            raise LocalProtocolError(f"negative file size {event.size}")
+        self._open_node(event.path, out)
+        out.append(_OPEN_EXECUTABLE if event.executable else _OPEN_REGULAR)
+        out.append(encode_u64(event.size))
+        self._in_file = True
+        self._file_remaining = event.size
+        self._file_pad = padding(event.size)
+        if event.size == 0:
+            self._finish_file(out)
+
+    def _contents(self, data: bytes, out: list[bytes]) -> None:
+        if not self._in_file:
+            raise LocalProtocolError("Contents outside a regular file")
+        if len(data) > self._file_remaining:
+            raise LocalProtocolError(
+                f"{len(data)} bytes of contents but only {self._file_remaining} are due"
+            )
+        if data:
+            out.append(data)
+            self._file_remaining -= len(data)
+            if self._file_remaining == 0:
+                self._finish_file(out)
+
+    def _finish_file(self, out: list[bytes]) -> None:
+        out.append(_PAD_CLOSE[self._file_pad])
+        self._in_file = False
+        self._close_node(out)
+
+    def _open_node(self, path: NarPath, out: list[bytes]) -> None:
+        if self._done:
+            raise LocalProtocolError(f"{render_path(path)!r} after the end of the NAR")
+        if not self._started:
+            if path:
+                raise LocalProtocolError(f"the first event must be the root, not {path!r}")
+            self._started = True
+            out.append(_MAGIC_BYTES)
+            return
+        if not self._dirs:  # pragma: no cover - unreachable: _done is set when the root ends
+            raise LocalProtocolError("no open directory")
+        parent, last = self._dirs[-1]
+        if len(path) != len(parent) + 1 or path[:-1] != parent:
+            raise LocalProtocolError(
+                f"{render_path(path)!r} is not an entry of the open directory "
+                f"{render_path(parent)!r}"
+            )
+        name = path[-1]
+        problem = name_problem(name)
+        if problem is not None:
+            raise WireError(f"cannot write {render_path(path)!r} to a NAR: {problem}")
+        if last is not None and name <= last:
+            raise WireError(
+                f"cannot write {render_path(path)!r} to a NAR: entries of {render_path(parent)!r} "
+                f"not in strictly increasing order ({name!r} after {last!r})"
+            )
+        if len(path) > MAX_DEPTH:
+            raise WireError(f"cannot write {render_path(path)!r}: nested deeper than {MAX_DEPTH}")
+        self._dirs[-1] = (parent, name)
+        out.append(_ENTRY_NAME)
+        out.append(encode_bytes(name))
+        out.append(_NODE)
+
+    def _close_node(self, out: list[bytes]) -> None:
+        if self._dirs:
+            out.append(_CLOSE)  # the entry's ")"
+        else:
+            self._done = True
+
+
+def encode_nar(events: Iterable[NarEvent]) -> Iterator[bytes]:
+    """Encode a whole NAR, yielding chunks of at least 64 KiB (the last may be smaller).
+
+    Contents chunks of 64 KiB or more are yielded as they are, without copying.
+    """
+    writer = NarWriter()
+    pending: list[bytes] = []
+    pending_len = 0
+    for event in events:
+        if isinstance(event, Contents) and len(event.data) >= _COALESCE:
+            if pending:
+                yield b"".join(pending)
+                pending.clear()
+                pending_len = 0
+            tail: list[bytes] = []
+            writer.send_into(event, tail)
+            yield tail[0]
+            pending.extend(tail[1:])
+            pending_len += sum(len(piece) for piece in tail[1:])
+            continue
+        before = len(pending)
+        writer.send_into(event, pending)
+        pending_len += sum(len(piece) for piece in pending[before:])
+        if pending_len >= _COALESCE:
+            yield b"".join(pending)
+            pending.clear()
+            pending_len = 0
+    if not writer.done:
+        raise LocalProtocolError("the events ended before the NAR's root node was complete")
+    if pending:
+        yield b"".join(pending)
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+
+_U64: Final = struct.Struct("<Q")
+
+# Reader states. Each reads one token (or a fixed run of tokens) or a piece of contents.
+_S_EXPECT: Final = 0  # fixed bytes `_lit` (encoded tokens `_lit_tokens`), then `_next`
+_S_TYPE: Final = 1  # "regular" | "symlink" | "directory"
+_S_REGULAR: Final = 2  # "executable" | "contents"
+_S_SIZE: Final = 3  # u64 contents size
+_S_CONTENTS: Final = 4  # raw contents bytes
+_S_PADDING: Final = 5  # zero padding after the contents
+_S_TARGET: Final = 6  # symlink target string
+_S_DIR: Final = 7  # ")" | "entry"
+_S_NAME: Final = 8  # entry name string
+_S_NODE_DONE: Final = 9  # a node's ")" has been read: pop to the parent
+_S_DONE: Final = 10
+
+_LIT_START: Final = (NAR_MAGIC, b"(", b"type")
+_LIT_EXECUTABLE: Final = (b"", b"contents")
+_LIT_CLOSE: Final = (b")",)
+_LIT_TARGET: Final = (b"target",)
+_LIT_ENTRY: Final = (b"(", b"name")
+_LIT_NODE: Final = (b"node", b"(", b"type")
+
+
+class NarReader:
+    """Push decoder for one NAR.
+
+    Call `feed(data)` with successive pieces of the byte stream; it returns the events the
+    pieces complete. Contents come out as `Contents` chunks cut from the fed data. When the
+    root node is complete `done` is true, and bytes fed after the end are kept in
+    `unused_data` (feeding more after the end appends to it). Call `finish()` at the end of
+    input to check that the NAR was complete. Malformed input raises `WireError` naming the
+    offset (from the start of the NAR) and the path in the tree; after an error the reader
+    must not be used again.
+
+    With ``contents=False`` the reader checks the structure but emits no `Contents` events,
+    which spares copying the data (for finding where a NAR ends, e.g. in an export stream).
+    """
+
+    __slots__ = (
+        "_base",
+        "_buf",
+        "_dirs",
+        "_emit_contents",
+        "_executable",
+        "_lit",
+        "_lit_tokens",
+        "_next",
+        "_path",
+        "_pos",
+        "_remaining",
+        "_size",
+        "_state",
+        "_unused",
+    )
+
+    def __init__(self, *, contents: bool = True) -> None:
+        self._emit_contents = contents
+        self._buf = b""
+        self._pos = 0
+        self._base = 0  # offset in the NAR of _buf[0]
+        self._state = _S_EXPECT
+        self._lit_tokens: tuple[bytes, ...] = _LIT_START
+        self._lit = _tokens(*_LIT_START)
+        self._next = _S_TYPE
+        self._path: NarPath = ()
+        # open directories, outermost first: (path, last entry name or None)
+        self._dirs: list[tuple[NarPath, bytes | None]] = []
+        self._executable = False
+        self._size = 0
+        self._remaining = 0
+        self._unused = b""
+
+    @property
+    def done(self) -> bool:
+        return self._state == _S_DONE
+
+    @property
+    def unused_data(self) -> bytes:
+        """Bytes fed after the end of the NAR (empty until `done`)."""
+        return self._unused
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the NAR consumed so far; the NAR's size once `done`."""
+        return self._base + self._pos
+
+    def finish(self) -> None:
+        """Declare the end of input: raise `WireError` unless the NAR is complete."""
+        if not self.done:
+            raise self._error("truncated NAR: the input ended inside the archive")
+
+    def feed(self, data: bytes) -> list[NarEvent]:
+        if self._state == _S_DONE:
+            self._unused += data
+            return []
+        if self._pos < len(self._buf):
+            self._base += self._pos
+            self._buf = self._buf[self._pos :] + data
+        else:
+            self._base += len(self._buf)
+            self._buf = bytes(data)
+        self._pos = 0
+        events: list[NarEvent] = []
+        while self._step(events):
+            pass
+        if self._state == _S_DONE:
+            self._unused = self._buf[self._pos :]
+            self._base += self._pos
+            self._buf = b""
+            self._pos = 0
+        return events
+
+    # -- the state machine ------------------------------------------------------------------
+
+    def _step(self, events: list[NarEvent]) -> bool:  # noqa: C901, PLR0911, PLR0912 - one branch per state keeps the machine in one place
+        """Advance by one token; False when more data is needed (or the NAR is done)."""
+        state = self._state
+        if state == _S_CONTENTS:
+            return self._step_contents(events)
+        if state == _S_EXPECT:
+            return self._step_expect()
+        if state == _S_NODE_DONE:
+            self._node_done()
+            return True
+        if state == _S_DONE:
+            return False
+        if state == _S_PADDING:
+            pad = padding(self._size)
+            if len(self._buf) - self._pos < pad:
+                return False
+            if any(self._buf[self._pos : self._pos + pad]):
+                raise self._error("non-zero padding after file contents")
+            self._pos += pad
+            self._expect(_LIT_CLOSE, _S_NODE_DONE)
+            return True
+        if state == _S_SIZE:
+            if len(self._buf) - self._pos < _U64.size:
+                return False
+            (size,) = _U64.unpack_from(self._buf, self._pos)
+            self._pos += 8
+            self._size = self._remaining = size
+            events.append(Regular(path=self._path, executable=self._executable, size=size))
+            self._state = _S_CONTENTS if size else _S_PADDING
+            return True
+        if state == _S_NAME:
+            name = self._string(MAX_NAME_LEN, "entry name")
+            if name is None:
+                return False
+            self._enter(name)
+            return True
+        if state == _S_TARGET:
+            target = self._string(MAX_TARGET_LEN, "symlink target")
+            if target is None:
+                return False
+            problem = target_problem(target)
+            if problem is not None:
+                raise self._error(problem, back=8 + len(target) + padding(len(target)))
+            events.append(Symlink(path=self._path, target=target))
+            self._expect(_LIT_CLOSE, _S_NODE_DONE)
+            return True
+        token = self._string(MAX_TOKEN_LEN, "token")
+        if token is None:
+            return False
+        if state == _S_DIR:
+            self._step_dir(token, events)
+        elif state == _S_TYPE:
+            self._step_type(token, events)
+        else:  # _S_REGULAR
+            self._step_regular(token)
+        return True
+
+    def _step_contents(self, events: list[NarEvent]) -> bool:
+        available = len(self._buf) - self._pos
+        if available == 0:
+            return False
+        take = min(available, self._remaining)
+        if self._emit_contents:
+            # slicing a whole bytes object returns it without copying
+            events.append(Contents(data=self._buf[self._pos : self._pos + take]))
+        self._pos += take
+        self._remaining -= take
+        if self._remaining == 0:
+            self._state = _S_PADDING
+        return True
+
+    def _step_expect(self) -> bool:
+        lit = self._lit
+        end = self._pos + len(lit)
+        if self._buf[self._pos : end] == lit:
+            self._pos = end
+            self._state = self._next
+            return True
+        self._diagnose_expect()
+        return False
+
+    def _diagnose_expect(self) -> None:
+        """Raise if the buffered bytes already contradict the expected tokens.
+
+        The message shows the offending token, so we wait until it is complete unless its
+        length alone rules it out (the message is then the same however the input is split).
+        """
+        buf, pos = self._buf, self._pos
+        for want in self._lit_tokens:
+            encoded = encode_bytes(want)
+            if buf[pos : pos + len(encoded)] == encoded:
+                pos += len(encoded)
+                continue
+            if len(buf) - pos < _U64.size:
+                return
+            (length,) = _U64.unpack_from(buf, pos)
+            end = pos + _U64.size + length
+            if length <= MAX_TOKEN_LEN and len(buf) < end + padding(length):
+                return
+            self._pos = pos  # for the offset in the message
+            if length > MAX_TOKEN_LEN:
+                raise self._error(f"expected {want.decode()!r}, got a string of {length} bytes")
+            got = buf[pos + _U64.size : end]
+            if any(buf[end : end + padding(length)]):
+                raise self._error(f"expected {want.decode()!r}, got {got!r} with non-zero padding")
+            raise self._error(f"expected {want.decode()!r}, got {got!r}")
+
+    def _expect(self, tokens: tuple[bytes, ...], then: int) -> None:
+        self._state = _S_EXPECT
+        self._lit_tokens = tokens
+        self._lit = _LITERALS[tokens]
+        self._next = then
+
+    def _string(self, limit: int, what: str) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < _U64.size:
+            return None
+        (length,) = _U64.unpack_from(buf, pos)
+        if length > limit:
+            raise self._error(f"{what} of {length} bytes is longer than {limit}")
+        start = pos + 8
+        end = start + length
+        padded = end + padding(length)
+        if len(buf) < padded:
+            return None
+        if any(buf[end:padded]):
+            raise self._error(f"non-zero padding after {what}")
+        self._pos = padded
+        return buf[start:end]
+
+    def _step_type(self, token: bytes, events: list[NarEvent]) -> None:
+        if token == b"regular":
+            self._executable = False
+            self._state = _S_REGULAR
+        elif token == b"directory":
+            events.append(Directory(path=self._path))
+            self._dirs.append((self._path, None))
+            self._state = _S_DIR
+        elif token == b"symlink":
+            self._expect(_LIT_TARGET, _S_TARGET)
+        else:
+            raise self._error(f"unknown file type {token!r}", back=_token_size(token))
+
+    def _step_regular(self, token: bytes) -> None:
+        if token == b"contents":
+            self._state = _S_SIZE
+        elif token == b"executable":
+            self._executable = True
+            self._expect(_LIT_EXECUTABLE, _S_SIZE)
+        else:
+            raise self._error(
+                f"expected 'executable' or 'contents', got {token!r}", back=_token_size(token)
+            )
+
+    def _step_dir(self, token: bytes, events: list[NarEvent]) -> None:
+        if token == b")":
+            events.append(DirectoryEnd(path=self._path))
+            self._dirs.pop()
+            self._node_done()
+        elif token == b"entry":
+            self._expect(_LIT_ENTRY, _S_NAME)
+        else:
+            raise self._error(f"expected 'entry' or ')', got {token!r}", back=_token_size(token))
+
+    def _enter(self, name: bytes) -> None:
+        back = _token_size(name)
+        parent, last = self._dirs[-1]
+        problem = name_problem(name)
+        if problem is not None:
+            raise self._error(f"invalid entry {problem}", back=back)
+        if last is not None and name <= last:
+            what = "duplicate" if name == last else "unsorted"
+            raise self._error(f"{what} entry {name!r} after {last!r}", back=back)
+        if len(parent) >= MAX_DEPTH:
+            raise self._error(f"directories nested deeper than {MAX_DEPTH}", back=back)
+        self._dirs[-1] = (parent, name)
+        self._path = (*parent, name)
+        self._expect(_LIT_NODE, _S_TYPE)
+
+    def _node_done(self) -> None:
+        """The current node's ")" was read: go back to its directory, or finish."""
+        if not self._dirs:
+            self._state = _S_DONE
+            return
+        self._path = self._dirs[-1][0]
+        self._expect(_LIT_CLOSE, _S_DIR)  # the entry's ")"
+
+    def _error(self, message: str, *, back: int = 0) -> WireError:
+        offset = self._base + self._pos - back
+        return WireError(f"bad NAR at offset {offset} ({render_path(self._path)!r}): {message}")
+
+
+def _token_size(token: bytes) -> int:
+    return 8 + len(token) + padding(len(token))
+
+
+_LITERALS: Final[dict[tuple[bytes, ...], bytes]] = {
+    tokens: _tokens(*tokens)
+    for tokens in (_LIT_START, _LIT_EXECUTABLE, _LIT_CLOSE, _LIT_TARGET, _LIT_ENTRY, _LIT_NODE)
+}
+
+
+def decode_nar(data: bytes) -> list[NarEvent]:
+    """Decode a complete NAR held in memory; trailing bytes are an error."""
+    reader = NarReader()
+    events = reader.feed(data)
+    reader.finish()
+    if reader.unused_data:
+        raise WireError(f"{len(reader.unused_data)} bytes after the end of the NAR")
+    return events
+
+
+def nar_size_and_hash(chunks: Iterable[bytes]) -> tuple[int, bytes]:
+    """The narSize and the SHA-256 digest (narHash) of a NAR given as chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.digest()
