@@ -40,7 +40,6 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, assert_never
 
@@ -306,7 +305,6 @@ def _path_key(path: str) -> str:
 
 # --- the parser ---
 
-_PLAIN: Final = re.compile(r'[^"\\]*')
 _HASH_ALGOS: Final = frozenset(a.value for a in HashAlgo)
 
 
@@ -335,25 +333,17 @@ class _Parser:
     def string(self, *, raw: bool = False) -> str:
         """A quoted string; `raw` fields are written unescaped by Nix, so escapes are errors."""
         self.expect('"')
-        parts: list[str] = []
-        text = self.text
-        while True:
-            match = _PLAIN.match(text, self.pos)
-            assert match is not None  # noqa: S101 - the pattern matches the empty string
-            parts.append(match.group())
-            self.pos = match.end()
-            if self.pos >= len(text):
-                self.fail("'\"' closing the string")
-            if text[self.pos] == '"':
-                self.pos += 1
-                return "".join(parts)
+        start = self.pos
+        end = _closing_quote(self.text, start)
+        if end < 0:
+            self.fail("'\"' closing the string", len(self.text))
+        body = self.text[start:end]
+        if "\\" in body:
             if raw:
-                self.fail("no backslash in a field Nix writes unescaped")
-            if self.pos + 1 >= len(text):
-                self.fail("a character after the backslash")
-            char = text[self.pos + 1]
-            parts.append(_UNESCAPE.get(char, char))
-            self.pos += 2
+                self.fail("no backslash in a field Nix writes unescaped", start)
+            body = _unescape(body)
+        self.pos = end + 1
+        return body
 
     def items(self, element: Callable[[], _T]) -> list[_T]:
         """``[e,e,…]`` (the opening bracket already consumed) up to and including ``]``."""
@@ -486,4 +476,31 @@ class _Parser:
         )
 
 
-_UNESCAPE: Final = {"n": "\n", "r": "\r", "t": "\t"}
+def _closing_quote(text: str, start: int) -> int:
+    """Index of the ``"`` ending the string whose body starts at `start`, or -1.
+
+    A quote ends the string when an even number of backslashes precedes it.
+    """
+    pos = start
+    while True:
+        quote = text.find('"', pos)
+        if quote < 0:
+            return -1
+        before = quote
+        while before > start and text[before - 1] == "\\":
+            before -= 1
+        if (quote - before) % 2 == 0:
+            return quote
+        pos = quote + 1
+
+
+def _unescape(body: str) -> str:
+    """Decode ``\\n``, ``\\r``, ``\\t``; a backslash before any other character is that character.
+
+    Splitting on escaped backslashes first leaves pieces in which every backslash is followed
+    by the character it escapes, which is never a backslash; str methods then do the rest.
+    """
+    return "\\".join(
+        piece.replace("\\n", "\n").replace("\\r", "\r").replace("\\t", "\t").replace("\\", "")
+        for piece in body.split("\\\\")
+    )

@@ -401,7 +401,8 @@ def test_good_minimal() -> None:
         (GOOD + " ", "offset 91: expected end of text after the derivation"),
         (GOOD[:-1], "expected '\\)', found end of text"),
         (GOOD.replace('"b"', '"b'), "'\"' closing the string"),
-        (GOOD[:-10] + '"\\', "a character after the backslash"),
+        (GOOD[:-10] + '"\\', "offset 83: expected '\"' closing the string, found end of text"),
+        (GOOD[:-10] + '"a\\"', "'\"' closing the string"),
         (GOOD.replace("[],[],", "[] ,[],", 1), r"expected ',\['"),
         (GOOD.replace('"s"', '"s\\n"'), "no backslash in a field Nix writes unescaped"),
         ('Derive([],[],[],"s","b",[],[])', "at least one output"),
@@ -560,6 +561,45 @@ def test_render_parse_render(drv: Derivation) -> None:
     shown = render_show_json("/x.drv", parsed)["/x.drv"]
     assert json.loads(json.dumps(shown)) == shown
     assert shown["env"] == dict(drv.env)
+
+
+def _reference_unescape(body: str) -> str:
+    out, chars = [], iter(body)
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars)
+            out.append({"n": "\n", "r": "\r", "t": "\t"}.get(escaped, escaped))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+@given(st.lists(st.sampled_from(["\\", "n", "r", "t", '"', "x", "\n", "é"]), max_size=30))
+def test_string_unescaping_matches_reference(chars: list[str]) -> None:
+    body = "".join(chars)
+    quoted = '"' + body + '"'
+    reference_ok = True
+    try:
+        expected = _reference_unescape(body)
+    except StopIteration:
+        reference_ok = False
+    text = GOOD.replace('"b"', quoted)
+    # The body is well formed iff no unescaped quote is inside and it does not end in an
+    # unpaired backslash; then it must decode like the reference decoder.
+    if reference_ok and _reference_closes_at_end(body):
+        assert parse_derivation(text).builder == expected
+    else:
+        with pytest.raises(DerivationParseError):
+            parse_derivation(text)
+
+
+def _reference_closes_at_end(body: str) -> bool:
+    index = 0
+    while index < len(body):
+        if body[index] == '"':
+            return False
+        index += 2 if body[index] == "\\" else 1
+    return index == len(body)
 
 
 @given(st.text(max_size=200))
