@@ -131,6 +131,6 @@ def test_pure_layers_do_no_io_at_import() -> None:
         check=True,
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
     ).stdout
     assert json.loads(out) == []
