@@ -20,7 +20,17 @@ Paths inside a derivation are kept as `str`, not `StorePath`: a derivation may c
 store with another store dir, and keeping the text means every file round-trips byte for byte
 (``render_derivation(parse_derivation(t)) == t``). The parser requires the sorted, duplicate-free
 order Nix writes (bytewise, i.e. UTF-8 order) so that this holds; anything else, including the
-experimental ``DrvWithVersion(`` header, is a `DerivationParseError` with the offset.
+experimental ``DrvWithVersion(`` header, unknown hash algorithms (``text:``, ``git:``) and
+trailing data, is a `DerivationParseError` naming the offset and what was expected.
+
+Nix prints output names, paths, hash fields, input-derivation output names, inputSrcs and the
+platform *without* escaping; `render_derivation` does the same, and the parser refuses a
+backslash in those fields (Nix never writes one there that it could read back). Only env,
+builder and args are escaped.
+
+The grammar has a fixed depth (nothing nests), so the only guard needed against absurd input
+is `MAX_DRV_SIZE`; parsing is linear in the text length. Files are `str`: decode their bytes
+as UTF-8 with ``surrogateescape`` (as the wire layer does) and any byte round-trips.
 
 Output kinds (§3.6), by which of ``(path, hash_algo, hash)`` are set:
 
