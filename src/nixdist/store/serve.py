@@ -1,0 +1,210 @@
+"""`ServeStore`: a Nix store reached over the ``nix-store --serve --write`` protocol.
+
+This is the one place where the serve protocol (`nixdist.protocol.serve`) meets a transport
+(`nixdist.transport.child.Channel`): requests are encoded and written, replies are read into a
+buffer until their decoder completes (``maybe_decode``). The same class talks to a builder over
+ssh and to the local store through a local ``nix-store --serve --write`` child — which is how
+the hook imports outputs while Nix holds their locks (``NIX_HELD_LOCKS``, nix-protocols.md
+§1.8) without linking against Nix.
+
+Calls are synchronous and one at a time, as the protocol is. A server that dies mid-reply
+(the protocol has no in-band errors: it prints ``error: …`` and exits) becomes a
+`TransportError` carrying what it printed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from nixdist.errors import RemoteProtocolError, TransportError, WireError
+from nixdist.model.store_path import STORE_DIR, StorePath
+from nixdist.protocol import serve
+from nixdist.protocol import serve_messages as msg
+from nixdist.transport.child import Channel
+from nixdist.transport.openssh import ssh_environment
+from nixdist.wire.nar import NarReader
+from nixdist.wire.primitives import Reader, maybe_decode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+    from nixdist.model.derivation import BasicDerivation
+    from nixdist.model.path_info import PathInfo
+    from nixdist.transport.openssh import ControlMasters, SshTarget
+
+_T = TypeVar("_T")
+NIX_STORE: Final = "nix-store"
+
+
+class ServeStore:
+    """A ``nix-store --serve --write`` session on a `Channel`."""
+
+    def __init__(self, channel: Channel, *, name: str, store_dir: str = STORE_DIR) -> None:
+        self.channel = channel
+        self.name = name
+        self.store_dir = store_dir
+        self._buf = bytearray()
+        self.channel.write(serve.encode_client_hello())
+        try:
+            server_version = self._recv(serve.decode_server_hello)
+        except serve.ServeGreetingError as err:
+            raise serve.ServeGreetingError(err.received, host=name, eof=err.eof) from None
+        self.version = serve.negotiated_version(serve.PROTOCOL_VERSION, server_version)
+        if self.version < serve.SINCE_ADD_TO_STORE_NAR:
+            raise RemoteProtocolError(
+                f"'{name}' speaks serve protocol {serve.format_version(server_version)}; "
+                "nixdist needs 2.5 or newer (Nix 2.1+)"
+            )
+
+    @classmethod
+    def open_local(
+        cls,
+        *,
+        store: str | None = None,
+        held_locks: Iterable[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> ServeStore:
+        """A local ``nix-store --serve --write`` on the store Nix builds in.
+
+        `held_locks`: output paths whose locks our parent Nix holds; the child skips locking
+        them (``NIX_HELD_LOCKS``) or importing them would deadlock. The child must open the
+        local store directly, never through the daemon (which would not see that variable),
+        so ``NIX_REMOTE`` is dropped and an explicit `store` other than ``auto`` is passed on.
+        """
+        env = dict(os.environ if environ is None else environ)
+        env.pop("NIX_REMOTE", None)
+        held = " ".join(held_locks)
+        if held:
+            env["NIX_HELD_LOCKS"] = held
+        argv = [NIX_STORE, "--serve", "--write"]
+        if store and store not in ("auto", "local"):
+            argv += ["--store", store]
+        return cls(Channel(argv, description="local nix-store --serve", env=env), name="local")
+
+    @classmethod
+    def open_ssh(
+        cls, target: SshTarget, masters: ControlMasters, environ: Mapping[str, str]
+    ) -> ServeStore:
+        """``nix-store --serve --write`` on a builder, over its shared ssh control master."""
+        use_master = masters.ensure_master(target, environ)
+        channel = Channel(
+            masters.serve_argv(target, use_master=use_master),
+            description=f"ssh {target.host}",
+            env=ssh_environment(environ),
+        )
+        try:
+            return cls(channel, name=target.host)
+        except BaseException:
+            channel.kill()
+            raise
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _recv(self, decode: Callable[[Reader], _T]) -> _T:
+        while True:
+            done = maybe_decode(decode, self._buf)
+            if done is not None:
+                value, used = done
+                del self._buf[:used]
+                return value
+            data = self.channel.read()
+            if not data:
+                if not self._buf and decode is serve.decode_server_hello:
+                    raise serve.ServeGreetingError(b"", host=self.name, eof=True)
+                raise self.channel.closed_error("the connection closed in the middle of a reply")
+            self._buf += data
+
+    def _request(self, request: msg.ServeRequest) -> None:
+        self.channel.write(msg.encode_request(request, self.version))
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def query_valid_paths(
+        self, paths: Iterable[StorePath], *, lock: bool = False, substitute: bool = False
+    ) -> frozenset[StorePath]:
+        paths = frozenset(paths)
+        if not paths:
+            return frozenset()
+        self._request(msg.QueryValidPathsRequest(paths=paths, lock=lock, substitute=substitute))
+        return self._recv(partial(msg.decode_query_valid_paths_reply, store_dir=self.store_dir))
+
+    def query_path_infos(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
+        paths = frozenset(paths)
+        if not paths:
+            return {}
+        self._request(msg.QueryPathInfosRequest(paths=paths))
+        infos = self._recv(
+            partial(
+                msg.decode_query_path_infos_reply, version=self.version, store_dir=self.store_dir
+            )
+        )
+        return {info.path: info for info in infos}
+
+    def query_closure(
+        self, paths: Iterable[StorePath], *, include_outputs: bool = False
+    ) -> frozenset[StorePath]:
+        paths = frozenset(paths)
+        if not paths:
+            return frozenset()
+        self._request(msg.QueryClosureRequest(paths=paths, include_outputs=include_outputs))
+        return self._recv(partial(msg.decode_query_closure_reply, store_dir=self.store_dir))
+
+    def dump(self, path: StorePath) -> Iterator[bytes]:
+        """The NAR of `path`, streamed as it arrives; checked for well-formedness on the way.
+
+        The generator must be consumed to the end before the next command.
+        """
+        self._request(msg.DumpStorePathRequest(path=path))
+        reader = NarReader(contents=False)
+        pending = bytes(self._buf)
+        self._buf.clear()
+        while True:
+            if not pending:
+                pending = self.channel.read()
+                if not pending:
+                    raise self.channel.closed_error(f"the connection closed while sending {path}")
+            try:
+                reader.feed(pending)
+            except WireError as err:
+                raise RemoteProtocolError(
+                    f"'{self.name}' sent a bad NAR for {path}: {err}"
+                ) from err
+            if reader.done:
+                unused = reader.unused_data
+                yield pending[: len(pending) - len(unused)]
+                self._buf += unused
+                return
+            yield pending
+            pending = b""
+
+    def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None:
+        """Add a path with its metadata; `nar` must total exactly ``info.nar_size`` bytes."""
+        self.channel.write(msg.encode_add_to_store_nar_header(info, self.version))
+        sent = 0
+        for chunk in nar:
+            sent += len(chunk)
+            if sent > info.nar_size:
+                break
+            self.channel.write(chunk)
+        if sent != info.nar_size:
+            # The server is now waiting for bytes that will never be right: end the session.
+            self.channel.kill()
+            raise RemoteProtocolError(
+                f"NAR of {info.path} is {sent} bytes, its path info says {info.nar_size}"
+            )
+        self._recv(msg.decode_success_reply)
+
+    def build_derivation(
+        self, drv_path: StorePath, drv: BasicDerivation, options: serve.BuildOptions
+    ) -> serve.BuildResult:
+        self._request(msg.BuildDerivationRequest(drv_path=drv_path, drv=drv, options=options))
+        return self._recv(partial(serve.decode_build_result, version=self.version))
+
+    def close(self) -> None:
+        """End the session (EOF on the server's stdin) and reap the process."""
+        try:
+            self.channel.close()
+        except TransportError:
+            self.channel.kill()
