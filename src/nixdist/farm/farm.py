@@ -1,0 +1,847 @@
+"""The local farm: N builder hosts on one Linux machine, each an `sshd` in a mount namespace.
+
+Layout of a farm directory (default ``/var/lib/nixdist/farm``, or ``$NIXDIST_FARM_DIR``)::
+
+    state.json            builders, specs, ports, sshd pids, mount-namespace inodes
+    machines              Nix machines file, one 8-field line per builder
+    ssh_config            one ``Host <prefix><name>`` block per builder
+    known_hosts           the builders' host keys, under their aliases
+    client_key(.pub)      the ed25519 key clients log in with (root, key only)
+    lock                  flock'ed while the farm is changed
+    builders/<name>/
+        nix/              the builder's /nix (its own store and database)
+        etc-nix/          its /etc/nix: nix.conf, nixdist-builder
+        etc-ssh/          its /etc/ssh: sshd_config, host key, authorized_keys, sshd.log
+        home/             its /root
+        tmp/              its /tmp
+        sshd.pid          written by the launcher, the pid of the builder's sshd
+        launch.log        stdout/stderr of the launcher and of sshd
+
+Starting a builder runs, detached (``setsid --fork``, stdio on files)::
+
+    unshare --mount --propagation private -- /bin/sh -c <launch script> \\
+        <pidfile> <src> <target> … -- /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E …
+
+The script writes its pid, bind-mounts the builder's directories over ``/nix``, ``/etc/nix``,
+``/etc/ssh``, ``/root`` and ``/tmp`` (a target that contains the farm directory itself goes
+last, so every source is still reachable when it is mounted) and execs sshd, which keeps the
+pid. The builder is up when its sshd logs ``Server listening on 127.0.0.1 port <port>``.
+Every session and build the builder runs inherits the namespace; stopping a builder SIGKILLs
+every process in it (found through ``/proc/PID/ns/mnt``, see `nixdist.farm.procs`). A process
+counts as the builder's only if its ``/proc/PID/root/nix`` is the builder's ``nix/`` directory,
+so a recycled pid or namespace inode is never mistaken for it.
+
+Ports are chosen once (a free loopback port) and kept across stop/start and up/down; a new one
+is chosen only when the old one is taken by something else at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from nixdist.errors import ConfigError
+from nixdist.farm import procs, render
+from nixdist.farm.errors import FarmError
+from nixdist.farm.spec import (
+    DEFAULT_ALIAS_PREFIX,
+    BuilderSpec,
+    check_alias_prefix,
+    make_spec,
+    plain_specs,
+)
+from nixdist.farm.sshinclude import add_ssh_include, remove_ssh_include
+from nixdist.model.machines import Machine
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+DEFAULT_FARM_DIR: Final = Path("/var/lib/nixdist/farm")
+FARM_DIR_ENV: Final = "NIXDIST_FARM_DIR"
+DEFAULT_BUILDER_COUNT: Final = 2
+STATE_VERSION: Final = 1
+
+# Environment for everything the farm starts: nothing of the caller's (NIX_REMOTE, TMPDIR,
+# NIX_CONF_DIR, ...) may leak into a builder.
+CLEAN_ENV: Final[Mapping[str, str]] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "USER": "root",
+    "LOGNAME": "root",
+    "LANG": "C.UTF-8",
+}
+
+# $1 pidfile ("-" for none), then source/target pairs, then "--", then the command.
+_LAUNCH_SCRIPT: Final = """\
+set -e
+if [ "$1" != - ]; then echo "$$" > "$1.tmp"; mv "$1.tmp" "$1"; fi
+shift
+while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done
+shift
+exec "$@"
+"""
+_LAUNCH_ARGV0: Final = "nixdist-farm-launch"
+_NOISE_MARKER: Final = "# nixdist farm: noisy shell"
+_POLL_SECONDS: Final = 0.02
+_INNER_TARGETS: Final = (
+    ("nix", "/nix"),
+    ("etc-nix", "/etc/nix"),
+    ("etc-ssh", "/etc/ssh"),
+    ("home", "/root"),
+    ("tmp", "/tmp"),  # noqa: S108 - the builder's own /tmp, a mount point
+)
+
+
+class BuilderState(StrEnum):
+    RUNNING = "running"
+    FROZEN = "frozen"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuilderStatus:
+    """A builder as it is now."""
+
+    spec: BuilderSpec
+    alias: str
+    port: int
+    state: BuilderState
+    pid: int | None
+    mount_ns: int | None
+    store_paths: int
+    noisy: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Record:
+    """What the state file keeps about one builder."""
+
+    spec: BuilderSpec
+    port: int
+    pid: int | None = None
+    mount_ns: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class _FarmState:
+    alias_prefix: str
+    records: list[_Record] = field(default_factory=list)
+
+    def index(self, name: str) -> int:
+        for i, record in enumerate(self.records):
+            if record.spec.name == name:
+                return i
+        known = ", ".join(r.spec.name for r in self.records) or "none"
+        raise FarmError(f"no builder named {name!r} in this farm (builders: {known})")
+
+
+def default_farm_dir() -> Path:
+    env = os.environ.get(FARM_DIR_ENV)
+    return Path(env) if env else DEFAULT_FARM_DIR
+
+
+class Farm:
+    """A farm directory and the builders it describes. Cheap to construct; does no I/O."""
+
+    def __init__(
+        self,
+        directory: Path | str | None = None,
+        *,
+        alias_prefix: str | None = None,
+        sshd: str | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.directory = Path(directory if directory is not None else default_farm_dir())
+        self.directory = Path(os.path.abspath(self.directory))  # noqa: PTH100 - keep symlinks
+        if alias_prefix is not None:
+            check_alias_prefix(alias_prefix)
+        self._alias_prefix_arg = alias_prefix
+        self.sshd = sshd or shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
+        self.start_timeout = start_timeout
+        self.machines_file = self.directory / "machines"
+        self.ssh_config = self.directory / "ssh_config"
+        self.known_hosts = self.directory / "known_hosts"
+        self.client_key = self.directory / "client_key"
+        self.state_file = self.directory / "state.json"
+        self._lock_file = self.directory / "lock"
+
+    def __repr__(self) -> str:
+        return f"Farm({str(self.directory)!r})"
+
+    # ---------------------------------------------------------------- paths and names
+
+    @property
+    def nix_sshopts(self) -> str:
+        """The ``NIX_SSHOPTS`` value that makes Nix's ssh use the farm's config."""
+        return f"-F {self.ssh_config}"
+
+    def env(self) -> dict[str, str]:
+        """Environment additions for a Nix client that uses the farm."""
+        return {"NIX_SSHOPTS": self.nix_sshopts}
+
+    @property
+    def alias_prefix(self) -> str:
+        return self._load().alias_prefix
+
+    def alias(self, name: str) -> str:
+        """The ssh alias (and store URI host) of builder `name`, e.g. ``nixdist-b1``."""
+        return self.alias_prefix + name
+
+    def builder_dir(self, name: str) -> Path:
+        return self.directory / "builders" / name
+
+    def store_dir(self, name: str) -> Path:
+        """The physical directory that builder `name` sees as ``/nix/store``."""
+        return self.builder_dir(name) / "nix" / "store"
+
+    def _db_path(self, name: str) -> Path:
+        return self.builder_dir(name) / "nix" / "var" / "nix" / "db" / "db.sqlite"
+
+    def sshd_log(self, name: str) -> Path:
+        return self.builder_dir(name) / "etc-ssh" / "sshd.log"
+
+    def ssh_argv(self, name: str) -> list[str]:
+        """``ssh -F <farm>/ssh_config <alias>``: append the remote command."""
+        return ["ssh", "-F", str(self.ssh_config), self.alias(name)]
+
+    # ---------------------------------------------------------------- commands
+
+    def up(self, specs: Sequence[BuilderSpec] | None = None) -> tuple[BuilderStatus, ...]:
+        """Make the farm consist of `specs` and have every builder running.
+
+        None keeps the builders the farm has (two plain ones for a new farm). Running builders
+        are left alone (their nix.conf is rewritten if their spec changed); stopped or new ones
+        are started; builders not in `specs` are stopped and their directories removed.
+        Frozen builders stay frozen (see `heal`).
+        """
+        self._check_host()
+        with self._locked():
+            state = self._load()
+            if self._alias_prefix_arg is not None:
+                state.alias_prefix = self._alias_prefix_arg
+            wanted = (
+                list(specs)
+                if specs is not None
+                else [r.spec for r in state.records] or list(plain_specs(DEFAULT_BUILDER_COUNT))
+            )
+            names = [s.name for s in wanted]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"builder names must be unique: {', '.join(names)}")
+            self._ensure_client_key()
+            old = {r.spec.name: r for r in state.records}
+            for name, record in old.items():
+                if name not in names:
+                    self._kill(record)
+                    shutil.rmtree(self.builder_dir(name), ignore_errors=True)
+            used = {old[n].port for n in names if n in old}
+            records: list[_Record] = []
+            for spec in wanted:
+                previous = old.get(spec.name)
+                if previous is None:
+                    port = _free_port(used)
+                    used.add(port)
+                    record = _Record(spec=spec, port=port)
+                else:
+                    record = replace(previous, spec=spec)
+                self._prepare_builder(record)
+                records.append(record)
+            state.records = records
+            self._save(state)
+            for i, record in enumerate(state.records):
+                if self._live_pid(record) is None:
+                    state.records[i] = self._start(state, record)
+                    self._save(state)
+            return self._statuses(state)
+
+    def down(self) -> None:
+        """Stop every builder: no process of the farm is left running afterwards."""
+        with self._locked():
+            state = self._load()
+            for i, record in enumerate(state.records):
+                state.records[i] = self._kill(record)
+            self._save_if_exists(state)
+
+    def reset(self, *, ssh_config: Path | None = None) -> None:
+        """`down`, then empty every builder's store, /tmp and home; remove the ssh include.
+
+        Keys, ports and specs stay, so the next `up` brings back the same builders, empty.
+        """
+        self.down()
+        with self._locked():
+            state = self._load()
+            for record in state.records:
+                base = self.builder_dir(record.spec.name)
+                for sub in ("nix", "tmp", "home"):
+                    shutil.rmtree(base / sub, ignore_errors=True)
+                    (base / sub).mkdir(parents=True, exist_ok=True)
+        self.remove_ssh_include(ssh_config)
+
+    def start(self, name: str) -> BuilderStatus:
+        """Start builder `name` if it is not running (same port, same host key)."""
+        self._check_host()
+        with self._locked():
+            state = self._load()
+            i = state.index(name)
+            if self._live_pid(state.records[i]) is None:
+                self._prepare_builder(state.records[i])
+                state.records[i] = self._start(state, state.records[i])
+                self._save(state)
+            return self._status(state, state.records[i])
+
+    def stop(self, name: str) -> None:
+        """Kill builder `name`: its sshd, every session and every build (SIGKILL)."""
+        with self._locked():
+            state = self._load()
+            i = state.index(name)
+            state.records[i] = self._kill(state.records[i])
+            self._save(state)
+
+    def freeze(self, name: str) -> list[int]:
+        """SIGSTOP every process of builder `name`; returns their pids.
+
+        New connections are then accepted by the kernel but never answered.
+        """
+        with self._locked():
+            record = self._running_record(name)
+            return procs.stop_all(lambda: self._pids(record))
+
+    def thaw(self, name: str) -> None:
+        """SIGCONT every process of builder `name`."""
+        with self._locked():
+            record = self._running_record(name)
+            procs.continue_all(lambda: self._pids(record))
+
+    def set_noisy(self, name: str, *, noisy: bool) -> None:
+        """Make root's shell on builder `name` print a line on stdout for every new session.
+
+        That is what breaks ``nix-store --serve`` on real machines with a chatty ``.bashrc``.
+        """
+        with self._locked():
+            self._load().index(name)
+            bashrc = self.builder_dir(name) / "home" / ".bashrc"
+            if noisy:
+                bashrc.parent.mkdir(parents=True, exist_ok=True)
+                bashrc.write_text(f"{_NOISE_MARKER}\necho 'welcome to farm builder {name}'\n")
+            else:
+                bashrc.unlink(missing_ok=True)
+
+    def heal(self) -> tuple[BuilderStatus, ...]:
+        """Undo every fault switch: thaw frozen builders, start stopped ones, silence shells."""
+        for status in self.status():
+            if status.noisy:
+                self.set_noisy(status.name, noisy=False)
+            if status.state is BuilderState.FROZEN:
+                self.thaw(status.name)
+        return self.up()
+
+    def status(self) -> tuple[BuilderStatus, ...]:
+        return self._statuses(self._load())
+
+    def builder_status(self, name: str) -> BuilderStatus:
+        state = self._load()
+        return self._status(state, state.records[state.index(name)])
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.spec.name for r in self._load().records)
+
+    def machines(self) -> tuple[Machine, ...]:
+        """The machines file's lines as values, in file order."""
+        state = self._load()
+        out: list[Machine] = []
+        for record in state.records:
+            spec = record.spec
+            out.append(
+                Machine(
+                    uri=f"ssh://{state.alias_prefix}{spec.name}",
+                    systems=spec.systems,
+                    ssh_key=str(self.client_key),
+                    max_jobs=spec.max_jobs,
+                    speed_factor=float(spec.speed_factor),
+                    supported_features=spec.supported_features,
+                    mandatory_features=spec.mandatory_features,
+                    public_host_key=base64.b64encode(
+                        self._host_key_line(spec.name).encode()
+                    ).decode(),
+                    source=f"{self.machines_file}:{len(out) + 2}",
+                )
+            )
+        return tuple(out)
+
+    def processes(self, name: str) -> list[int]:
+        """Pids of every live process of builder `name` (empty when it is stopped)."""
+        state = self._load()
+        return self._pids(state.records[state.index(name)])
+
+    def builder_store_paths(self, name: str) -> tuple[str, ...]:
+        """The valid paths in builder `name`'s store (read from its database), sorted."""
+        self._load().index(name)
+        return _valid_paths(self._db_path(name))
+
+    def run_in(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,  # noqa: A002 - the subprocess name for it
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `argv` as root inside builder `name`'s mount namespace; capture its output.
+
+        A running (or frozen) builder is entered with ``nsenter``; for a stopped one the
+        command gets a namespace of its own with the same mounts. `check` raises `FarmError`
+        on a non-zero exit, with the command's stderr.
+        """
+        state = self._load()
+        record = state.records[state.index(name)]
+        pid = self._live_pid(record)
+        if pid is not None:
+            full = ["nsenter", f"--target={pid}", "--mount", "--wd=/", "--", *argv]
+        else:
+            full = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                "-c",
+                _LAUNCH_SCRIPT,
+                _LAUNCH_ARGV0,
+                "-",
+                *self._mount_args(name),
+                "--",
+                *argv,
+            ]
+        result = subprocess.run(
+            full,
+            input=input,
+            capture_output=True,
+            env={**CLEAN_ENV, **(env or {})},
+            cwd="/",
+            check=False,
+        )
+        if check and result.returncode != 0:
+            stderr = result.stderr.decode(errors="replace").strip()
+            raise FarmError(
+                f"builder {name}: {' '.join(argv)} exited with {result.returncode}: {stderr}"
+            )
+        return result
+
+    def install_ssh_include(self, ssh_config: Path | None = None) -> bool:
+        """Add ``Include <farm>/ssh_config`` at the top of ``~/.ssh/config`` (idempotent)."""
+        return add_ssh_include(self.ssh_config, ssh_config)
+
+    def remove_ssh_include(self, ssh_config: Path | None = None) -> bool:
+        return remove_ssh_include(self.ssh_config, ssh_config)
+
+    # ---------------------------------------------------------------- internals: state
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock_file.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _load(self) -> _FarmState:
+        default_prefix = self._alias_prefix_arg or DEFAULT_ALIAS_PREFIX
+        try:
+            text = self.state_file.read_text()
+        except FileNotFoundError:
+            return _FarmState(alias_prefix=default_prefix)
+        try:
+            return _decode_state(json.loads(text), source=str(self.state_file))
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"corrupt farm state: {err}", file=str(self.state_file)) from None
+
+    def _save(self, state: _FarmState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.state_file, json.dumps(_encode_state(state), indent=2) + "\n")
+        self._write_client_files(state)
+
+    def _save_if_exists(self, state: _FarmState) -> None:
+        if self.state_file.exists():
+            self._save(state)
+
+    def _write_client_files(self, state: _FarmState) -> None:
+        key = str(self.client_key)
+        machines: list[str] = []
+        blocks: list[str] = []
+        known: list[tuple[str, str]] = []
+        for record in state.records:
+            spec = record.spec
+            alias = state.alias_prefix + spec.name
+            host_key = self._host_key_line(spec.name)
+            machines.append(
+                render.render_machine_line(spec, alias=alias, client_key=key, host_key=host_key)
+            )
+            blocks.append(
+                render.render_ssh_config_block(
+                    alias=alias, port=record.port, client_key=key, known_hosts=str(self.known_hosts)
+                )
+            )
+            known.append((alias, host_key))
+        _atomic_write(self.known_hosts, render.render_known_hosts(known))
+        _atomic_write(self.ssh_config, render.render_ssh_config(blocks))
+        _atomic_write(self.machines_file, render.render_machines(machines))
+
+    def _host_key_line(self, name: str) -> str:
+        pub = self.builder_dir(name) / "etc-ssh" / f"{Path(render.INNER_HOST_KEY).name}.pub"
+        try:
+            return render.host_key_line(pub.read_text())
+        except (OSError, ValueError) as err:
+            raise FarmError(f"builder {name}: cannot read its host key: {err}") from None
+
+    # ---------------------------------------------------------------- internals: builders
+
+    def _check_host(self) -> None:
+        if os.geteuid() != 0:
+            raise FarmError("the farm needs root (mount namespaces, bind mounts, sshd)")
+        missing = [
+            f"{tool} ({package})"
+            for tool, package in (
+                ("unshare", "util-linux"),
+                ("nsenter", "util-linux"),
+                ("setsid", "util-linux"),
+                ("ssh-keygen", "openssh-client"),
+                ("nix-store", "nix-bin"),
+            )
+            if shutil.which(tool, path=CLEAN_ENV["PATH"]) is None
+        ]
+        if self.sshd is None or not Path(self.sshd).is_absolute():
+            missing.append("sshd (openssh-server)")
+        if missing:
+            raise FarmError(f"missing on this machine: {', '.join(missing)}")
+        for inside in self.directory.parents:
+            if str(inside) in {"/nix", "/etc/nix", "/etc/ssh"}:
+                raise FarmError(f"the farm directory cannot live under {inside}")
+        # sshd's privilege-separation directory, and the mount points a builder covers.
+        Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+        for _, target in _INNER_TARGETS:
+            Path(target).mkdir(mode=0o755, parents=True, exist_ok=True)
+
+    def _ensure_client_key(self) -> None:
+        if not self.client_key.exists():
+            _keygen(self.client_key, comment="nixdist-farm-client")
+
+    def _prepare_builder(self, record: _Record) -> None:
+        """Create the builder's directories and keys if needed; (re)write its config files."""
+        spec = record.spec
+        base = self.builder_dir(spec.name)
+        for sub, _ in _INNER_TARGETS:
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "tmp").chmod(0o1777)
+        (base / "nix" / "store").mkdir(exist_ok=True)  # Nix makes the rest on first use
+        etc_ssh = base / "etc-ssh"
+        host_key = etc_ssh / Path(render.INNER_HOST_KEY).name
+        if not host_key.exists():
+            _keygen(host_key, comment=f"nixdist-farm-{spec.name}")
+        client_pub = self.client_key.with_name(self.client_key.name + ".pub").read_text()
+        _atomic_write(etc_ssh / Path(render.INNER_AUTHORIZED_KEYS).name, client_pub)
+        sshd_config = render.render_sshd_config(record.port)
+        _atomic_write(etc_ssh / Path(render.INNER_SSHD_CONFIG).name, sshd_config)
+        etc_nix = base / "etc-nix"
+        _atomic_write(etc_nix / "nix.conf", render.render_nix_conf(spec))
+        _atomic_write(etc_nix / render.BUILDER_NAME_FILE, f"{spec.name}\n")
+
+    def _mount_args(self, name: str) -> list[str]:
+        """Source/target pairs for the launch script, a target covering the farm dir last."""
+        base = self.builder_dir(name)
+        pairs = [(str(base / sub), target) for sub, target in _INNER_TARGETS]
+        covering = [p for p in pairs if self.directory.is_relative_to(p[1])]
+        ordered = [p for p in pairs if p not in covering] + covering
+        return [item for pair in ordered for item in pair]
+
+    def _pids(self, record: _Record) -> list[int]:
+        """Live processes in the builder's namespace whose /nix is the builder's own."""
+        if record.mount_ns is None or record.mount_ns == procs.own_mount_ns():
+            return []
+        try:
+            mine = (self.builder_dir(record.spec.name) / "nix").stat()
+        except FileNotFoundError:
+            return []
+        found: list[int] = []
+        for pid in procs.pids_in_ns(record.mount_ns):
+            try:
+                theirs = Path(f"/proc/{pid}/root/nix").stat()
+            except OSError:
+                continue
+            if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+                found.append(pid)
+        return found
+
+    def _live_pid(self, record: _Record) -> int | None:
+        """The builder's sshd pid if that process is alive and really the builder's."""
+        if record.pid is None:
+            return None
+        return record.pid if record.pid in self._pids(record) else None
+
+    def _running_record(self, name: str) -> _Record:
+        state = self._load()
+        record = state.records[state.index(name)]
+        if self._live_pid(record) is None:
+            raise FarmError(f"builder {name} is not running")
+        return record
+
+    def _kill(self, record: _Record) -> _Record:
+        procs.kill_all(lambda: self._pids(record))
+        return replace(record, pid=None, mount_ns=None)
+
+    def _start(self, state: _FarmState, record: _Record) -> _Record:
+        name = record.spec.name
+        self._kill(record)  # leftovers of a builder whose sshd died
+        if not _port_bindable(record.port):
+            used = {r.port for r in state.records}
+            record = replace(record, port=_free_port(used))
+            state.records[state.index(name)] = record
+            self._prepare_builder(record)
+            self._save(state)
+        base = self.builder_dir(name)
+        pidfile = base / "sshd.pid"
+        pidfile.unlink(missing_ok=True)
+        log = self.sshd_log(name)
+        offset = log.stat().st_size if log.exists() else 0
+        launch_log = base / "launch.log"
+        assert self.sshd is not None  # checked by _check_host  # noqa: S101 - narrowing
+        argv = [
+            "setsid",
+            "--fork",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            _LAUNCH_SCRIPT,
+            _LAUNCH_ARGV0,
+            str(pidfile),
+            *self._mount_args(name),
+            "--",
+            self.sshd,
+            "-D",
+            "-f",
+            render.INNER_SSHD_CONFIG,
+            "-E",
+            render.INNER_SSHD_LOG,
+        ]
+        with launch_log.open("ab") as out:
+            launched = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(CLEAN_ENV),
+                cwd="/",
+                check=False,
+            )
+        if launched.returncode != 0:
+            raise FarmError(f"builder {name}: setsid failed: {_tail(launch_log)}")
+        pid = self._wait_for_pid(name, pidfile, launch_log)
+        listening = f"Server listening on 127.0.0.1 port {record.port}."
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if not procs.is_alive(pid):
+                logs = f"{_tail(launch_log)} {_tail(log, offset)}"
+                raise FarmError(f"builder {name}: sshd exited at start: {logs}")
+            if listening in _read_from(log, offset):
+                break
+            if time.monotonic() > deadline:
+                raise FarmError(f"builder {name}: sshd is not listening: {_tail(log, offset)}")
+            time.sleep(_POLL_SECONDS)
+        ns = procs.mount_ns(pid)
+        if ns is None or ns == procs.own_mount_ns():
+            raise FarmError(f"builder {name}: sshd (pid {pid}) has no mount namespace of its own")
+        return replace(record, pid=pid, mount_ns=ns)
+
+    def _wait_for_pid(self, name: str, pidfile: Path, launch_log: Path) -> int:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int(pidfile.read_text())
+            if time.monotonic() > deadline:
+                raise FarmError(f"builder {name}: the launcher did not start: {_tail(launch_log)}")
+            time.sleep(_POLL_SECONDS)
+
+    def _status(self, state: _FarmState, record: _Record) -> BuilderStatus:
+        name = record.spec.name
+        pid = self._live_pid(record)
+        if pid is None:
+            run_state = BuilderState.STOPPED
+        elif procs.is_stopped(pid):
+            run_state = BuilderState.FROZEN
+        else:
+            run_state = BuilderState.RUNNING
+        bashrc = self.builder_dir(name) / "home" / ".bashrc"
+        try:
+            noisy = bashrc.read_text().startswith(_NOISE_MARKER)
+        except OSError:
+            noisy = False
+        return BuilderStatus(
+            spec=record.spec,
+            alias=state.alias_prefix + name,
+            port=record.port,
+            state=run_state,
+            pid=pid,
+            mount_ns=record.mount_ns if pid is not None else None,
+            store_paths=len(_valid_paths(self._db_path(name))),
+            noisy=noisy,
+        )
+
+    def _statuses(self, state: _FarmState) -> tuple[BuilderStatus, ...]:
+        return tuple(self._status(state, record) for record in state.records)
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _encode_state(state: _FarmState) -> dict[str, object]:
+    return {
+        "version": STATE_VERSION,
+        "alias_prefix": state.alias_prefix,
+        "builders": [
+            {
+                "name": r.spec.name,
+                "systems": list(r.spec.systems),
+                "features": sorted(r.spec.supported_features),
+                "mandatory": sorted(r.spec.mandatory_features),
+                "jobs": r.spec.max_jobs,
+                "speed": r.spec.speed_factor,
+                "port": r.port,
+                "pid": r.pid,
+                "mount_ns": r.mount_ns,
+            }
+            for r in state.records
+        ],
+    }
+
+
+def _decode_state(data: object, *, source: str) -> _FarmState:
+    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        raise ValueError(f"expected a JSON object with version {STATE_VERSION}")
+    prefix = data["alias_prefix"]
+    if not isinstance(prefix, str):
+        raise TypeError("alias_prefix is not a string")
+    check_alias_prefix(prefix, source=source)
+    records: list[_Record] = []
+    for item in data["builders"]:
+        spec = make_spec(
+            item["name"],
+            systems=list(item["systems"]),
+            features=item["features"],
+            mandatory=item["mandatory"],
+            jobs=_int(item["jobs"]),
+            speed=_int(item["speed"]),
+            source=source,
+        )
+        records.append(
+            _Record(
+                spec=spec,
+                port=_int(item["port"]),
+                pid=_opt_int(item["pid"]),
+                mount_ns=_opt_int(item["mount_ns"]),
+            )
+        )
+    return _FarmState(alias_prefix=prefix, records=records)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"{value!r} is not an integer")
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def _keygen(path: Path, *, comment: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_name(path.name + ".pub")):
+        stale.unlink(missing_ok=True)
+    result = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=dict(CLEAN_ENV),
+        check=False,
+    )
+    if result.returncode != 0:
+        raise FarmError(f"ssh-keygen for {path} failed: {result.stderr.decode(errors='replace')}")
+
+
+def _port_bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(avoid: set[int]) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise FarmError("no free loopback port found")
+
+
+def _valid_paths(db: Path) -> tuple[str, ...]:
+    if not db.exists():
+        return ()
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            rows = conn.execute("SELECT path FROM ValidPaths ORDER BY path").fetchall()
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):
+            return ()  # Nix is creating the database right now
+        raise FarmError(f"cannot read the store database {db}: {err}") from None
+    except sqlite3.Error as err:
+        raise FarmError(f"cannot read the store database {db}: {err}") from None
+    return tuple(str(row[0]) for row in rows)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _tail(path: Path, offset: int = 0, lines: int = 10) -> str:
+    text = _read_from(path, offset).strip()
+    return " | ".join(text.splitlines()[-lines:]) or f"(nothing in {path})"

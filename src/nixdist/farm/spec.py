@@ -1,0 +1,334 @@
+"""What a farm builder is: its name, systems, features, job slots and speed.
+
+A builder is described on the command line by ``--builder SPEC`` (repeatable)::
+
+    NAME[:KEY=VALUE[;KEY=VALUE...]]
+
+    b1
+    b2:features=big-parallel;jobs=2
+    b3:systems=x86_64-linux,aarch64-linux;speed=2
+    b4:mandatory=benchmark
+
+or in a TOML farm file (``--config farm.toml``)::
+
+    alias_prefix = "nixdist-"        # optional; ssh aliases are <prefix><name>
+
+    [builders.b1]
+    jobs = 2
+
+    [builders.b2]
+    systems = ["x86_64-linux", "aarch64-linux"]
+    features = ["big-parallel"]
+    mandatory = ["benchmark"]
+    jobs = 2
+    speed = 2
+
+Keys (the same in both forms; lists are comma-separated on the command line):
+
+=========  ==========================================================  ==================
+key        meaning                                                     default
+=========  ==========================================================  ==================
+systems    system types; the first is the builder's ``system``, the    the host's system
+           rest its ``extra-platforms`` (any string, e.g.               (x86_64-linux)
+           ``aarch64-linux``: the builder believes it can build it)
+features   supported system features (machines field 6)                none
+mandatory  mandatory system features (machines field 7)                none
+jobs       max jobs (machines field 4, and the builder's max-jobs)     1
+speed      speed factor (machines field 5; an integer, as in Nix 2.8)  1
+=========  ==========================================================  ==================
+
+The builder's own ``system-features`` are ``features`` and ``mandatory`` together, so a
+derivation that needs a feature the builder lacks fails there too, as on a real machine.
+
+``--builders N`` stands for ``b1`` … ``bN`` with the defaults. Sources combine in the order
+``--config``, then ``--builders`` (names not defined yet), then each ``--builder`` (replacing
+a builder of the same name, or adding one), see `combine_specs`.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from nixdist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from pathlib import Path
+
+DEFAULT_ALIAS_PREFIX: Final = "nixdist-"
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{0,32}")
+_SYSTEM_RE: Final = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.-]+")
+_FEATURE_RE: Final = re.compile(r"[A-Za-z0-9_.+-]+")
+_KEYS: Final = ("systems", "features", "mandatory", "jobs", "speed")
+
+_MACHINE_TO_SYSTEM: Final = {
+    "x86_64": "x86_64-linux",
+    "amd64": "x86_64-linux",
+    "aarch64": "aarch64-linux",
+    "arm64": "aarch64-linux",
+    "i686": "i686-linux",
+    "i386": "i686-linux",
+}
+
+
+def host_system() -> str:
+    """The Nix system type of this machine, e.g. ``x86_64-linux``."""
+    machine = platform.machine()
+    return _MACHINE_TO_SYSTEM.get(machine, f"{machine}-linux")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuilderSpec:
+    """One farm builder as the user asked for it. Build it with `make_spec` or a parser."""
+
+    name: str
+    systems: tuple[str, ...]
+    supported_features: frozenset[str] = frozenset()
+    mandatory_features: frozenset[str] = frozenset()
+    max_jobs: int = 1
+    speed_factor: int = 1
+
+    @property
+    def system(self) -> str:
+        return self.systems[0]
+
+    @property
+    def extra_platforms(self) -> tuple[str, ...]:
+        return self.systems[1:]
+
+    @property
+    def system_features(self) -> frozenset[str]:
+        """What the builder's own nix.conf declares: supported and mandatory features."""
+        return self.supported_features | self.mandatory_features
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FarmConfig:
+    """The contents of a TOML farm file."""
+
+    alias_prefix: str | None
+    builders: tuple[BuilderSpec, ...]
+
+
+def make_spec(
+    name: str,
+    *,
+    systems: Sequence[str] | None = None,
+    features: Iterable[str] = (),
+    mandatory: Iterable[str] = (),
+    jobs: int = 1,
+    speed: int = 1,
+    source: str = "builder",
+) -> BuilderSpec:
+    """Check every value and build a `BuilderSpec`; `source` names the origin in errors."""
+    check_name(name, source=source)
+    systems_t = tuple(systems) if systems is not None else (host_system(),)
+    if not systems_t:
+        raise ConfigError(f"builder {name!r}: at least one system is needed", file=source)
+    if len(set(systems_t)) != len(systems_t):
+        raise ConfigError(f"builder {name!r}: a system is listed twice", file=source)
+    for system in systems_t:
+        if not _SYSTEM_RE.fullmatch(system):
+            raise ConfigError(
+                f"builder {name!r}: {system!r} is not a system type like x86_64-linux",
+                file=source,
+                field="systems",
+            )
+    supported = frozenset(features)
+    required = frozenset(mandatory)
+    for feature in supported | required:
+        if not _FEATURE_RE.fullmatch(feature):
+            raise ConfigError(
+                f"builder {name!r}: {feature!r} is not a valid feature name", file=source
+            )
+    if jobs < 1:
+        raise ConfigError(
+            f"builder {name!r}: jobs must be an integer >= 1, not {jobs!r}",
+            file=source,
+            field="jobs",
+        )
+    if speed < 1:
+        raise ConfigError(
+            f"builder {name!r}: speed must be an integer >= 1 (Nix 2.8 reads an integer),"
+            f" not {speed!r}",
+            file=source,
+            field="speed",
+        )
+    return BuilderSpec(
+        name=name,
+        systems=systems_t,
+        supported_features=supported,
+        mandatory_features=required,
+        max_jobs=jobs,
+        speed_factor=speed,
+    )
+
+
+def check_name(name: object, *, source: str = "builder") -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a builder name (letters, digits, '_', '.', '-'; at most 32,"
+            " starting with a letter or digit)",
+            file=source,
+        )
+
+
+def check_alias_prefix(prefix: str, *, source: str = "alias prefix") -> None:
+    if not _PREFIX_RE.fullmatch(prefix):
+        raise ConfigError(
+            f"{prefix!r} is not an alias prefix (letters, digits, '_', '.', '-'; at most 32)",
+            file=source,
+        )
+
+
+def plain_specs(count: int) -> tuple[BuilderSpec, ...]:
+    """``b1`` … ``b<count>``, each with the defaults."""
+    if count < 0:
+        raise ConfigError(f"--builders must be >= 0, not {count}", file="--builders")
+    return tuple(make_spec(f"b{i}") for i in range(1, count + 1))
+
+
+def _split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _parse_int(name: str, key: str, value: str, source: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"builder {name!r}: {key} must be an integer, not {value!r}", file=source, field=key
+        ) from None
+
+
+def parse_builder_option(text: str) -> BuilderSpec:
+    """Parse one ``--builder`` value: ``NAME[:KEY=VALUE[;KEY=VALUE...]]``."""
+    source = f"--builder {text!r}"
+    name, _, rest = text.strip().partition(":")
+    name = name.strip()
+    check_name(name, source=source)
+    values: dict[str, str] = {}
+    for item in rest.split(";"):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ConfigError(f"{item.strip()!r} is not KEY=VALUE", file=source)
+        if key not in _KEYS:
+            raise ConfigError(f"unknown key {key!r}; known: {', '.join(_KEYS)}", file=source)
+        if key in values:
+            raise ConfigError(f"key {key!r} given twice", file=source)
+        values[key] = value.strip()
+    return make_spec(
+        name,
+        systems=_split_list(values["systems"]) if "systems" in values else None,
+        features=_split_list(values.get("features", "")),
+        mandatory=_split_list(values.get("mandatory", "")),
+        jobs=_parse_int(name, "jobs", values["jobs"], source) if "jobs" in values else 1,
+        speed=_parse_int(name, "speed", values["speed"], source) if "speed" in values else 1,
+        source=source,
+    )
+
+
+def _str_list(value: object, *, name: str, key: str, source: str) -> list[str]:
+    if isinstance(value, str):
+        return _split_list(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [str(v) for v in value]
+    raise ConfigError(
+        f"builder {name!r}: {key} must be a list of strings", file=source, field=key
+    )
+
+
+def _int_value(value: object, *, name: str, key: str, source: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"builder {name!r}: {key} must be an integer", file=source, field=key)
+
+
+def parse_farm_toml(text: str, *, source: str = "<farm.toml>") -> FarmConfig:
+    """Parse a TOML farm file (format in the module docstring)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(err), file=source) from None
+    unknown = set(data) - {"alias_prefix", "builders"}
+    if unknown:
+        raise ConfigError(f"unknown top-level keys: {', '.join(sorted(unknown))}", file=source)
+    prefix = data.get("alias_prefix")
+    if prefix is not None:
+        if not isinstance(prefix, str):
+            raise ConfigError("alias_prefix must be a string", file=source)
+        check_alias_prefix(prefix, source=source)
+    builders = data.get("builders", {})
+    if not isinstance(builders, dict):
+        raise ConfigError("[builders] must be a table of tables", file=source)
+    specs: list[BuilderSpec] = []
+    for name, table in builders.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"builders.{name} must be a table", file=source)
+        specs.append(_spec_from_table(str(name), table, source))
+    return FarmConfig(alias_prefix=prefix, builders=tuple(specs))
+
+
+def _spec_from_table(name: str, table: Mapping[str, object], source: str) -> BuilderSpec:
+    unknown = set(table) - set(_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"builder {name!r}: unknown keys {', '.join(sorted(unknown))};"
+            f" known: {', '.join(_KEYS)}",
+            file=source,
+        )
+    systems = table.get("systems")
+    return make_spec(
+        name,
+        systems=None
+        if systems is None
+        else _str_list(systems, name=name, key="systems", source=source),
+        features=_str_list(table.get("features", []), name=name, key="features", source=source),
+        mandatory=_str_list(
+            table.get("mandatory", []), name=name, key="mandatory", source=source
+        ),
+        jobs=_int_value(table.get("jobs", 1), name=name, key="jobs", source=source),
+        speed=_int_value(table.get("speed", 1), name=name, key="speed", source=source),
+        source=source,
+    )
+
+
+def load_farm_toml(path: Path) -> FarmConfig:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read: {err.strerror}", file=str(path)) from None
+    return parse_farm_toml(text, source=str(path))
+
+
+def combine_specs(
+    *,
+    config: Sequence[BuilderSpec] = (),
+    count: int | None = None,
+    overrides: Sequence[BuilderSpec] = (),
+) -> tuple[BuilderSpec, ...] | None:
+    """The builders asked for: `config`, then ``b1..b<count>`` not yet named, then `overrides`.
+
+    Returns None when nothing was asked for (the farm then keeps the builders it has).
+    """
+    if not config and count is None and not overrides:
+        return None
+    chosen: dict[str, BuilderSpec] = {}
+    for spec in config:
+        if spec.name in chosen:
+            raise ConfigError(f"builder {spec.name!r} defined twice")
+        chosen[spec.name] = spec
+    for spec in plain_specs(count or 0):
+        chosen.setdefault(spec.name, spec)
+    for spec in overrides:
+        chosen[spec.name] = spec
+    return tuple(chosen.values())
