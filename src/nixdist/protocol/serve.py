@@ -96,6 +96,7 @@ SINCE_KEEP_FAILED: Final = 0x207
 _SERVER_MAGIC_BYTES: Final = encode_u64(SERVE_MAGIC_2)
 _WORKER_MAGIC_BYTES: Final = encode_u64(WORKER_MAGIC_2)
 _SHOWN_CHARS: Final = 300
+_SHOWN_BYTES: Final = 64
 
 
 class ServeCommand(IntEnum):
@@ -212,12 +213,15 @@ def decode_server_hello(reader: Reader) -> int:
 
 
 def _show(data: bytes) -> str:
-    text = data.decode("utf-8", "replace").strip()
-    printable = sum(ch.isprintable() or ch in "\n\t" for ch in text)
-    if text and printable >= 0.9 * len(text):
-        shown = text[:_SHOWN_CHARS] + ("…" if len(text) > _SHOWN_CHARS else "")
-        return repr(shown)
-    return data[:64].hex(" ") + (" …" if len(data) > 64 else "")  # noqa: PLR2004 - shown bytes
+    """The text at the start of `data` (what a shell printed), else the first bytes in hex."""
+    text = data.decode("utf-8", "replace")
+    end = next((i for i, ch in enumerate(text) if not (ch.isprintable() or ch in "\t\r\n")), None)
+    shown = text[:end].strip()
+    if not shown:
+        return data[:_SHOWN_BYTES].hex(" ") + (" …" if len(data) > _SHOWN_BYTES else "")
+    more = "…" if len(shown) > _SHOWN_CHARS else ""
+    binary = " followed by binary data" if end is not None else ""
+    return repr(shown[:_SHOWN_CHARS] + more) + binary
 
 
 class ServeGreetingError(RemoteProtocolError):

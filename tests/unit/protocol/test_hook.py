@@ -6,7 +6,7 @@ import struct
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixdist.errors import ConfigError, LocalProtocolError, ParseError, WireError
@@ -153,6 +153,7 @@ texts = st.text(max_size=30)
 text_sets = st.frozensets(texts, max_size=5)
 
 
+@settings(deadline=None)  # no wall-clock limits in tests
 @given(
     st.builds(
         TryRequest,
@@ -166,11 +167,13 @@ def test_try_round_trip(request: TryRequest) -> None:
     check_incremental(decode_hook_command, encode_try(request), request)
 
 
+@settings(deadline=None)  # no wall-clock limits in tests
 @given(st.builds(AcceptedWork, inputs=text_sets, wanted_outputs=text_sets))
 def test_accepted_work_round_trip(work: AcceptedWork) -> None:
     check_incremental(decode_accepted_work, encode_accepted_work(work), work)
 
 
+@settings(deadline=None)  # no wall-clock limits in tests
 @given(st.dictionaries(texts, texts, max_size=6))
 def test_settings_round_trip(settings: dict[str, str]) -> None:
     data = encode_settings(settings)

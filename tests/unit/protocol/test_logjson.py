@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixdist.protocol.logjson import (
@@ -103,9 +103,9 @@ def test_helpers() -> None:
 
 
 def test_enum_values() -> None:
-    assert Verbosity.VOMIT == 7
-    assert ActivityType.BUILD_WAITING == 111
-    assert ResultType.POST_BUILD_LOG_LINE == 107
+    assert int(Verbosity.VOMIT) == 7
+    assert int(ActivityType.BUILD_WAITING) == 111
+    assert int(ResultType.POST_BUILD_LOG_LINE) == 107
 
 
 def test_encoding_escapes_newlines_and_replaces_lone_surrogates() -> None:
@@ -158,6 +158,7 @@ def test_bad_lines_pass_through(line: bytes) -> None:
     assert encode_log_line(Passthrough(line=line)) == line + b"\n"
 
 
+@settings(deadline=None)  # no wall-clock limits in tests
 @given(st.binary().filter(lambda b: b"\n" not in b))
 def test_parse_never_raises(line: bytes) -> None:
     event = parse_log_line(line)
@@ -167,6 +168,7 @@ def test_parse_never_raises(line: bytes) -> None:
         assert line.startswith(b"@nix ")
 
 
+@settings(deadline=None)  # no wall-clock limits in tests
 @given(st.text().filter(lambda t: "\n" not in t))
 def test_parse_never_raises_after_prefix(text: str) -> None:
     parse_log_line("@nix " + text)
@@ -216,6 +218,7 @@ events = st.one_of(
 )
 
 
+@settings(deadline=None)  # no wall-clock limits in tests
 @given(events)
 def test_round_trip(event: object) -> None:
     line = encode_log_line(event)  # type: ignore[arg-type]
