@@ -1537,6 +1537,7 @@ def record_hook_relay(out: Path, wrapper: Path, salt: str, case: RelayCase) -> N
                 "required_features": ["big-parallel"],
                 "input_closure": closure,
                 "inputs_from": inputs,
+                "drv_aterm": Path(drv).read_text(encoding="utf-8"),
             },
         },
     )
@@ -1575,6 +1576,7 @@ def record_hook_relay(out: Path, wrapper: Path, salt: str, case: RelayCase) -> N
                 "outputs": drv_out,
                 "input_closure": closure,
                 "show-derivation": show_derivation(drv),
+                "drv_aterm": Path(drv).read_text(encoding="utf-8"),
                 "paths": [facts[p] for p in sorted(facts)],
             },
         },
