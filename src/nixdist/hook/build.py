@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import BuildError
 from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
-from nixdist.protocol.hook import HookExit
-from nixdist.protocol.serve import BuildOptions, BuildResult, BuildStatus
+from nixdist.protocol.hook import HookExit, exit_for_build_status
+from nixdist.protocol.serve import BuildOptions
 from nixdist.store.copy import copy_closure, copy_paths
 from nixdist.store.serve import ServeStore
 
@@ -37,22 +37,6 @@ if TYPE_CHECKING:
 
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
-
-_EXIT_FOR_STATUS: Final = {
-    BuildStatus.TIMED_OUT: HookExit.TIMED_OUT,
-    BuildStatus.PERMANENT_FAILURE: HookExit.BUILD_FAILED,
-    BuildStatus.TRANSIENT_FAILURE: HookExit.BUILD_FAILED,
-    BuildStatus.NOT_DETERMINISTIC: HookExit.BUILD_FAILED,
-    BuildStatus.OUTPUT_REJECTED: HookExit.BUILD_FAILED,
-}
-
-
-def exit_status(result: BuildResult) -> HookExit:
-    """What the hook exits with for a remote build result (§1.8, §3.7)."""
-    if result.is_success:
-        return HookExit.OK
-    return _EXIT_FOR_STATUS.get(result.status, HookExit.FAILED)
-
 
 def build_options(settings: HookSettings) -> BuildOptions:
     """The local settings the remote build must honour (build-remote forwards the same)."""
@@ -110,7 +94,7 @@ def build_remotely(
         result = remote.build_derivation(drv_path, basic, build_options(settings))
         if not result.is_success:
             out.error(f"build of '{drv_path}' on '{machine.uri}' failed: {result.error_msg}")
-            return exit_status(result)
+            return exit_for_build_status(result.status)
         missing = outputs - local.query_valid_paths(outputs)
         if missing:
             copy_closure(remote, local, missing)
