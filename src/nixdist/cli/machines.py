@@ -1,0 +1,153 @@
+"""`nixdist machines [FILE] [--json]`: the build machines Nix would use, as nixdist reads them.
+
+With FILE, that machines file is parsed. Without, the machines Nix itself would read:
+``$NIX_REMOTE_SYSTEMS`` when set (each listed file), else the ``builders`` setting from the
+configuration files (``$NIX_CONF_DIR/nix.conf``, the user's ``nix.conf``, ``$NIX_CONFIG``),
+whose default is ``@/etc/nix/machines``. A ``-`` systems field means the ``system`` setting,
+or this host's system when no file sets it.
+
+Output: a table, or with ``--json`` a JSON list of objects with the keys ``uri, systems,
+ssh_key, max_jobs, speed_factor, supported_features, mandatory_features, public_host_key``.
+A malformed file is one line on stderr, ``nixdist: error: FILE:LINE: field N (name): ...``,
+and exit status 1.
+
+Files are read as bytes and decoded as UTF-8 with ``surrogateescape``, so any byte Nix would
+accept is kept; the JSON output writes such bytes back unchanged, the table shows them as
+U+FFFD.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from typing import TYPE_CHECKING, Final
+
+import click
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from nixdist.errors import ConfigError
+from nixdist.model.machines import (
+    machine_to_json,
+    machines_from_env_and_setting,
+    parse_machines,
+    render_speed_factor,
+)
+from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from nixdist.model.machines import Machine
+
+MAX_FILE_SIZE: Final = 16 * 1024 * 1024
+"""Larger configuration files are refused (an ``@/dev/zero`` include must not hang us)."""
+
+_UNLIMITED_WIDTH: Final = 1_000_000
+_MACHINE_NAMES: Final = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "i586": "i686"}
+
+
+def read_config_file(path: str) -> str | None:
+    """A configuration file's text; None if it does not exist; `ConfigError` for other errors.
+
+    The reader `nixdist.model.machines.parse_machines` and `nixdist.model.nixconf` expect.
+    """
+    try:
+        with open(path, "rb") as file:  # noqa: PTH123 - a str path from a config file
+            data = file.read(MAX_FILE_SIZE + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ConfigError(f"cannot read: {err.strerror or err}", file=path) from None
+    except ValueError as err:  # an embedded NUL byte in the path
+        raise ConfigError(f"cannot read: {err}", file=path) from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"larger than {MAX_FILE_SIZE} bytes", file=path)
+    return data.decode("utf-8", "surrogateescape")
+
+
+def host_system() -> str:
+    """This host's Nix system name (``x86_64-linux``), as Nix's compiled-in default."""
+    machine = platform.machine().lower()
+    machine = _MACHINE_NAMES.get(machine, machine)
+    kernel = "darwin" if sys.platform == "darwin" else sys.platform.rstrip("0123456789")
+    return f"{machine}-{kernel}"
+
+
+def effective_machines(env: Mapping[str, str], file: str | None) -> tuple[tuple[Machine, ...], str]:
+    """The machines in `file`, or those Nix would use given the environment `env`.
+
+    Also returns where they were read from, in words, for the table's title.
+    """
+    conf = load_nix_conf(env, read_file=read_config_file)
+    conf_dir = os.path.normpath(env.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
+    settings = nix_settings(conf, default_system=host_system(), conf_dir=conf_dir)
+    if file is not None:
+        text = read_config_file(file)
+        if text is None:
+            raise ConfigError("no such file", file=file)
+        source = origin = file
+    else:
+        remote_systems = env.get("NIX_REMOTE_SYSTEMS")
+        text = machines_from_env_and_setting(settings.builders, remote_systems)
+        if remote_systems is None:
+            source, origin = "<builders>", f"builders = {settings.builders}"
+        else:
+            source, origin = "<NIX_REMOTE_SYSTEMS>", f"NIX_REMOTE_SYSTEMS={remote_systems}"
+    found = parse_machines(
+        text, source=source, read_file=read_config_file, default_system=settings.system
+    )
+    return found, origin
+
+
+def _display(text: str) -> Text:
+    """Plain text for the table: no markup, undecodable bytes as U+FFFD."""
+    return Text(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+def _table(found: tuple[Machine, ...], origin: str) -> Table:
+    title = f"{len(found)} build machine{'' if len(found) == 1 else 's'} ({origin})"
+    table = Table(title=_display(title))
+    for name in ("uri", "systems", "key", "jobs", "speed", "features", "mandatory", "host key"):
+        numeric = name in {"jobs", "speed"}
+        table.add_column(
+            name,
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=numeric or name == "host key",
+        )
+    for m in found:
+        table.add_row(
+            _display(m.uri),
+            _display(",".join(m.systems)),
+            _display(m.ssh_key or "-"),
+            str(m.max_jobs),
+            render_speed_factor(m.speed_factor),
+            _display(",".join(sorted(m.supported_features)) or "-"),
+            _display(",".join(sorted(m.mandatory_features)) or "-"),
+            "yes" if m.public_host_key else "no",
+        )
+    return table
+
+
+@click.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+def machines(file: str | None, as_json: bool) -> None:
+    """List the build machines in FILE, or those Nix would use."""
+    found, origin = effective_machines(os.environ, file)
+    if as_json:
+        text = json.dumps([machine_to_json(m) for m in found], ensure_ascii=False, indent=2)
+        sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
+        sys.stdout.buffer.flush()
+        return
+    table = _table(found, origin)
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a pipe or file: whole lines, no folding, for grep and diff
+        unlimited = console.options.update_width(_UNLIMITED_WIDTH)
+        console.width = max(console.width, Measurement.get(console, unlimited, table).maximum)
+    console.print(table)
