@@ -15,6 +15,7 @@ let
   sys = builtins.currentSystem;
   mk = { name, system ? sys, features ? [ ], deps ? [ ] }: derivation {
     inherit name system salt deps;
+    PATH = "/usr/bin:/bin";
     requiredSystemFeatures = features;
     builder = "/bin/sh";
     args = [ "-c" ''
