@@ -21,7 +21,7 @@ import pytest
 from nixdist.model import nixbase32
 from nixdist.store.narfs import dump_path
 from nixdist.wire.export import ExportInfo, decode_export, encode_export
-from nixdist.wire.nar import MAX_NAME_LEN
+from nixdist.wire.nar import MAX_DEPTH, MAX_NAME_LEN
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -347,6 +347,53 @@ def test_failed_restore_leaves_nothing(tmp_path: Path) -> None:
         message = run_failing([NIXDIST, "nar", "restore", str(target)], stdin=bad)
         assert "bad NAR" in message or "after the end of the NAR" in message
         assert not os.path.lexists(target)
+
+
+def test_restore_never_follows_its_own_symlinks(tmp_path: Path) -> None:
+    """A NAR naming `a` twice (a symlink out of the tree, then a directory) is refused."""
+
+    def s(*tokens: bytes) -> bytes:
+        return b"".join(len(t).to_bytes(8, "little") + t + bytes(-len(t) % 8) for t in tokens)
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    nar = (
+        s(b"nix-archive-1", b"(", b"type", b"directory")
+        + s(b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"symlink")
+        + s(b"target", str(outside).encode(), b")", b")")
+        + s(b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"directory")
+        + s(b"entry", b"(", b"name", b"f", b"node", b"(", b"type", b"regular")
+        + s(b"contents", b"pwned", b")", b")", b")", b")", b")")
+    )
+    assert "duplicate entry b'a'" in run_failing(
+        [NIXDIST, "nar", "restore", str(tmp_path / "t")], stdin=nar
+    )
+    assert not os.path.lexists(tmp_path / "t")
+    assert list(outside.iterdir()) == []
+
+
+def test_restore_into_missing_parent(tmp_path: Path) -> None:
+    nar = run(["nix-store", "--dump", "/etc/hostname"]) if Path("/etc/hostname").exists() else b""
+    message = run_failing([NIXDIST, "nar", "restore", str(tmp_path / "no" / "t")], stdin=nar)
+    assert "No such file or directory" in message
+
+
+def test_dump_refuses_trees_deeper_than_the_limit(tmp_path: Path) -> None:
+    """Nix would dump this; our reader could not read it back, so the writer refuses it too."""
+    levels = [str(tmp_path / "t")]
+    for _ in range(MAX_DEPTH + 1):
+        levels.append(levels[-1] + "/d")
+    for level in levels:  # iteratively: pathlib and os.makedirs recurse per level
+        os.mkdir(level)  # noqa: PTH102 - see above
+    try:
+        message = run_failing([NIXDIST, "nar", "dump", levels[0]])
+        assert f"nested deeper than {MAX_DEPTH}" in message
+        os.rmdir(levels[-1])  # noqa: PTH106 - depth MAX_DEPTH is fine
+        assert run([NIXDIST, "nar", "dump", levels[0]]) == run(["nix-store", "--dump", levels[0]])
+    finally:
+        for level in reversed(levels):
+            if os.path.lexists(level):
+                os.rmdir(level)  # noqa: PTH106 - iteratively, as above
 
 
 def test_dump_into_closed_pipe_is_quiet(tmp_path: Path) -> None:

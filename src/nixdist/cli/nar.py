@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import click
 
 from nixdist.model import nixbase32
 from nixdist.store.narfs import dump_path, restore
+from nixdist.wire.nar import nar_size_and_hash
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -27,15 +26,15 @@ _STDIN_CHUNK: Final = 1 << 20
 
 
 @contextlib.contextmanager
-def _os_errors(action: str, path: Path) -> Iterator[None]:
+def _os_errors(action: str, path: str) -> Iterator[None]:
     """Turn an `OSError` into a one-line click error naming the file."""
     try:
         yield
     except OSError as err:
         if isinstance(err, BrokenPipeError):
             raise
-        message = f"{action} {str(path)!r}: {err.strerror or err}"
-        if err.filename is not None and os.fsdecode(err.filename) != str(path):
+        message = f"{action} {path!r}: {err.strerror or err}"
+        if err.filename is not None and os.fsdecode(err.filename) != path:
             message += f" ({os.fsdecode(err.filename)!r})"
         raise click.ClickException(message) from None
 
@@ -66,15 +65,15 @@ def nar() -> None:
 
 
 @nar.command()
-@click.argument("path", type=click.Path(path_type=Path))
-def dump(path: Path) -> None:
+@click.argument("path", type=click.Path())
+def dump(path: str) -> None:
     """Write the NAR serialisation of PATH to stdout (like `nix-store --dump PATH`)."""
     with _os_errors("cannot dump", path):
         _write_stdout(dump_path(path))
 
 
 @nar.command("hash")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=click.Path())
 @click.option(
     "--format",
     "hash_format",
@@ -83,13 +82,10 @@ def dump(path: Path) -> None:
     show_default=True,
     help="nix32 is what `nix-hash --type sha256 --base32` prints.",
 )
-def hash_(path: Path, hash_format: str) -> None:
+def hash_(path: str, hash_format: str) -> None:
     """Print the SHA-256 hash of the NAR serialisation of PATH."""
-    digest = hashlib.sha256()
     with _os_errors("cannot hash", path):
-        for chunk in dump_path(path):
-            digest.update(chunk)
-    value = digest.digest()
+        _, value = nar_size_and_hash(dump_path(path))
     if hash_format == "nix32":
         click.echo(nixbase32.encode(value))
     elif hash_format == "base16":
@@ -99,8 +95,8 @@ def hash_(path: Path, hash_format: str) -> None:
 
 
 @nar.command("restore")
-@click.argument("target", type=click.Path(path_type=Path))
-def restore_(target: Path) -> None:
+@click.argument("target", type=click.Path())
+def restore_(target: str) -> None:
     """Create TARGET (which must not exist) from the NAR on stdin (like `nix-store --restore`).
 
     On malformed input nothing is left at TARGET.

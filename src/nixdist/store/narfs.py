@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import WireError
 from nixdist.wire.nar import (
+    DIRECTORY_START,
+    ENTRY_END,
+    MAX_DEPTH,
+    NAR_START,
+    NODE_END,
     Contents,
     Directory,
     DirectoryEnd,
@@ -32,13 +36,17 @@ from nixdist.wire.nar import (
     NarReader,
     Regular,
     Symlink,
-    encode_nar,
+    encode_entry_start,
+    encode_regular_end,
+    encode_regular_start,
+    encode_symlink,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 DEFAULT_CHUNK_SIZE: Final = 1 << 20
+_COALESCE: Final = 64 * 1024
 
 _KIND_DIR: Final = 0
 _KIND_FILE: Final = 1
@@ -83,65 +91,116 @@ def _list_dir(fs_path: bytes) -> list[tuple[bytes, int]]:
     return listed
 
 
-def _file_events(path: NarPath, fs_path: bytes, chunk_size: int) -> Iterator[NarEvent]:
+def _read_exact(fd: int, size: int, fs_path: bytes) -> bytes:
+    data = os.read(fd, size)
+    if len(data) == size:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.read(fd, size - got)
+        if not more:
+            raise _shrunk(fs_path, got, size)
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _shrunk(fs_path: bytes, got: int, size: int) -> WireError:
+    return WireError(
+        f"file {os.fsdecode(fs_path)!r} ended after {got} of its {size} bytes "
+        "(was it changed while being dumped?)"
+    )
+
+
+def _open_regular(fs_path: bytes) -> tuple[int, os.stat_result]:
     # O_NONBLOCK: if the file was replaced by a fifo since it was listed, do not hang on it
     fd = os.open(fs_path, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _unsupported(fs_path, st.st_mode)
+    return fd, st
+
+
+def _stream_contents(fd: int, size: int, fs_path: bytes, chunk_size: int) -> Iterator[bytes]:
+    got = 0
+    while got < size:
+        data = os.read(fd, min(chunk_size, size - got))
+        if not data:
+            raise _shrunk(fs_path, got, size)
+        got += len(data)
+        yield data
+
+
+def _dump_file(fs_path: bytes, chunk_size: int) -> Iterator[bytes]:
+    """A NAR whose root is the regular file at `fs_path`."""
+    fd, st = _open_regular(fs_path)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _unsupported(fs_path, st.st_mode)
         size = st.st_size
-        yield Regular(path=path, executable=bool(st.st_mode & stat.S_IXUSR), size=size)
-        remaining = size
-        while remaining:
-            data = os.read(fd, min(chunk_size, remaining))
-            if not data:
-                raise WireError(
-                    f"file {os.fsdecode(fs_path)!r} ended after {size - remaining} of its "
-                    f"{size} bytes (was it changed while being dumped?)"
-                )
-            remaining -= len(data)
-            yield Contents(data=data)
+        yield NAR_START + encode_regular_start(bool(st.st_mode & stat.S_IXUSR), size)
+        yield from _stream_contents(fd, size, fs_path, chunk_size)
+        yield encode_regular_end(size)
     finally:
         os.close(fd)
 
 
-def walk_path(
-    path: str | os.PathLike[str], *, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> Iterator[NarEvent]:
-    """The NAR events describing the tree at `path` (not following a symlink at `path`)."""
-    root = os.fsencode(path)
-    mode = os.lstat(root).st_mode
-    if stat.S_ISLNK(mode):
-        yield Symlink(path=(), target=os.readlink(root))  # noqa: PTH115 - bytes in, bytes out
-        return
-    if stat.S_ISREG(mode):
-        yield from _file_events((), root, chunk_size)
-        return
-    if not stat.S_ISDIR(mode):
-        raise _unsupported(root, mode)
-    yield Directory(path=())
-    # one frame per open directory: its NAR path, filesystem path, and the entries still due
-    stack: list[tuple[NarPath, bytes, Iterator[tuple[bytes, int]]]] = [
-        ((), root, iter(_list_dir(root)))
-    ]
+def _dump_directory(root: bytes, chunk_size: int) -> Iterator[bytes]:
+    """A NAR whose root is the directory `root`.
+
+    This is the hot path of ``nixdist nar dump``, so it puts the NAR together from the
+    building blocks of `nixdist.wire.nar` directly instead of going through `NarWriter`'s
+    per-event checks: the filesystem already guarantees what those check (names are unique,
+    at most NAME_MAX bytes, never empty, ``.``, ``..``, and free of ``/`` and NUL), and the
+    entries are sorted here. Only the nesting limit is checked. Small pieces are joined into
+    chunks of at least 64 KiB; large files' contents are passed on as they are read.
+    """
+    pending: list[bytes] = [NAR_START + DIRECTORY_START]
+    pending_len = 0
+    # one frame per open directory: its path and the entries still to dump
+    stack: list[tuple[bytes, Iterator[tuple[bytes, int]]]] = [(root, iter(_list_dir(root)))]
     while stack:
-        dir_path, dir_fs, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            yield DirectoryEnd(path=dir_path)
-            continue
-        name, kind = entry
-        child = (*dir_path, name)
-        child_fs = dir_fs + b"/" + name
-        if kind == _KIND_FILE:
-            yield from _file_events(child, child_fs, chunk_size)
-        elif kind == _KIND_SYMLINK:
-            yield Symlink(path=child, target=os.readlink(child_fs))  # noqa: PTH115 - bytes in, bytes out
+        dir_fs, entries = stack[-1]
+        too_deep = len(stack) > MAX_DEPTH  # the depth of this directory's entries
+        for name, kind in entries:
+            if too_deep:
+                raise WireError(f"{os.fsdecode(dir_fs)!r} is nested deeper than {MAX_DEPTH}")
+            child_fs = dir_fs + b"/" + name
+            start = encode_entry_start(name)
+            if kind == _KIND_FILE:
+                fd, st = _open_regular(child_fs)
+                try:
+                    size = st.st_size
+                    head = start + encode_regular_start(bool(st.st_mode & stat.S_IXUSR), size)
+                    tail = encode_regular_end(size) + ENTRY_END
+                    if size <= chunk_size:
+                        piece = b"".join((head, _read_exact(fd, size, child_fs), tail))
+                        pending.append(piece)
+                        pending_len += len(piece)
+                    else:
+                        pending.append(head)
+                        yield b"".join(pending)
+                        pending.clear()
+                        yield from _stream_contents(fd, size, child_fs, chunk_size)
+                        pending.append(tail)
+                        pending_len = len(tail)
+                finally:
+                    os.close(fd)
+            elif kind == _KIND_SYMLINK:
+                target = os.readlink(child_fs)  # noqa: PTH115 - bytes in, bytes out
+                pending.append(start + encode_symlink(target) + ENTRY_END)
+            else:
+                pending.append(start + DIRECTORY_START)
+                stack.append((child_fs, iter(_list_dir(child_fs))))
+                break  # go down; this directory's iterator resumes after the child
+            if pending_len >= _COALESCE:
+                yield b"".join(pending)
+                pending.clear()
+                pending_len = 0
         else:
-            yield Directory(path=child)
-            stack.append((child, child_fs, iter(_list_dir(child_fs))))
+            stack.pop()
+            pending.append(NODE_END + ENTRY_END if stack else NODE_END)
+    yield b"".join(pending)
 
 
 def dump_path(
@@ -149,9 +208,18 @@ def dump_path(
 ) -> Iterator[bytes]:
     """The NAR serialisation of `path`, as ``nix-store --dump`` writes it, in chunks.
 
-    Raises `OSError` for filesystem errors and `WireError` for files a NAR cannot hold.
+    A symlink at `path` is stored as a symlink. Raises `OSError` for filesystem errors and
+    `WireError` for files a NAR cannot hold (sockets, devices, fifos).
     """
-    return encode_nar(walk_path(path, chunk_size=chunk_size))
+    root = os.fsencode(path)
+    mode = os.lstat(root).st_mode
+    if stat.S_ISDIR(mode):
+        return _dump_directory(root, chunk_size)
+    if stat.S_ISREG(mode):
+        return _dump_file(root, chunk_size)
+    if stat.S_ISLNK(mode):
+        return iter([NAR_START + encode_symlink(os.readlink(root))])  # noqa: PTH115 - bytes
+    raise _unsupported(root, mode)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +325,8 @@ class _Restorer:
         if not self.created:
             return
         if stat.S_ISDIR(os.lstat(self._root_name, dir_fd=self._parent_fd).st_mode):
+            import shutil  # noqa: PLC0415 - only needed after a failure; keeps startup short
+
             shutil.rmtree(self._root_name, dir_fd=self._parent_fd)
         else:
             os.unlink(self._root_name, dir_fd=self._parent_fd)

@@ -52,13 +52,12 @@ restored, so we check these before allocating anything:
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import LocalProtocolError, WireError
-from nixdist.wire.primitives import encode_bytes, encode_u64, padding
+from nixdist.wire.primitives import encode_bytes, padding
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -71,6 +70,8 @@ MAX_TOKEN_LEN: Final = 16
 MAX_DEPTH: Final = 1024
 
 NAR_MAGIC: Final = b"nix-archive-1"
+
+_U64: Final = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,16 +152,42 @@ def _tokens(*tokens: bytes) -> bytes:
     return b"".join(encode_bytes(token) for token in tokens)
 
 
-_MAGIC_BYTES: Final = _tokens(NAR_MAGIC)
-_OPEN_REGULAR: Final = _tokens(b"(", b"type", b"regular", b"contents")
-_OPEN_EXECUTABLE: Final = _tokens(b"(", b"type", b"regular", b"executable", b"", b"contents")
-_OPEN_DIRECTORY: Final = _tokens(b"(", b"type", b"directory")
-_OPEN_SYMLINK: Final = _tokens(b"(", b"type", b"symlink", b"target")
-_CLOSE: Final = _tokens(b")")
+# Building blocks: the exact bytes of each part of the grammar. They check nothing; `NarWriter`
+# puts them together with checks, and `nixdist.store.narfs` uses them directly, relying on the
+# filesystem for valid, unique names.
+
+NAR_START: Final = _tokens(NAR_MAGIC)
+DIRECTORY_START: Final = _tokens(b"(", b"type", b"directory")
+NODE_END: Final = _tokens(b")")  # ends a node; the same token ends an entry
+ENTRY_END: Final = NODE_END
+_REGULAR_START: Final = _tokens(b"(", b"type", b"regular", b"contents")
+_EXECUTABLE_START: Final = _tokens(b"(", b"type", b"regular", b"executable", b"", b"contents")
+_SYMLINK_START: Final = _tokens(b"(", b"type", b"symlink", b"target")
 _ENTRY_NAME: Final = _tokens(b"entry", b"(", b"name")
 _NODE: Final = _tokens(b"node")
-_PAD_CLOSE: Final = tuple(bytes(n) + encode_bytes(b")") for n in range(8))  # by padding length
+_ZEROS: Final = bytes(8)
+_REGULAR_END: Final = tuple(bytes(n) + NODE_END for n in range(8))  # by padding length
 _COALESCE: Final = 64 * 1024
+
+
+def encode_entry_start(name: bytes) -> bytes:
+    """``"entry" "(" "name" NAME "node"``: what precedes a directory entry's node."""
+    return b"".join((_ENTRY_NAME, _U64.pack(len(name)), name, _ZEROS[: -len(name) % 8], _NODE))
+
+
+def encode_regular_start(executable: bool, size: int) -> bytes:
+    """A regular node up to its contents: ``"(" "type" "regular" ["executable" ""] u64(size)``."""
+    return (_EXECUTABLE_START if executable else _REGULAR_START) + _U64.pack(size)
+
+
+def encode_regular_end(size: int) -> bytes:
+    """The contents' padding and the node's ``")"``."""
+    return _REGULAR_END[-size % 8]
+
+
+def encode_symlink(target: bytes) -> bytes:
+    """A whole symlink node."""
+    return _SYMLINK_START + encode_bytes(target) + NODE_END
 
 
 class NarWriter:
@@ -208,27 +235,24 @@ class NarWriter:
                 if problem is not None:
                     raise WireError(f"cannot write {render_path(path)!r} to a NAR: {problem}")
                 self._open_node(path, out)
-                out.append(_OPEN_SYMLINK)
-                out.append(encode_bytes(target))
-                out.append(_CLOSE)
+                out.append(encode_symlink(target))
                 self._close_node(out)
             case Directory(path=path):
                 self._open_node(path, out)
-                out.append(_OPEN_DIRECTORY)
+                out.append(DIRECTORY_START)
                 self._dirs.append((path, None))
             case DirectoryEnd(path=path):
                 if not self._dirs or self._dirs[-1][0] != path:
                     raise LocalProtocolError(f"DirectoryEnd for {render_path(path)!r} is not open")
                 self._dirs.pop()
-                out.append(_CLOSE)
+                out.append(NODE_END)
                 self._close_node(out)
 
     def _regular(self, event: Regular, out: list[bytes]) -> None:
         if event.size < 0:
             raise LocalProtocolError(f"negative file size {event.size}")
         self._open_node(event.path, out)
-        out.append(_OPEN_EXECUTABLE if event.executable else _OPEN_REGULAR)
-        out.append(encode_u64(event.size))
+        out.append(encode_regular_start(event.executable, event.size))
         self._in_file = True
         self._file_remaining = event.size
         self._file_pad = padding(event.size)
@@ -249,7 +273,7 @@ class NarWriter:
                 self._finish_file(out)
 
     def _finish_file(self, out: list[bytes]) -> None:
-        out.append(_PAD_CLOSE[self._file_pad])
+        out.append(_REGULAR_END[self._file_pad])
         self._in_file = False
         self._close_node(out)
 
@@ -260,7 +284,7 @@ class NarWriter:
             if path:
                 raise LocalProtocolError(f"the first event must be the root, not {path!r}")
             self._started = True
-            out.append(_MAGIC_BYTES)
+            out.append(NAR_START)
             return
         if not self._dirs:  # pragma: no cover - unreachable: _done is set when the root ends
             raise LocalProtocolError("no open directory")
@@ -282,13 +306,11 @@ class NarWriter:
         if len(path) > MAX_DEPTH:
             raise WireError(f"cannot write {render_path(path)!r}: nested deeper than {MAX_DEPTH}")
         self._dirs[-1] = (parent, name)
-        out.append(_ENTRY_NAME)
-        out.append(encode_bytes(name))
-        out.append(_NODE)
+        out.append(encode_entry_start(name))
 
     def _close_node(self, out: list[bytes]) -> None:
         if self._dirs:
-            out.append(_CLOSE)  # the entry's ")"
+            out.append(ENTRY_END)
         else:
             self._done = True
 
@@ -328,8 +350,6 @@ def encode_nar(events: Iterable[NarEvent]) -> Iterator[bytes]:
 
 # --------------------------------------------------------------------------------------------
 # Reader
-
-_U64: Final = struct.Struct("<Q")
 
 # Reader states. Each reads one token (or a fixed run of tokens) or a piece of contents.
 _S_EXPECT: Final = 0  # fixed bytes `_lit` (encoded tokens `_lit_tokens`), then `_next`
@@ -657,6 +677,8 @@ def decode_nar(data: bytes) -> list[NarEvent]:
 
 def nar_size_and_hash(chunks: Iterable[bytes]) -> tuple[int, bytes]:
     """The narSize and the SHA-256 digest (narHash) of a NAR given as chunks."""
+    import hashlib  # noqa: PLC0415 - only here, so that `nixdist nar dump` starts faster
+
     digest = hashlib.sha256()
     size = 0
     for chunk in chunks:
