@@ -109,9 +109,8 @@ def _display(text: str) -> Text:
     return Text(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
-def _table(found: tuple[Machine, ...], origin: str) -> Table:
-    title = f"{len(found)} build machine{'' if len(found) == 1 else 's'} ({origin})"
-    table = Table(title=_display(title))
+def _table(found: tuple[Machine, ...]) -> Table:
+    table = Table()
     for name in ("uri", "systems", "key", "jobs", "speed", "features", "mandatory", "host key"):
         numeric = name in {"jobs", "speed"}
         table.add_column(
@@ -145,8 +144,10 @@ def machines(file: str | None, as_json: bool) -> None:
         sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape") + b"\n")
         sys.stdout.buffer.flush()
         return
-    table = _table(found, origin)
+    table = _table(found)
     console = Console(highlight=False)
+    title = f"{len(found)} build machine{'' if len(found) == 1 else 's'} ({origin})"
+    console.print(_display(title), soft_wrap=True)
     if not console.is_terminal:  # a pipe or file: whole lines, no folding, for grep and diff
         unlimited = console.options.update_width(_UNLIMITED_WIDTH)
         console.width = max(console.width, Measurement.get(console, unlimited, table).maximum)
