@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,14 @@ def farm_unavailable() -> str | None:
         missing.append("sshd")
     if missing:
         return f"the local farm needs {', '.join(missing)}"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"mount namespaces are not available here: {probe.stderr.strip()}"
     return None
 
 

@@ -17,7 +17,7 @@ Layout of a farm directory (default ``/var/lib/nixdist/farm``, or ``$NIXDIST_FAR
         sshd.pid          written by the launcher, the pid of the builder's sshd
         launch.log        stdout/stderr of the launcher and of sshd
 
-Starting a builder runs, detached (``setsid --fork``, stdio on files)::
+Starting a builder runs, detached (``setsid --fork``, stdio on files; `nixdist.farm.launch`)::
 
     unshare --mount --propagation private -- /bin/sh -c <launch script> \\
         <pidfile> <src> <target> … -- /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E …
@@ -40,29 +40,27 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import json
 import os
+import pwd
 import shutil
-import socket
 import sqlite3
 import subprocess
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
-from nixdist.farm import procs, render
+from nixdist.farm import launch, procs, render
 from nixdist.farm.errors import FarmError
 from nixdist.farm.spec import (
     DEFAULT_ALIAS_PREFIX,
     BuilderSpec,
     check_alias_prefix,
-    make_spec,
     plain_specs,
 )
 from nixdist.farm.sshinclude import add_ssh_include, remove_ssh_include
+from nixdist.farm.statefile import BuilderRecord, FarmState, encode_state, load_state
 from nixdist.model.machines import Machine
 
 if TYPE_CHECKING:
@@ -71,37 +69,18 @@ if TYPE_CHECKING:
 DEFAULT_FARM_DIR: Final = Path("/var/lib/nixdist/farm")
 FARM_DIR_ENV: Final = "NIXDIST_FARM_DIR"
 DEFAULT_BUILDER_COUNT: Final = 2
-STATE_VERSION: Final = 1
-
-# Environment for everything the farm starts: nothing of the caller's (NIX_REMOTE, TMPDIR,
-# NIX_CONF_DIR, ...) may leak into a builder.
-CLEAN_ENV: Final[Mapping[str, str]] = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "USER": "root",
-    "LOGNAME": "root",
-    "LANG": "C.UTF-8",
-}
-
-# $1 pidfile ("-" for none), then source/target pairs, then "--", then the command.
-_LAUNCH_SCRIPT: Final = """\
-set -e
-if [ "$1" != - ]; then echo "$$" > "$1.tmp"; mv "$1.tmp" "$1"; fi
-shift
-while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done
-shift
-exec "$@"
-"""
-_LAUNCH_ARGV0: Final = "nixdist-farm-launch"
 _NOISE_MARKER: Final = "# nixdist farm: noisy shell"
-_POLL_SECONDS: Final = 0.02
-_INNER_TARGETS: Final = (
-    ("nix", "/nix"),
-    ("etc-nix", "/etc/nix"),
-    ("etc-ssh", "/etc/ssh"),
-    ("home", "/root"),
-    ("tmp", "/tmp"),  # noqa: S108 - the builder's own /tmp, a mount point
-)
+
+
+def _inner_targets() -> tuple[tuple[str, str], ...]:
+    """(directory under builders/<name>/, the path it covers inside the builder)."""
+    return (
+        ("nix", "/nix"),
+        ("etc-nix", "/etc/nix"),
+        ("etc-ssh", "/etc/ssh"),
+        ("home", pwd.getpwuid(0).pw_dir),  # where sshd and bash look for root's files
+        ("tmp", "/tmp"),  # noqa: S108 - the builder's own /tmp, a mount point
+    )
 
 
 class BuilderState(StrEnum):
@@ -126,29 +105,6 @@ class BuilderStatus:
     @property
     def name(self) -> str:
         return self.spec.name
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Record:
-    """What the state file keeps about one builder."""
-
-    spec: BuilderSpec
-    port: int
-    pid: int | None = None
-    mount_ns: int | None = None
-
-
-@dataclass(slots=True, kw_only=True)
-class _FarmState:
-    alias_prefix: str
-    records: list[_Record] = field(default_factory=list)
-
-    def index(self, name: str) -> int:
-        for i, record in enumerate(self.records):
-            if record.spec.name == name:
-                return i
-        known = ", ".join(r.spec.name for r in self.records) or "none"
-        raise FarmError(f"no builder named {name!r} in this farm (builders: {known})")
 
 
 def default_farm_dir() -> Path:
@@ -231,7 +187,7 @@ class Farm:
         Frozen builders stay frozen (see `heal`).
         """
         self._check_host()
-        with self._locked():
+        with self._locked(create=True):
             state = self._load()
             if self._alias_prefix_arg is not None:
                 state.alias_prefix = self._alias_prefix_arg
@@ -250,13 +206,13 @@ class Farm:
                     self._kill(record)
                     shutil.rmtree(self.builder_dir(name), ignore_errors=True)
             used = {old[n].port for n in names if n in old}
-            records: list[_Record] = []
+            records: list[BuilderRecord] = []
             for spec in wanted:
                 previous = old.get(spec.name)
                 if previous is None:
-                    port = _free_port(used)
+                    port = launch.free_port(used)
                     used.add(port)
-                    record = _Record(spec=spec, port=port)
+                    record = BuilderRecord(spec=spec, port=port)
                 else:
                     record = replace(previous, spec=spec)
                 self._prepare_builder(record)
@@ -271,6 +227,8 @@ class Farm:
 
     def down(self) -> None:
         """Stop every builder: no process of the farm is left running afterwards."""
+        if not self.state_file.exists():
+            return
         with self._locked():
             state = self._load()
             for i, record in enumerate(state.records):
@@ -283,14 +241,15 @@ class Farm:
         Keys, ports and specs stay, so the next `up` brings back the same builders, empty.
         """
         self.down()
+        self.remove_ssh_include(ssh_config)
+        if not self.state_file.exists():
+            return
         with self._locked():
-            state = self._load()
-            for record in state.records:
+            for record in self._load().records:
                 base = self.builder_dir(record.spec.name)
                 for sub in ("nix", "tmp", "home"):
                     shutil.rmtree(base / sub, ignore_errors=True)
                     (base / sub).mkdir(parents=True, exist_ok=True)
-        self.remove_ssh_include(ssh_config)
 
     def start(self, name: str) -> BuilderStatus:
         """Start builder `name` if it is not running (same port, same host key)."""
@@ -343,6 +302,8 @@ class Farm:
 
     def heal(self) -> tuple[BuilderStatus, ...]:
         """Undo every fault switch: thaw frozen builders, start stopped ones, silence shells."""
+        if not self.state_file.exists():
+            raise FarmError(f"no farm in {self.directory} (run: nixdist farm up)")
         for status in self.status():
             if status.noisy:
                 self.set_noisy(status.name, noisy=False)
@@ -355,7 +316,7 @@ class Farm:
 
     def builder_status(self, name: str) -> BuilderStatus:
         state = self._load()
-        return self._status(state, state.records[state.index(name)])
+        return self._status(state, state.record(name))
 
     def names(self) -> tuple[str, ...]:
         return tuple(r.spec.name for r in self._load().records)
@@ -386,7 +347,7 @@ class Farm:
     def processes(self, name: str) -> list[int]:
         """Pids of every live process of builder `name` (empty when it is stopped)."""
         state = self._load()
-        return self._pids(state.records[state.index(name)])
+        return self._pids(state.record(name))
 
     def builder_store_paths(self, name: str) -> tuple[str, ...]:
         """The valid paths in builder `name`'s store (read from its database), sorted."""
@@ -409,31 +370,17 @@ class Farm:
         on a non-zero exit, with the command's stderr.
         """
         state = self._load()
-        record = state.records[state.index(name)]
+        record = state.record(name)
         pid = self._live_pid(record)
         if pid is not None:
             full = ["nsenter", f"--target={pid}", "--mount", "--wd=/", "--", *argv]
         else:
-            full = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "/bin/sh",
-                "-c",
-                _LAUNCH_SCRIPT,
-                _LAUNCH_ARGV0,
-                "-",
-                *self._mount_args(name),
-                "--",
-                *argv,
-            ]
+            full = launch.namespace_argv(self._mount_args(name), argv)
         result = subprocess.run(
             full,
             input=input,
             capture_output=True,
-            env={**CLEAN_ENV, **(env or {})},
+            env={**launch.CLEAN_ENV, **(env or {})},
             cwd="/",
             check=False,
         )
@@ -454,7 +401,10 @@ class Farm:
     # ---------------------------------------------------------------- internals: state
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, create: bool = False) -> Iterator[None]:
+        """Hold the farm's lock; without `create`, the farm must exist already."""
+        if not create and not self.state_file.exists():
+            raise FarmError(f"no farm in {self.directory} (run: nixdist farm up)")
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._lock_file.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -463,27 +413,20 @@ class Farm:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _load(self) -> _FarmState:
+    def _load(self) -> FarmState:
         default_prefix = self._alias_prefix_arg or DEFAULT_ALIAS_PREFIX
-        try:
-            text = self.state_file.read_text()
-        except FileNotFoundError:
-            return _FarmState(alias_prefix=default_prefix)
-        try:
-            return _decode_state(json.loads(text), source=str(self.state_file))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ConfigError(f"corrupt farm state: {err}", file=str(self.state_file)) from None
+        return load_state(self.state_file, default_prefix=default_prefix)
 
-    def _save(self, state: _FarmState) -> None:
+    def _save(self, state: FarmState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.state_file, json.dumps(_encode_state(state), indent=2) + "\n")
+        _atomic_write(self.state_file, encode_state(state))
         self._write_client_files(state)
 
-    def _save_if_exists(self, state: _FarmState) -> None:
+    def _save_if_exists(self, state: FarmState) -> None:
         if self.state_file.exists():
             self._save(state)
 
-    def _write_client_files(self, state: _FarmState) -> None:
+    def _write_client_files(self, state: FarmState) -> None:
         key = str(self.client_key)
         machines: list[str] = []
         blocks: list[str] = []
@@ -526,36 +469,41 @@ class Farm:
                 ("ssh-keygen", "openssh-client"),
                 ("nix-store", "nix-bin"),
             )
-            if shutil.which(tool, path=CLEAN_ENV["PATH"]) is None
+            if shutil.which(tool, path=launch.CLEAN_ENV["PATH"]) is None
         ]
         if self.sshd is None or not Path(self.sshd).is_absolute():
             missing.append("sshd (openssh-server)")
         if missing:
             raise FarmError(f"missing on this machine: {', '.join(missing)}")
+        if any(c.isspace() for c in str(self.directory)):
+            raise FarmError(
+                f"the farm directory {str(self.directory)!r} contains whitespace, which"
+                " NIX_SSHOPTS and ssh_config cannot carry"
+            )
         for inside in self.directory.parents:
             if str(inside) in {"/nix", "/etc/nix", "/etc/ssh"}:
                 raise FarmError(f"the farm directory cannot live under {inside}")
         # sshd's privilege-separation directory, and the mount points a builder covers.
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-        for _, target in _INNER_TARGETS:
+        for _, target in _inner_targets():
             Path(target).mkdir(mode=0o755, parents=True, exist_ok=True)
 
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():
-            _keygen(self.client_key, comment="nixdist-farm-client")
+            launch.keygen(self.client_key, comment="nixdist-farm-client")
 
-    def _prepare_builder(self, record: _Record) -> None:
+    def _prepare_builder(self, record: BuilderRecord) -> None:
         """Create the builder's directories and keys if needed; (re)write its config files."""
         spec = record.spec
         base = self.builder_dir(spec.name)
-        for sub, _ in _INNER_TARGETS:
+        for sub, _ in _inner_targets():
             (base / sub).mkdir(parents=True, exist_ok=True)
         (base / "tmp").chmod(0o1777)
         (base / "nix" / "store").mkdir(exist_ok=True)  # Nix makes the rest on first use
         etc_ssh = base / "etc-ssh"
         host_key = etc_ssh / Path(render.INNER_HOST_KEY).name
         if not host_key.exists():
-            _keygen(host_key, comment=f"nixdist-farm-{spec.name}")
+            launch.keygen(host_key, comment=f"nixdist-farm-{spec.name}")
         client_pub = self.client_key.with_name(self.client_key.name + ".pub").read_text()
         _atomic_write(etc_ssh / Path(render.INNER_AUTHORIZED_KEYS).name, client_pub)
         sshd_config = render.render_sshd_config(record.port)
@@ -567,12 +515,12 @@ class Farm:
     def _mount_args(self, name: str) -> list[str]:
         """Source/target pairs for the launch script, a target covering the farm dir last."""
         base = self.builder_dir(name)
-        pairs = [(str(base / sub), target) for sub, target in _INNER_TARGETS]
+        pairs = [(str(base / sub), target) for sub, target in _inner_targets()]
         covering = [p for p in pairs if self.directory.is_relative_to(p[1])]
         ordered = [p for p in pairs if p not in covering] + covering
         return [item for pair in ordered for item in pair]
 
-    def _pids(self, record: _Record) -> list[int]:
+    def _pids(self, record: BuilderRecord) -> list[int]:
         """Live processes in the builder's namespace whose /nix is the builder's own."""
         if record.mount_ns is None or record.mount_ns == procs.own_mount_ns():
             return []
@@ -590,100 +538,53 @@ class Farm:
                 found.append(pid)
         return found
 
-    def _live_pid(self, record: _Record) -> int | None:
+    def _live_pid(self, record: BuilderRecord) -> int | None:
         """The builder's sshd pid if that process is alive and really the builder's."""
         if record.pid is None:
             return None
         return record.pid if record.pid in self._pids(record) else None
 
-    def _running_record(self, name: str) -> _Record:
+    def _running_record(self, name: str) -> BuilderRecord:
         state = self._load()
-        record = state.records[state.index(name)]
+        record = state.record(name)
         if self._live_pid(record) is None:
             raise FarmError(f"builder {name} is not running")
         return record
 
-    def _kill(self, record: _Record) -> _Record:
+    def _kill(self, record: BuilderRecord) -> BuilderRecord:
         procs.kill_all(lambda: self._pids(record))
         return replace(record, pid=None, mount_ns=None)
 
-    def _start(self, state: _FarmState, record: _Record) -> _Record:
+    def _start(self, state: FarmState, record: BuilderRecord) -> BuilderRecord:
         name = record.spec.name
         self._kill(record)  # leftovers of a builder whose sshd died
-        if not _port_bindable(record.port):
-            used = {r.port for r in state.records}
-            record = replace(record, port=_free_port(used))
+        if not launch.port_bindable(record.port):
+            record = replace(record, port=launch.free_port({r.port for r in state.records}))
             state.records[state.index(name)] = record
             self._prepare_builder(record)
             self._save(state)
-        base = self.builder_dir(name)
-        pidfile = base / "sshd.pid"
-        pidfile.unlink(missing_ok=True)
-        log = self.sshd_log(name)
-        offset = log.stat().st_size if log.exists() else 0
-        launch_log = base / "launch.log"
         assert self.sshd is not None  # checked by _check_host  # noqa: S101 - narrowing
-        argv = [
-            "setsid",
-            "--fork",
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "/bin/sh",
-            "-c",
-            _LAUNCH_SCRIPT,
-            _LAUNCH_ARGV0,
-            str(pidfile),
-            *self._mount_args(name),
-            "--",
-            self.sshd,
-            "-D",
-            "-f",
-            render.INNER_SSHD_CONFIG,
-            "-E",
-            render.INNER_SSHD_LOG,
-        ]
-        with launch_log.open("ab") as out:
-            launched = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=dict(CLEAN_ENV),
-                cwd="/",
-                check=False,
-            )
-        if launched.returncode != 0:
-            raise FarmError(f"builder {name}: setsid failed: {_tail(launch_log)}")
-        pid = self._wait_for_pid(name, pidfile, launch_log)
-        listening = f"Server listening on 127.0.0.1 port {record.port}."
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if not procs.is_alive(pid):
-                logs = f"{_tail(launch_log)} {_tail(log, offset)}"
-                raise FarmError(f"builder {name}: sshd exited at start: {logs}")
-            if listening in _read_from(log, offset):
-                break
-            if time.monotonic() > deadline:
-                raise FarmError(f"builder {name}: sshd is not listening: {_tail(log, offset)}")
-            time.sleep(_POLL_SECONDS)
-        ns = procs.mount_ns(pid)
-        if ns is None or ns == procs.own_mount_ns():
-            raise FarmError(f"builder {name}: sshd (pid {pid}) has no mount namespace of its own")
+        base = self.builder_dir(name)
+        pid, ns = launch.start_sshd(
+            name=name,
+            mounts=self._mount_args(name),
+            sshd_command=[
+                self.sshd,
+                "-D",
+                "-f",
+                render.INNER_SSHD_CONFIG,
+                "-E",
+                render.INNER_SSHD_LOG,
+            ],
+            pidfile=base / "sshd.pid",
+            launch_log=base / "launch.log",
+            sshd_log=self.sshd_log(name),
+            port=record.port,
+            timeout=self.start_timeout,
+        )
         return replace(record, pid=pid, mount_ns=ns)
 
-    def _wait_for_pid(self, name: str, pidfile: Path, launch_log: Path) -> int:
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return int(pidfile.read_text())
-            if time.monotonic() > deadline:
-                raise FarmError(f"builder {name}: the launcher did not start: {_tail(launch_log)}")
-            time.sleep(_POLL_SECONDS)
-
-    def _status(self, state: _FarmState, record: _Record) -> BuilderStatus:
+    def _status(self, state: FarmState, record: BuilderRecord) -> BuilderStatus:
         name = record.spec.name
         pid = self._live_pid(record)
         if pid is None:
@@ -708,71 +609,11 @@ class Farm:
             noisy=noisy,
         )
 
-    def _statuses(self, state: _FarmState) -> tuple[BuilderStatus, ...]:
+    def _statuses(self, state: FarmState) -> tuple[BuilderStatus, ...]:
         return tuple(self._status(state, record) for record in state.records)
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def _encode_state(state: _FarmState) -> dict[str, object]:
-    return {
-        "version": STATE_VERSION,
-        "alias_prefix": state.alias_prefix,
-        "builders": [
-            {
-                "name": r.spec.name,
-                "systems": list(r.spec.systems),
-                "features": sorted(r.spec.supported_features),
-                "mandatory": sorted(r.spec.mandatory_features),
-                "jobs": r.spec.max_jobs,
-                "speed": r.spec.speed_factor,
-                "port": r.port,
-                "pid": r.pid,
-                "mount_ns": r.mount_ns,
-            }
-            for r in state.records
-        ],
-    }
-
-
-def _decode_state(data: object, *, source: str) -> _FarmState:
-    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-        raise ValueError(f"expected a JSON object with version {STATE_VERSION}")
-    prefix = data["alias_prefix"]
-    if not isinstance(prefix, str):
-        raise TypeError("alias_prefix is not a string")
-    check_alias_prefix(prefix, source=source)
-    records: list[_Record] = []
-    for item in data["builders"]:
-        spec = make_spec(
-            item["name"],
-            systems=list(item["systems"]),
-            features=item["features"],
-            mandatory=item["mandatory"],
-            jobs=_int(item["jobs"]),
-            speed=_int(item["speed"]),
-            source=source,
-        )
-        records.append(
-            _Record(
-                spec=spec,
-                port=_int(item["port"]),
-                pid=_opt_int(item["pid"]),
-                mount_ns=_opt_int(item["mount_ns"]),
-            )
-        )
-    return _FarmState(alias_prefix=prefix, records=records)
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise TypeError(f"{value!r} is not an integer")
-
-
-def _opt_int(value: object) -> int | None:
-    return None if value is None else _int(value)
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -781,41 +622,6 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp.write_text(text)
     tmp.chmod(mode)
     tmp.replace(path)
-
-
-def _keygen(path: Path, *, comment: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in (path, path.with_name(path.name + ".pub")):
-        stale.unlink(missing_ok=True)
-    result = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=dict(CLEAN_ENV),
-        check=False,
-    )
-    if result.returncode != 0:
-        raise FarmError(f"ssh-keygen for {path} failed: {result.stderr.decode(errors='replace')}")
-
-
-def _port_bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(avoid: set[int]) -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in avoid:
-            return port
-    raise FarmError("no free loopback port found")
 
 
 def _valid_paths(db: Path) -> tuple[str, ...]:
@@ -831,17 +637,3 @@ def _valid_paths(db: Path) -> tuple[str, ...]:
     except sqlite3.Error as err:
         raise FarmError(f"cannot read the store database {db}: {err}") from None
     return tuple(str(row[0]) for row in rows)
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def _tail(path: Path, offset: int = 0, lines: int = 10) -> str:
-    text = _read_from(path, offset).strip()
-    return " | ".join(text.splitlines()[-lines:]) or f"(nothing in {path})"
