@@ -69,6 +69,10 @@ class ConfigError(NixdistError):
         return f"{where}: {what}{self.message}"
 
 
+class FarmError(NixdistError):
+    """The local farm could not do what was asked (start a builder, find its processes, …)."""
+
+
 class BuildError(NixdistError):
     """A remote build failed: carries the derivation, the machine and the log tail."""
 

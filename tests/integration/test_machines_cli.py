@@ -405,7 +405,7 @@ def _nix_report(machines: tuple[Machine, ...]) -> list[str]:
 
 
 def _read(path: str) -> str | None:
-    from nixdist.cli.machines import read_config_file  # noqa: PLC0415 - the CLI's reader
+    from nixdist.state.config import read_config_file  # noqa: PLC0415 - the one config reader
 
     return read_config_file(path)
 

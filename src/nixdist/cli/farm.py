@@ -69,8 +69,18 @@ def _features(status: BuilderStatus) -> str:
 
 
 def _table(statuses: Sequence[BuilderStatus]) -> str:
-    header = ("NAME", "ALIAS", "PORT", "PID", "STATE", "SYSTEMS", "FEATURES", "JOBS", "SPEED",
-              "PATHS")
+    header = (
+        "NAME",
+        "ALIAS",
+        "PORT",
+        "PID",
+        "STATE",
+        "SYSTEMS",
+        "FEATURES",
+        "JOBS",
+        "SPEED",
+        "PATHS",
+    )
     rows = [header]
     for s in statuses:
         state = f"{s.state}{' noisy' if s.noisy else ''}"
@@ -129,15 +139,31 @@ def farm() -> None:
 
 @farm.command()
 @_dir_option
-@click.option("--builders", "count", type=click.IntRange(min=0), default=None,
-              help="N plain builders b1..bN (host system, 1 job).")
+@click.option(
+    "--builders",
+    "count",
+    type=click.IntRange(min=0),
+    default=None,
+    help="N plain builders b1..bN (host system, 1 job).",
+)
 @click.option("--builder", "builder_specs", multiple=True, metavar="SPEC", help=_BUILDER_HELP)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="A TOML farm file ([builders.NAME] tables).")
-@click.option("--alias-prefix", default=None,
-              help="ssh aliases are PREFIX+NAME [default: nixdist-, or as before].")
-@click.option("--ssh-include", is_flag=True,
-              help="Also add 'Include <farm>/ssh_config' at the top of ~/.ssh/config.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A TOML farm file ([builders.NAME] tables).",
+)
+@click.option(
+    "--alias-prefix",
+    default=None,
+    help="ssh aliases are PREFIX+NAME [default: nixdist-, or as before].",
+)
+@click.option(
+    "--ssh-include",
+    is_flag=True,
+    help="Also add 'Include <farm>/ssh_config' at the top of ~/.ssh/config.",
+)
 def up(  # click passes options by name
     *,
     directory: Path | None,

@@ -38,36 +38,17 @@ from nixdist.model.machines import (
     render_speed_factor,
 )
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
+from nixdist.state.config import read_config_file
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from nixdist.model.machines import Machine
 
-MAX_FILE_SIZE: Final = 16 * 1024 * 1024
 """Larger configuration files are refused (an ``@/dev/zero`` include must not hang us)."""
 
 _UNLIMITED_WIDTH: Final = 1_000_000
 _MACHINE_NAMES: Final = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "i586": "i686"}
-
-
-def read_config_file(path: str) -> str | None:
-    """A configuration file's text; None if it does not exist; `ConfigError` for other errors.
-
-    The reader `nixdist.model.machines.parse_machines` and `nixdist.model.nixconf` expect.
-    """
-    try:
-        with open(path, "rb") as file:  # noqa: PTH123 - a str path from a config file
-            data = file.read(MAX_FILE_SIZE + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise ConfigError(f"cannot read: {err.strerror or err}", file=path) from None
-    except ValueError as err:  # an embedded NUL byte in the path
-        raise ConfigError(f"cannot read: {err}", file=path) from None
-    if len(data) > MAX_FILE_SIZE:
-        raise ConfigError(f"larger than {MAX_FILE_SIZE} bytes", file=path)
-    return data.decode("utf-8", "surrogateescape")
 
 
 def host_system() -> str:

@@ -1,9 +1,5 @@
-"""The farm's error (a candidate for `nixdist.errors`; kept here until it moves there)."""
+"""The farm's error, defined with the others in `nixdist.errors`."""
 
-from __future__ import annotations
+from nixdist.errors import FarmError
 
-from nixdist.errors import NixdistError
-
-
-class FarmError(NixdistError):
-    """The local farm could not do what was asked (start a builder, find its processes, …)."""
+__all__ = ["FarmError"]

@@ -105,9 +105,7 @@ def render_known_hosts(entries: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{alias} {key}\n" for alias, key in entries)
 
 
-def render_ssh_config_block(
-    *, alias: str, port: int, client_key: str, known_hosts: str
-) -> str:
+def render_ssh_config_block(*, alias: str, port: int, client_key: str, known_hosts: str) -> str:
     return "\n".join(
         [
             f"Host {alias}",
@@ -137,9 +135,7 @@ def _field(values: Iterable[str]) -> str:
     return joined or "-"
 
 
-def render_machine_line(
-    spec: BuilderSpec, *, alias: str, client_key: str, host_key: str
-) -> str:
+def render_machine_line(spec: BuilderSpec, *, alias: str, client_key: str, host_key: str) -> str:
     """The 8-field machines line for a builder (nix-protocols.md §2.3)."""
     encoded = base64.b64encode(host_key.encode()).decode()
     return " ".join(

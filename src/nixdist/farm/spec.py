@@ -242,9 +242,7 @@ def _str_list(value: object, *, name: str, key: str, source: str) -> list[str]:
         return _split_list(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [str(v) for v in value]
-    raise ConfigError(
-        f"builder {name!r}: {key} must be a list of strings", file=source, field=key
-    )
+    raise ConfigError(f"builder {name!r}: {key} must be a list of strings", file=source, field=key)
 
 
 def _int_value(value: object, *, name: str, key: str, source: str) -> int:
@@ -293,9 +291,7 @@ def _spec_from_table(name: str, table: Mapping[str, object], source: str) -> Bui
         if systems is None
         else _str_list(systems, name=name, key="systems", source=source),
         features=_str_list(table.get("features", []), name=name, key="features", source=source),
-        mandatory=_str_list(
-            table.get("mandatory", []), name=name, key="mandatory", source=source
-        ),
+        mandatory=_str_list(table.get("mandatory", []), name=name, key="mandatory", source=source),
         jobs=_int_value(table.get("jobs", 1), name=name, key="jobs", source=source),
         speed=_int_value(table.get("speed", 1), name=name, key="speed", source=source),
         source=source,

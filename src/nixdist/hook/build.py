@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
 
+
 def build_options(settings: HookSettings) -> BuildOptions:
     """The local settings the remote build must honour (build-remote forwards the same)."""
     return BuildOptions(

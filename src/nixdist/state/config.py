@@ -5,7 +5,7 @@ The parsers are pure (`nixdist.model.machines`); this module gives them the file
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
 from nixdist.model.machines import machines_from_env_and_setting, parse_machines
@@ -16,15 +16,28 @@ if TYPE_CHECKING:
     from nixdist.model.machines import Machine
 
 
-def read_text_file(path: str) -> str | None:
-    """A configuration file's text; None if it does not exist (Nix treats that as empty)."""
+#: Larger "configuration" is a mistake (``@/dev/zero``), not a file to read to the end.
+MAX_FILE_SIZE: Final = 16 * 1024 * 1024
+
+
+def read_config_file(path: str) -> str | None:
+    """A configuration file's text; None if it does not exist (Nix treats that as empty).
+
+    Any other failure is a one-line `ConfigError` naming the file. This is the reader that
+    `nixdist.model.machines.parse_machines` and `nixdist.model.nixconf` take.
+    """
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as file:  # noqa: PTH123 - str paths from config text
-            return file.read()
+        with open(path, "rb") as file:  # noqa: PTH123 - a str path from a config file
+            data = file.read(MAX_FILE_SIZE + 1)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise ConfigError(f"cannot read: {err.strerror}", file=path) from err
+        raise ConfigError(f"cannot read: {err.strerror or err}", file=path) from None
+    except ValueError as err:  # an embedded NUL byte in the path
+        raise ConfigError(f"cannot read: {err}", file=path) from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"larger than {MAX_FILE_SIZE} bytes", file=path)
+    return data.decode("utf-8", "surrogateescape")
 
 
 def load_machines(
@@ -33,5 +46,5 @@ def load_machines(
     """The machines Nix would use: ``NIX_REMOTE_SYSTEMS`` if set, else the `builders` value."""
     text = machines_from_env_and_setting(builders, environ.get("NIX_REMOTE_SYSTEMS"))
     return parse_machines(
-        text, source="builders", read_file=read_text_file, default_system=default_system
+        text, source="<builders>", read_file=read_config_file, default_system=default_system
     )

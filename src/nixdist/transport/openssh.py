@@ -28,8 +28,6 @@ ssh (handy for tests together with ``?remote-store=``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -40,13 +38,14 @@ import subprocess
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError, TransportError
+from nixdist.model.machines import decode_host_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
-    from pathlib import Path
 
     from nixdist.model.machines import Machine
 
@@ -54,6 +53,8 @@ SSH: Final = "ssh"
 DEFAULT_PERSIST_S: Final = 600
 DEFAULT_CONNECT_TIMEOUT_S: Final = 15
 _PINNED_ALIAS: Final = "nixdist-pinned-host"
+# sun_path holds 108 bytes; ssh adds ".XXXXXXXXXXXXXXXX" to the path while binding.
+_MAX_SOCKET_PATH: Final = 107 - 17
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,15 +123,29 @@ class ControlMasters:
         self._persist_s = persist_s
 
     def socket_path(self, target: SshTarget) -> Path:
-        return self._dir / f"{target.key()}.sock"
+        """Where the master for `target` listens.
+
+        In the state directory when the path fits in a Unix socket address; otherwise in a
+        private directory under /tmp named after the state directory.
+        """
+        name = f"{target.key()}.sock"
+        if len(os.fsencode(self._dir / name)) <= _MAX_SOCKET_PATH:
+            return self._dir / name
+        tag = hashlib.sha256(os.fsencode(self._dir)).hexdigest()[:12]
+        short = Path("/tmp") / f"nixdist-{os.geteuid()}-{tag}"  # noqa: S108 - private, checked
+        short.mkdir(mode=0o700, exist_ok=True)
+        info = short.lstat()
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077 or not short.is_dir():
+            raise TransportError(f"{short} is not a private directory of ours")
+        return short / name
 
     def _known_hosts(self, target: SshTarget) -> Path | None:
         if not target.public_host_key:
             return None
         try:
-            line = base64.b64decode(target.public_host_key, validate=True).decode().strip()
-        except (binascii.Error, UnicodeDecodeError) as err:
-            raise ConfigError(f"public host key of {target.host} is not base64: {err}") from err
+            line = decode_host_key(target.public_host_key).decode().strip()
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ConfigError(f"public host key of {target.host}: {err}") from err
         path = self._dir / f"{target.key()}.known_hosts"
         text = f"{_PINNED_ALIAS} {line}\n"
         if not path.exists() or path.read_text() != text:
@@ -177,7 +192,7 @@ class ControlMasters:
         sock = self.socket_path(target)
         if _is_listening(sock):
             return True
-        with _flocked(sock.with_suffix(".lock")):
+        with _flocked(self._dir / f"{target.key()}.lock"):
             if _is_listening(sock):
                 return True
             with contextlib.suppress(FileNotFoundError):
@@ -186,7 +201,7 @@ class ControlMasters:
         return True
 
     def _start_master(self, target: SshTarget, environ: Mapping[str, str], sock: Path) -> None:
-        log = sock.with_suffix(".log")
+        log = self._dir / f"{target.key()}.log"
         argv = [
             *self.base_argv(target),
             "-M",

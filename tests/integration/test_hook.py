@@ -1,0 +1,448 @@
+"""nixdist-hook driven by real Nix 2.8 against the local farm's real sshd builders.
+
+Every fact is checked where it happens: which builder built an output is read from that
+builder's own store (a path it built itself is "ultimate" there; a path it received is not),
+concurrency from timestamps the builds write on the builder side, and output contents by
+rebuilding locally with ``--check``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nixdist.model.machines import parse_machines
+from nixdist.transport.openssh import ControlMasters, target_for_machine
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from nixdist.farm import Farm
+
+    from .conftest import FarmFixture
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+DAG = FIXTURES / "dag.nix"
+HOOKTEST = FIXTURES / "hooktest.nix"
+HOOK = Path(sys.executable).with_name("nixdist-hook")
+NIX_COMMAND = ["nix", "--extra-experimental-features", "nix-command"]
+# A guard against a hang, never a performance limit: a stuck run fails instead of blocking CI.
+HANG_GUARD_S = 900
+_salts = itertools.count()
+
+
+def fresh_salt(tag: str) -> str:
+    """A salt no earlier run used, so every derivation really builds."""
+    return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
+
+
+def nix_build(
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    builders: str,
+    jobs: int = 0,
+    hook: Path | None = HOOK,
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        "nix-build",
+        *args,
+        "--no-out-link",
+        "-j",
+        str(jobs),
+        "--option",
+        "substituters",
+        "",
+        "--builders",
+        builders,
+    ]
+    if hook is not None:
+        argv += ["--option", "build-hook", str(hook)]
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> list[str]:
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout.split()
+
+
+def built_by(farm: Farm) -> dict[str, set[str]]:
+    """For every builder, the store paths it built itself (``ultimate`` in its own store)."""
+    found: dict[str, set[str]] = {}
+    for name in farm.names():
+        listing = farm.run_in(name, [*NIX_COMMAND, "path-info", "--json", "--all"]).stdout
+        found[name] = {info["path"] for info in json.loads(listing) if info.get("ultimate")}
+    return found
+
+
+def where_built(farm: Farm, paths: Sequence[str]) -> dict[str, list[str]]:
+    builders = built_by(farm)
+    return {path: sorted(n for n, built in builders.items() if path in built) for path in paths}
+
+
+def closure(path: str) -> list[str]:
+    out = subprocess.run(
+        ["nix-store", "-q", "--requisites", path], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def outputs_of_graph(path: str, marker: str) -> list[str]:
+    """The outputs of every derivation in `path`'s build graph whose name contains `marker`."""
+    [drv] = derivers([path])
+    drvs = [p for p in closure(drv) if p.endswith(".drv") and marker in p]
+    out = subprocess.run(
+        ["nix-store", "-q", "--outputs", *drvs], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def derivers(paths: Sequence[str]) -> list[str]:
+    out = subprocess.run(
+        ["nix-store", "-q", "--deriver", *paths], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+@pytest.fixture
+def env(local_farm: FarmFixture) -> dict[str, str]:
+    return local_farm.nix_env()
+
+
+@pytest.fixture
+def builders(local_farm: FarmFixture) -> str:
+    return f"@{local_farm.machines}"
+
+
+def test_dag_builds_entirely_on_builders_and_matches_local_builds(
+    farm: Farm, env: dict[str, str], builders: str
+) -> None:
+    salt = fresh_salt("dag")
+    [top] = ok(nix_build([str(DAG), "--argstr", "salt", salt], env, builders=builders))
+    outputs = outputs_of_graph(top, "-dag-")
+    assert len(outputs) == 51
+
+    places = where_built(farm, outputs)
+    assert all(len(names) == 1 for names in places.values()), places
+    # b4 takes only derivations that require its mandatory feature: none of these.
+    assert not any("b4" in names for names in places.values())
+    assert len({names[0] for names in places.values()}) >= 2, "all built on one builder"
+
+    # The same derivations built locally, without the hook, give the very same bytes:
+    # --check rebuilds each one here and fails on any difference.
+    check = subprocess.run(
+        [
+            "nix-store",
+            "--realise",
+            "--check",
+            *derivers(outputs),
+            "-j",
+            "2",
+            "--option",
+            "substituters",
+            "",
+            "--builders",
+            "",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S,
+    )
+    assert check.returncode == 0, check.stderr[-4000:]
+
+
+@pytest.mark.parametrize(
+    ("attr", "expected"),
+    [
+        ("bigParallel", {"b2"}),  # the only builder supporting big-parallel
+        ("benchmark", {"b4"}),  # b4's mandatory feature: only it may take this
+        ("otherPlatform", {"b3"}),  # the only builder listing the other system
+    ],
+)
+def test_routing_by_features_and_system(
+    farm: Farm, env: dict[str, str], builders: str, attr: str, expected: set[str]
+) -> None:
+    [out] = ok(
+        nix_build(
+            [str(HOOKTEST), "-A", attr, "--argstr", "salt", fresh_salt(attr)],
+            env,
+            builders=builders,
+        )
+    )
+    assert set(where_built(farm, [out])[out]) == expected
+
+
+def test_plain_derivations_never_land_on_a_mandatory_feature_builder(
+    farm: Farm, env: dict[str, str], builders: str
+) -> None:
+    outs = ok(
+        nix_build(
+            [str(HOOKTEST), "-A", "plains", "--argstr", "salt", fresh_salt("plains")],
+            env,
+            builders=builders,
+        )
+    )
+    places = where_built(farm, outs)
+    assert all(len(names) == 1 and names != ["b4"] for names in places.values()), places
+
+
+def test_no_capable_builder_declines(farm: Farm, env: dict[str, str], builders: str) -> None:
+    salt = fresh_salt("kvm")
+    # -j0: Nix's own error, as with build-remote.
+    refused = nix_build(
+        [str(HOOKTEST), "-A", "kvm", "--argstr", "salt", salt], env, builders=builders
+    )
+    assert refused.returncode != 0
+    assert "unable to start any build" in refused.stderr
+    assert "Failed to find a machine for remote build!" in refused.stderr
+    # With a local slot the hook declines and Nix builds it here. Nix itself would refuse to
+    # build a kvm derivation on a machine without kvm, so the machine gets the feature.
+    [out] = ok(
+        nix_build(
+            [
+                str(HOOKTEST),
+                "-A",
+                "kvm",
+                "--argstr",
+                "salt",
+                salt,
+                "--option",
+                "system-features",
+                "kvm",
+            ],
+            env,
+            builders=builders,
+            jobs=1,
+        )
+    )
+    assert where_built(farm, [out])[out] == []
+    assert Path(out, "id").read_text() == f"needs-kvm {salt}\n"
+
+
+def test_two_nix_processes_never_exceed_a_builders_max_jobs(
+    local_farm: FarmFixture, env: dict[str, str], tmp_path: Path
+) -> None:
+    record = Path("/var/tmp") / f"nixdist-jobs-{fresh_salt('record')}"  # shared by all namespaces
+    machines = tmp_path / "machines"
+    # b1 (2 jobs) and b2 (1 job) only, so the two clients must share them.
+    machines.write_text(
+        "".join(
+            line + "\n"
+            for line in local_farm.machines.read_text().splitlines()
+            if re.match(rf"ssh://{re.escape(local_farm.alias('b'))}[12]\b", line)
+        )
+    )
+    runs = [
+        subprocess.Popen(
+            [
+                "nix-build",
+                str(HOOKTEST),
+                "-A",
+                "plains",
+                "--argstr",
+                "salt",
+                fresh_salt(f"jobs{i}"),
+                "--argstr",
+                "record",
+                str(record),
+                "--argstr",
+                "sleep",
+                "1",
+                "--no-out-link",
+                "-j0",
+                "--option",
+                "substituters",
+                "",
+                "--option",
+                "build-hook",
+                str(HOOK),
+                "--builders",
+                f"@{machines}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=HANG_GUARD_S)
+        assert run.returncode == 0, err[-4000:]
+    try:
+        events = [line.split() for line in record.read_text().splitlines()]
+    finally:
+        record.unlink(missing_ok=True)
+    assert len(events) == 24  # 2 clients x 6 derivations x (start, end)
+    running: dict[str, int] = defaultdict(int)
+    peak: dict[str, int] = defaultdict(int)
+    for kind, _name, where, _when in sorted(events, key=lambda e: (float(e[3]), e[0] == "start")):
+        running[where] += 1 if kind == "start" else -1
+        peak[where] = max(peak[where], running[where])
+    assert set(peak) <= {"b1", "b2"}
+    assert peak["b1"] <= 2
+    assert peak["b2"] <= 1
+    assert peak["b1"] + peak["b2"] >= 2, "the two clients never ran in parallel"
+
+
+def test_remote_log_is_nix_log(env: dict[str, str], builders: str) -> None:
+    salt = fresh_salt("log")
+    [out] = ok(
+        nix_build([str(HOOKTEST), "-A", "logged", "--argstr", "salt", salt], env, builders=builders)
+    )
+    [drv] = derivers([out])
+    log = subprocess.run(
+        ["nix-store", "--read-log", drv], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"LOG-MARKER-{salt}" in log
+    assert "second line" in log
+
+
+def test_failing_build_fails_nix_build_with_the_log_tail(
+    env: dict[str, str], builders: str
+) -> None:
+    salt = fresh_salt("fail")
+    result = nix_build(
+        [str(HOOKTEST), "-A", "failing", "--argstr", "salt", salt], env, builders=builders
+    )
+    assert result.returncode == 100
+    assert f"FAIL-TAIL-{salt}" in result.stderr
+    assert "failed with exit code 3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("attr", "option", "words"),
+    [
+        ("silent", "max-silent-time", "of silence"),
+        ("chatty", "timeout", "timed out"),
+    ],
+)
+def test_time_limits_are_enforced_remotely(
+    env: dict[str, str], builders: str, attr: str, option: str, words: str
+) -> None:
+    result = nix_build(
+        [str(HOOKTEST), "-A", attr, "--argstr", "salt", fresh_salt(attr), "--option", option, "2"],
+        env,
+        builders=builders,
+    )
+    assert result.returncode == 101, result.stderr[-2000:]
+    assert words in result.stderr
+
+
+def test_sources_multiple_outputs_and_check(farm: Farm, env: dict[str, str], builders: str) -> None:
+    salt = fresh_salt("multi")
+    args = [str(HOOKTEST), "-A", "usesMulti", "--argstr", "salt", salt]
+    [uses] = ok(nix_build(args, env, builders=builders))
+    [multi_out] = [
+        p for p in outputs_of_graph(uses, "-multi.drv") if re.search(r"/[0-9a-z]{32}-multi$", p)
+    ]
+    dev = Path(multi_out, "dev-link").resolve()
+    assert (dev / "literal").read_text() == (FIXTURES / "drvs-input.txt").read_text()
+    assert Path(uses, "inputs").read_text() == f"multi {salt}\nmulti-dev {salt}\n"
+    places = where_built(farm, [uses, multi_out, str(dev)])
+    assert all(len(names) == 1 for names in places.values()), places
+    # --check of a remotely built derivation goes through the hook too and must succeed.
+    ok(nix_build([*args, "--check"], env, builders=builders))
+
+
+def test_control_masters_are_detached_and_reused(
+    local_farm: FarmFixture, env: dict[str, str], tmp_path: Path
+) -> None:
+    farm = local_farm.farm
+    machines = tmp_path / "machines"
+    machines.write_text(
+        next(
+            line
+            for line in local_farm.machines.read_text().splitlines()
+            if line.startswith(f"ssh://{local_farm.alias('b2')} ")
+        )
+        + "\n"
+    )
+    state = tmp_path / "state"
+    env = {**env, "NIXDIST_STATE_DIR": str(state)}
+    ok(
+        nix_build(
+            [str(HOOKTEST), "-A", "plain", "--argstr", "salt", fresh_salt("m1")],
+            env,
+            builders=f"@{machines}",
+        )
+    )
+    [machine] = parse_machines(
+        machines.read_text(), read_file=lambda _: None, default_system="x86_64-linux"
+    )
+    socket = ControlMasters(state).socket_path(target_for_machine(machine, env))
+    master = _ssh_master(socket)
+    # Detached: its own session, nothing of Nix's on its standard descriptors (ssh itself
+    # puts stderr on /dev/null once it backgrounds; before that it goes to our log file).
+    assert os.getsid(master) == master
+    for fd in (0, 1, 2):
+        assert Path(f"/proc/{master}/fd/{fd}").readlink() == Path("/dev/null")
+    logins = _logins(farm, "b2")
+
+    ok(
+        nix_build(
+            [str(HOOKTEST), "-A", "plain", "--argstr", "salt", fresh_salt("m2")],
+            env,
+            builders=f"@{machines}",
+        )
+    )
+    assert _ssh_master(socket) == master
+    assert _logins(farm, "b2") == logins, "the second build opened a new ssh connection"
+
+
+def _ssh_master(socket: Path) -> int:
+    """The pid of the one ssh master serving `socket`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv[0].endswith(b"ssh")
+            and b"-M" in argv
+            and f"-oControlPath={socket}".encode() in argv
+        ):
+            found.append(int(entry.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _logins(farm: Farm, name: str) -> int:
+    return farm.sshd_log(name).read_text(errors="replace").count("Accepted publickey")
+
+
+def test_unsupported_store_uris_are_skipped_with_a_warning(
+    local_farm: FarmFixture, env: dict[str, str], tmp_path: Path
+) -> None:
+    machines = tmp_path / "machines"
+    machines.write_text(
+        "ssh-ng://somewhere x86_64-linux\n/some/local/store x86_64-linux\n"
+        + local_farm.machines.read_text()
+    )
+    result = nix_build(
+        [str(HOOKTEST), "-A", "plain", "--argstr", "salt", fresh_salt("skip")],
+        env,
+        builders=f"@{machines}",
+    )
+    ok(result)
+    assert "skipping builder 'ssh-ng://somewhere'" in result.stderr
+    assert "Traceback" not in result.stderr
