@@ -476,14 +476,7 @@ class NarReader:
         if state == _S_DONE:
             return False
         if state == _S_PADDING:
-            pad = padding(self._size)
-            if len(self._buf) - self._pos < pad:
-                return False
-            if any(self._buf[self._pos : self._pos + pad]):
-                raise self._error("non-zero padding after file contents")
-            self._pos += pad
-            self._expect(_LIT_CLOSE, _S_NODE_DONE)
-            return True
+            return self._step_padding()
         if state == _S_SIZE:
             if len(self._buf) - self._pos < _U64.size:
                 return False
@@ -509,6 +502,16 @@ class NarReader:
             events.append(Symlink(path=self._path, target=target))
             self._expect(_LIT_CLOSE, _S_NODE_DONE)
             return True
+        # fast paths for the commonest runs of tokens; anything else goes token by token
+        if state == _S_DIR and self._buf.startswith(_FAST_ENTRY, self._pos):
+            self._pos += len(_FAST_ENTRY)
+            self._state = _S_NAME
+            return True
+        if state == _S_TYPE and self._buf.startswith(_FAST_REGULAR, self._pos):
+            self._pos += len(_FAST_REGULAR)
+            self._executable = False
+            self._state = _S_SIZE
+            return True
         token = self._string(MAX_TOKEN_LEN, "token")
         if token is None:
             return False
@@ -518,6 +521,22 @@ class NarReader:
             self._step_type(token, events)
         else:  # _S_REGULAR
             self._step_regular(token)
+        return True
+
+    def _step_padding(self) -> bool:
+        pad = padding(self._size)
+        if len(self._buf) - self._pos < pad:
+            return False
+        if any(self._buf[self._pos : self._pos + pad]):
+            raise self._error("non-zero padding after file contents")
+        self._pos += pad
+        if self._dirs and self._buf.startswith(_FAST_CLOSE_ENTRY, self._pos):
+            # fast path: the node's ")" and its entry's ")"
+            self._pos += len(_FAST_CLOSE_ENTRY)
+            self._path = self._dirs[-1][0]
+            self._state = _S_DIR
+            return True
+        self._expect(_LIT_CLOSE, _S_NODE_DONE)
         return True
 
     def _step_contents(self, events: list[NarEvent]) -> bool:
@@ -536,9 +555,8 @@ class NarReader:
 
     def _step_expect(self) -> bool:
         lit = self._lit
-        end = self._pos + len(lit)
-        if self._buf[self._pos : end] == lit:
-            self._pos = end
+        if self._buf.startswith(lit, self._pos):
+            self._pos += len(lit)
             self._state = self._next
             return True
         self._diagnose_expect()
@@ -658,6 +676,10 @@ class NarReader:
 def _token_size(token: bytes) -> int:
     return 8 + len(token) + padding(len(token))
 
+
+_FAST_ENTRY: Final = _tokens(b"entry", b"(", b"name")
+_FAST_REGULAR: Final = _tokens(b"regular", b"contents")
+_FAST_CLOSE_ENTRY: Final = _tokens(b")", b")")
 
 _LITERALS: Final[dict[tuple[bytes, ...], bytes]] = {
     tokens: _tokens(*tokens)
