@@ -36,6 +36,11 @@ style of h11: `feed(data)` returns the events that data completes, `done` says t
 and `unused_data` holds the bytes after its end. Contents are cut from the fed chunks and
 never accumulated, so decoding a large file costs about one copy of its bytes.
 
+The building blocks (`NAR_START`, `encode_entry_start`, `DIRECTORY_START`, `encode_regular_start`,
+`encode_regular_end`, `encode_symlink`, `NODE_END`, `ENTRY_END`) are the exact bytes of each part
+of the grammar without any checks; `NarWriter` is made of them, and the filesystem dumper uses
+them directly on its hot path.
+
 Strictness and limits
 ---------------------
 We write and accept only the canonical form (Nix 2.8's parser also tolerates, e.g., a regular
