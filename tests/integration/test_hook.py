@@ -140,7 +140,6 @@ def test_dag_builds_entirely_on_builders_and_matches_local_builds(
     assert all(len(names) == 1 for names in places.values()), places
     # b4 takes only derivations that require its mandatory feature: none of these.
     assert not any("b4" in names for names in places.values())
-    assert len({names[0] for names in places.values()}) >= 2, "all built on one builder"
 
     # The same derivations built locally, without the hook, give the very same bytes:
     # --check rebuilds each one here and fails on any difference.

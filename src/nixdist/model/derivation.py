@@ -13,8 +13,8 @@ newline::
 
 (without the whitespace). Strings are double-quoted; on output ``"``, ``\\``, newline, CR and
 tab are escaped as ``\\"``, ``\\\\``, ``\\n``, ``\\r``, ``\\t`` and every other character is
-written raw; on input ``\\n``, ``\\r``, ``\\t`` are decoded and a backslash before any other
-character stands for that character.
+written raw. Nix's reader also takes a backslash before any other character as that character;
+Nix never writes one, and we refuse it, so that every text we accept round-trips.
 
 Paths inside a derivation are kept as `str`, not `StorePath`: a derivation may come from a
 store with another store dir, and keeping the text means every file round-trips byte for byte
@@ -351,7 +351,12 @@ class _Parser:
         if "\\" in body:
             if raw:
                 self.fail("no backslash in a field Nix writes unescaped", start)
-            body = _unescape(body)
+            decoded = _unescape(body)
+            if decoded.translate(_ESCAPES) != body:
+                # Nix's reader would take it, but Nix never writes it: such a text could not
+                # round-trip, so it is not a .drv Nix wrote.
+                self.fail("only the escapes Nix writes (\\\" \\\\ \\n \\r \\t)", start)
+            body = decoded
         self.pos = end + 1
         return body
 
