@@ -18,6 +18,7 @@ _SUBCOMMANDS = {
     "drv": "nixdist.cli.drv",
     "machines": "nixdist.cli.machines",
     "farm": "nixdist.cli.farm",
+    "hook": "nixdist.cli.hook",
 }
 
 

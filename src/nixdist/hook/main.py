@@ -190,11 +190,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
         )
 
 
-def main() -> int:
-    """Entry point of ``nixdist-hook`` (and ``nixdist hook``)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``nixdist-hook`` (and ``nixdist hook``): ``[program, …, verbosity]``."""
     out = HookOutput(2)
     try:
-        return run(sys.argv, os.environ, out)
+        return run(sys.argv if argv is None else argv, os.environ, out)
     except NixdistError as err:
         out.error(str(err))
     except Exception as err:  # noqa: BLE001 - the process edge: Nix must see why, not a traceback
