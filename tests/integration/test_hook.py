@@ -25,7 +25,7 @@ from nixdist.model.machines import parse_machines
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from nixdist.farm import Farm
 
@@ -445,3 +445,83 @@ def test_unsupported_store_uris_are_skipped_with_a_warning(
     ok(result)
     assert "skipping builder 'ssh-ng://somewhere'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_interrupted_build_leaves_nothing_behind(
+    farm: Farm, env: dict[str, str], builders: str
+) -> None:
+    """Ctrl-C during a remote build: no hook left running, the remote build stops, no partial
+    or unregistered path anywhere."""
+    record = Path("/var/tmp") / f"nixdist-interrupt-{fresh_salt('record')}"
+    salt = fresh_salt("interrupt")
+    args = [
+        str(HOOKTEST),
+        "-A",
+        "silent",
+        "--argstr",
+        "salt",
+        salt,
+        "--argstr",
+        "record",
+        str(record),
+    ]
+    [drv] = subprocess.run(
+        ["nix-instantiate", *args], capture_output=True, text=True, check=True
+    ).stdout.split()
+    [out] = subprocess.run(
+        ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
+    ).stdout.split()
+    realise = ["nix-store", "--realise", drv, "-j0", "--option", "substituters", ""]
+    realise += ["--builders", builders, "--option", "build-hook", str(HOOK)]
+    build = subprocess.Popen(
+        realise,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(lambda: record.exists() and "start" in record.read_text(), "the remote build")
+        [_, _, where, _] = record.read_text().split()
+        build.send_signal(2)  # SIGINT, as Ctrl-C in a terminal
+        build.communicate(timeout=HANG_GUARD_S)
+    finally:
+        build.kill()
+        record.unlink(missing_ok=True)
+    assert build.returncode != 0
+    _wait_for(lambda: not _processes_with(b"nixdist-hook"), "the hook to go away")
+    _wait_for(
+        lambda: not any(salt.encode() in _cmdline(pid) for pid in farm.processes(where)),
+        f"the build on {where} to stop",
+    )
+    assert out not in farm.builder_store_paths(where)
+    assert not Path(out).exists()
+    valid = subprocess.run(["nix-store", "--check-validity", out], capture_output=True, check=False)
+    assert valid.returncode != 0
+    verify = subprocess.run(
+        ["nix-store", "--verify", "--check-contents"], capture_output=True, text=True, check=False
+    )
+    assert verify.returncode == 0, verify.stderr[-2000:]
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition`; the bound only keeps a broken run from hanging, it is not measured."""
+    for _ in range(HANG_GUARD_S * 10):
+        if condition():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"gave up waiting for {what}")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _processes_with(word: bytes) -> list[int]:
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and word in _cmdline(int(entry.name))
+    ]
