@@ -9,7 +9,6 @@ rebuilding locally with ``--check``.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -37,7 +36,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DAG = FIXTURES / "dag.nix"
 HOOKTEST = FIXTURES / "hooktest.nix"
 HOOK = Path(sys.executable).with_name("nixdist-hook")
-NIX_COMMAND = ["nix", "--extra-experimental-features", "nix-command"]
 # A guard against a hang, never a performance limit: a stuck run fails instead of blocking CI.
 HANG_GUARD_S = 900
 _salts = itertools.count()
@@ -80,18 +78,10 @@ def ok(result: subprocess.CompletedProcess[str]) -> list[str]:
     return result.stdout.split()
 
 
-def built_by(farm: Farm) -> dict[str, set[str]]:
-    """For every builder, the store paths it built itself (``ultimate`` in its own store)."""
-    found: dict[str, set[str]] = {}
-    for name in farm.names():
-        listing = farm.run_in(name, [*NIX_COMMAND, "path-info", "--json", "--all"]).stdout
-        found[name] = {info["path"] for info in json.loads(listing) if info.get("ultimate")}
-    return found
-
-
 def where_built(farm: Farm, paths: Sequence[str]) -> dict[str, list[str]]:
-    builders = built_by(farm)
-    return {path: sorted(n for n, built in builders.items() if path in built) for path in paths}
+    """For each path, the builders that built it (read from their own stores)."""
+    built = {name: set(farm.built_paths(name)) for name in farm.names()}
+    return {path: sorted(n for n, theirs in built.items() if path in theirs) for path in paths}
 
 
 def closure(path: str) -> list[str]:

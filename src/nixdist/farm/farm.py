@@ -354,6 +354,16 @@ class Farm:
         self._load().index(name)
         return _valid_paths(self._db_path(name))
 
+    def built_paths(self, name: str) -> tuple[str, ...]:
+        """The paths builder `name` built itself, sorted.
+
+        Nix marks a path "ultimate" in the store that built it; a path received from another
+        store (an input copied in, an output copied out) is not. This is how tests and the
+        demo tell where a derivation was built, from the builders' own stores.
+        """
+        self._load().index(name)
+        return _valid_paths(self._db_path(name), only_built=True)
+
     def run_in(
         self,
         name: str,
@@ -624,12 +634,15 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp.replace(path)
 
 
-def _valid_paths(db: Path) -> tuple[str, ...]:
+def _valid_paths(db: Path, *, only_built: bool = False) -> tuple[str, ...]:
     if not db.exists():
         return ()
+    query = "SELECT path FROM ValidPaths"
+    if only_built:
+        query += " WHERE ultimate = 1"
     try:
         with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-            rows = conn.execute("SELECT path FROM ValidPaths ORDER BY path").fetchall()
+            rows = conn.execute(query + " ORDER BY path").fetchall()
     except sqlite3.OperationalError as err:
         if "no such table" in str(err):
             return ()  # Nix is creating the database right now
