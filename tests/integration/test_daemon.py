@@ -321,20 +321,6 @@ def _stop(process: subprocess.Popen[bytes], daemon: Daemon, local_farm: FarmFixt
 # ------------------------------------------------------------------------------ helpers
 
 
-def built_by(farm: Farm) -> dict[str, set[str]]:
-    """For every builder, the store paths it built itself (``ultimate`` in its own store)."""
-    found: dict[str, set[str]] = {}
-    for name in farm.names():
-        listing = farm.run_in(name, [*NIX_COMMAND, "path-info", "--json", "--all"]).stdout
-        found[name] = {info["path"] for info in json.loads(listing) if info.get("ultimate")}
-    return found
-
-
-def where_built(farm: Farm, paths: Sequence[str]) -> dict[str, list[str]]:
-    builders = built_by(farm)
-    return {path: sorted(n for n, built in builders.items() if path in built) for path in paths}
-
-
 def _query(*args: str) -> list[str]:
     out = subprocess.run(["nix-store", "-q", *args], capture_output=True, text=True, check=True)
     return out.stdout.split()
@@ -380,7 +366,7 @@ def test_untrusted_users_builds_through_the_daemon_run_on_the_farm(
 
     outputs = graph_outputs(top, "-dag-")
     assert len(outputs) == 51
-    places = where_built(farm, outputs)
+    places = farm.where_built(outputs)
     assert all(len(names) == 1 for names in places.values()), places
     assert ultimate_locally(outputs) == [], "built locally instead of on the farm"
 
@@ -414,7 +400,7 @@ def test_untrusted_user_can_switch_builders_off_but_not_redirect_them(
     )
     outputs = graph_outputs(top, "-dag-")
     assert len(outputs) == 2
-    assert all(len(names) == 1 for names in where_built(farm, outputs).values())
+    assert all(len(names) == 1 for names in farm.where_built(outputs).values())
 
     # The empty list is the one value an untrusted user may set: the hook is still asked,
     # finds no machine and declines permanently; with -j0 nothing can build.
@@ -432,11 +418,11 @@ def test_the_clients_max_jobs_replaces_the_daemons(farm: Farm, daemon: Daemon) -
     fixture = public_copy(daemon, PREFER_LOCAL)
 
     [remote] = ok(daemon.nix_build_as_user([str(fixture), "--argstr", "salt", fresh_salt("j0")]))
-    assert len(where_built(farm, [remote])[remote]) == 1
+    assert len(farm.where_built([remote])[remote]) == 1
     assert ultimate_locally([remote]) == []
 
     [local] = ok(
         daemon.nix_build_as_user([str(fixture), "--argstr", "salt", fresh_salt("j1")], jobs=1)
     )
-    assert where_built(farm, [local])[local] == []
+    assert farm.where_built([local])[local] == []
     assert ultimate_locally([local]) == [local]

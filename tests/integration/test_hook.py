@@ -78,12 +78,6 @@ def ok(result: subprocess.CompletedProcess[str]) -> list[str]:
     return result.stdout.split()
 
 
-def where_built(farm: Farm, paths: Sequence[str]) -> dict[str, list[str]]:
-    """For each path, the builders that built it (read from their own stores)."""
-    built = {name: set(farm.built_paths(name)) for name in farm.names()}
-    return {path: sorted(n for n, theirs in built.items() if path in theirs) for path in paths}
-
-
 def closure(path: str) -> list[str]:
     out = subprocess.run(
         ["nix-store", "-q", "--requisites", path], capture_output=True, text=True, check=True
@@ -126,7 +120,7 @@ def test_dag_builds_entirely_on_builders_and_matches_local_builds(
     outputs = outputs_of_graph(top, "-dag-")
     assert len(outputs) == 51
 
-    places = where_built(farm, outputs)
+    places = farm.where_built(outputs)
     assert all(len(names) == 1 for names in places.values()), places
     # b4 takes only derivations that require its mandatory feature: none of these.
     assert not any("b4" in names for names in places.values())
@@ -174,7 +168,7 @@ def test_routing_by_features_and_system(
             builders=builders,
         )
     )
-    assert set(where_built(farm, [out])[out]) == expected
+    assert set(farm.where_built([out])[out]) == expected
 
 
 def test_plain_derivations_never_land_on_a_mandatory_feature_builder(
@@ -187,7 +181,7 @@ def test_plain_derivations_never_land_on_a_mandatory_feature_builder(
             builders=builders,
         )
     )
-    places = where_built(farm, outs)
+    places = farm.where_built(outs)
     assert all(len(names) == 1 and names != ["b4"] for names in places.values()), places
 
 
@@ -220,7 +214,7 @@ def test_no_capable_builder_declines(farm: Farm, env: dict[str, str], builders: 
             jobs=1,
         )
     )
-    assert where_built(farm, [out])[out] == []
+    assert farm.where_built([out])[out] == []
     assert Path(out, "id").read_text() == f"needs-kvm {salt}\n"
 
 
@@ -344,7 +338,7 @@ def test_sources_multiple_outputs_and_check(farm: Farm, env: dict[str, str], bui
     dev = Path(multi_out, "dev-link").resolve()
     assert (dev / "literal").read_text() == (FIXTURES / "drvs-input.txt").read_text()
     assert Path(uses, "inputs").read_text() == f"multi {salt}\nmulti-dev {salt}\n"
-    places = where_built(farm, [uses, multi_out, str(dev)])
+    places = farm.where_built([uses, multi_out, str(dev)])
     assert all(len(names) == 1 for names in places.values()), places
     # --check of a remotely built derivation goes through the hook too and must succeed.
     ok(nix_build([*args, "--check"], env, builders=builders))

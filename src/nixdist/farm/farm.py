@@ -64,7 +64,7 @@ from nixdist.farm.statefile import BuilderRecord, FarmState, encode_state, load_
 from nixdist.model.machines import Machine
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 DEFAULT_FARM_DIR: Final = Path("/var/lib/nixdist/farm")
 FARM_DIR_ENV: Final = "NIXDIST_FARM_DIR"
@@ -363,6 +363,11 @@ class Farm:
         """
         self._load().index(name)
         return _valid_paths(self._db_path(name), only_built=True)
+
+    def where_built(self, paths: Iterable[str]) -> dict[str, list[str]]:
+        """For each of `paths`, the builders that built it (usually one, or none)."""
+        built = {name: set(self.built_paths(name)) for name in self.names()}
+        return {p: sorted(n for n, theirs in built.items() if p in theirs) for p in paths}
 
     def run_in(
         self,

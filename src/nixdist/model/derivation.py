@@ -355,7 +355,7 @@ class _Parser:
             if decoded.translate(_ESCAPES) != body:
                 # Nix's reader would take it, but Nix never writes it: such a text could not
                 # round-trip, so it is not a .drv Nix wrote.
-                self.fail("only the escapes Nix writes (\\\" \\\\ \\n \\r \\t)", start)
+                self.fail('only the escapes Nix writes (\\" \\\\ \\n \\r \\t)', start)
             body = decoded
         self.pos = end + 1
         return body
