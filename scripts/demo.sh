@@ -1,5 +1,13 @@
 #!/usr/bin/env bash
-# The demo needs the build hook and the local farm (issue "nixdist-hook"); until they land it
-# says so instead of pretending.
-echo "make demo: the distributed build demo arrives with nixdist-hook and the local farm; not yet available" >&2
-exit 1
+# `make demo`: a real nix-build of examples/demo.nix (34 derivations) through nixdist-hook on a
+# local farm of three builders (sshd + own Nix store each), then a table of which builder built
+# what, checked against the builders' own stores. Needs root on Linux; `make setup` first.
+#
+# The farm lives in $DEMO_FARM_DIR (default /var/lib/nixdist/demo-farm, ssh aliases demo-b1..3)
+# and is LEFT RUNNING so the next run is fast; DEMO_KEEP_FARM=0 stops it at the end instead.
+# Stop it later with: .venv/bin/nixdist farm down --dir /var/lib/nixdist/demo-farm
+# DEMO_WORK: seconds each derivation sleeps (0.5); DEMO_POLL_INTERVAL: Nix's build-poll-interval
+# (1; Nix's default is 5). Details: scripts/demo.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec .venv/bin/python scripts/demo.py "$@"
