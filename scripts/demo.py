@@ -21,7 +21,7 @@ What it does, every time (as root, on Linux; `make demo` runs it through scripts
 
 3. Prints which builder built each derivation, from two independent witnesses: Nix's own
    ``building '<drv>' on '<uri>'`` lines, and the builders' stores (a store marks a path it
-   built itself as "ultimate"; read with ``nix path-info --json --all`` inside each builder).
+   built itself as "ultimate"; read from each builder's own store database).
    Also: what each derivation needs, which builders could take it, a count per builder and
    the build's wall time.
 
@@ -339,13 +339,7 @@ def log_line(line: str, names: Mapping[str, str]) -> Text:
 
 def ultimate_paths(farm: Farm) -> dict[str, frozenset[str]]:
     """For every builder, the store paths it built itself ("ultimate" in its own store)."""
-    found: dict[str, frozenset[str]] = {}
-    for name in farm.names():
-        listing = farm.run_in(name, [*NIX_COMMAND, "path-info", "--json", "--all"]).stdout
-        found[name] = frozenset(
-            info["path"] for info in json.loads(listing) if info.get("ultimate")
-        )
-    return found
+    return {name: frozenset(farm.built_paths(name)) for name in farm.names()}
 
 
 def make_rows(
