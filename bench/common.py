@@ -1,0 +1,110 @@
+"""Helpers shared by the benchmarks: paths, statistics, tables and result files.
+
+Nothing here times anything by itself; every benchmark reports best and median of its runs and
+never fails on a time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+BENCH_DIR: Final = Path(__file__).resolve().parent
+REPO: Final = BENCH_DIR.parent
+RESULTS_DIR: Final = BENCH_DIR / "results"
+FIXTURES: Final = REPO / "tests" / "fixtures"
+
+#: The venv's interpreter and console scripts (the benchmarks run with the venv's python).
+PYTHON: Final = Path(sys.executable)
+NIXDIST_HOOK: Final = PYTHON.with_name("nixdist-hook")
+#: Stock Nix 2.8's hook: a symlink to the `nix` binary, which dispatches on argv[0].
+BUILD_REMOTE: Final = Path("/usr/libexec/nix/build-remote")
+
+
+def timestamp() -> str:
+    """A file-name-safe local timestamp, e.g. ``20240501-142233``."""
+    return dt.datetime.now().astimezone().strftime("%Y%m%d-%H%M%S")
+
+
+def machine_info() -> dict[str, object]:
+    """What the numbers were measured on."""
+    nix = subprocess.run(["nix-store", "--version"], capture_output=True, text=True, check=False)
+    load = os.getloadavg()
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nix": nix.stdout.strip(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
+
+
+def summary(times: Sequence[float]) -> dict[str, float | int]:
+    """Best, median and count of a list of seconds (empty lists give NaN)."""
+    if not times:
+        return {"best": float("nan"), "median": float("nan"), "runs": 0}
+    return {"best": min(times), "median": statistics.median(times), "runs": len(times)}
+
+
+def ratio(ours: float, theirs: float) -> float:
+    """ours / theirs; < 1 means nixdist is faster. NaN when either is missing."""
+    if math.isnan(ours) or math.isnan(theirs) or theirs <= 0:
+        return float("nan")
+    return ours / theirs
+
+
+def fmt_s(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds:.3f}"
+
+
+def fmt_ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table: first column left-aligned, the others right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(row) for row in rows]
+    return "\n".join(out)
+
+
+def write_json(path: Path, data: object) -> Path:
+    """Write `data` as indented JSON (creating the directory); NaN becomes null."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_nan_to_none(data), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _nan_to_none(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    return value
