@@ -11,6 +11,7 @@ accepted next.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import threading
@@ -22,7 +23,11 @@ from nixdist.errors import TransportError
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-READ_SIZE: Final = 256 * 1024
+READ_SIZE: Final = 1024 * 1024
+#: Pipe capacity asked for (Linux ``F_SETPIPE_SZ``): NARs stream through these pipes, and the
+#: default 64 KiB makes every copy a ping-pong of small reads and writes.
+PIPE_SIZE: Final = 1024 * 1024
+_F_SETPIPE_SZ: Final = 1031
 _TAIL_BYTES: Final = 8 * 1024
 
 
@@ -106,6 +111,9 @@ class Channel:
         assert self._proc.stderr is not None  # noqa: S101
         self._stdin_fd: int | None = self._proc.stdin.fileno()
         self._stdout_fd = self._proc.stdout.fileno()
+        for fd in (self._stdin_fd, self._stdout_fd):
+            with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
         self._stderr = _StderrPump(os.dup(self._proc.stderr.fileno()))
         self._proc.stderr.close()
 
