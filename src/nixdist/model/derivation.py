@@ -285,6 +285,8 @@ def structured_attrs(drv: Derivation | BasicDerivation) -> dict[str, Any] | None
 
 # --- rendering helpers ---
 
+#: Characters Nix never writes raw in an escaped string (a backslash starts an escape).
+_NOT_RAW: Final = frozenset("\\\n\r\t")
 _ESCAPES: Final = str.maketrans({'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
@@ -348,13 +350,14 @@ class _Parser:
         if end < 0:
             self.fail("'\"' closing the string", len(self.text))
         body = self.text[start:end]
-        if "\\" in body:
-            if raw:
+        if raw:
+            if "\\" in body:
                 self.fail("no backslash in a field Nix writes unescaped", start)
+        elif not _NOT_RAW.isdisjoint(body):
             decoded = _unescape(body)
             if decoded.translate(_ESCAPES) != body:
-                # Nix's reader would take it, but Nix never writes it: such a text could not
-                # round-trip, so it is not a .drv Nix wrote.
+                # Nix's reader takes a raw newline or any backslash pair, but Nix writes only
+                # its five escapes: other text could not round-trip, so Nix did not write it.
                 self.fail('only the escapes Nix writes (\\" \\\\ \\n \\r \\t)', start)
             body = decoded
         self.pos = end + 1
