@@ -46,6 +46,7 @@ from nixdist.scheduler.policy import (
     render_rejections,
 )
 from nixdist.state.config import load_machines
+from nixdist.state.once import first_time
 from nixdist.state.paths import state_dir
 from nixdist.state.slots import SlotDirectory
 from nixdist.store.serve import ServeStore
@@ -152,10 +153,12 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
     machines = load_machines(settings.builders, environ, default_system=settings.system)
     for machine in machines:
         if machine.scheme not in SUPPORTED_SCHEMES:
-            out.warn(
+            warning = (
                 f"{machine.source}: skipping builder '{machine.uri}': "
                 "nixdist speaks only ssh:// stores so far"
             )
+            if first_time(state_dir(environ), warning):  # once per Nix run, not per build
+                out.warn(warning)
     if not machines:
         out.reply(Reply.DECLINE_PERMANENTLY)
         return HookExit.OK
