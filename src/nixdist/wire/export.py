@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import WireError
 from nixdist.wire.nar import NarReader
 from nixdist.wire.primitives import LIMIT_COUNT, LIMIT_PATH, encode_text, encode_u64, padding
+from nixdist.wire.push import PushDecoder
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -139,29 +140,23 @@ _S_SIG: Final = 8
 _S_DONE: Final = 9
 
 
-class ExportReader:
+class ExportReader(PushDecoder[ExportEvent]):
     """Push decoder for an export stream (see the module docstring for the events)."""
 
     __slots__ = (
-        "_base",
-        "_buf",
         "_deriver",
         "_hash",
         "_nar",
         "_nar_start",
         "_path",
-        "_pos",
         "_record",
         "_ref_count",
         "_refs",
         "_state",
-        "_unused",
     )
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-        self._base = 0
+        super().__init__()
         self._state = _S_FLAG
         self._record = 0  # index of the current record, for messages
         self._nar = NarReader(contents=False)
@@ -171,41 +166,14 @@ class ExportReader:
         self._ref_count = 0
         self._refs: list[str] = []
         self._deriver: str | None = None
-        self._unused = b""
 
-    @property
-    def done(self) -> bool:
+    def _is_done(self) -> bool:
         return self._state == _S_DONE
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._unused
 
     def finish(self) -> None:
         """Declare the end of input: raise `WireError` unless the stream was complete."""
         if not self.done:
             raise self._error("truncated export stream")
-
-    def feed(self, data: bytes) -> list[ExportEvent]:
-        if self._state == _S_DONE:
-            self._unused += data
-            return []
-        if self._pos < len(self._buf):
-            self._base += self._pos
-            self._buf = self._buf[self._pos :] + data
-        else:
-            self._base += len(self._buf)
-            self._buf = bytes(data)
-        self._pos = 0
-        events: list[ExportEvent] = []
-        while self._step(events):
-            pass
-        if self._state == _S_DONE:
-            self._unused = self._buf[self._pos :]
-            self._base += self._pos
-            self._buf = b""
-            self._pos = 0
-        return events
 
     def _step(self, events: list[ExportEvent]) -> bool:  # noqa: C901, PLR0911, PLR0912 - one branch per state keeps the machine in one place
         state = self._state

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import LocalProtocolError, WireError
 from nixdist.wire.primitives import encode_bytes, padding
+from nixdist.wire.push import PushDecoder
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -377,7 +378,7 @@ _LIT_ENTRY: Final = (b"(", b"name")
 _LIT_NODE: Final = (b"node", b"(", b"type")
 
 
-class NarReader:
+class NarReader(PushDecoder[NarEvent]):
     """Push decoder for one NAR.
 
     Call `feed(data)` with successive pieces of the byte stream; it returns the events the
@@ -393,8 +394,6 @@ class NarReader:
     """
 
     __slots__ = (
-        "_base",
-        "_buf",
         "_dirs",
         "_emit_contents",
         "_executable",
@@ -402,18 +401,14 @@ class NarReader:
         "_lit_tokens",
         "_next",
         "_path",
-        "_pos",
         "_remaining",
         "_size",
         "_state",
-        "_unused",
     )
 
     def __init__(self, *, contents: bool = True) -> None:
         self._emit_contents = contents
-        self._buf = b""
-        self._pos = 0
-        self._base = 0  # offset in the NAR of _buf[0]
+        super().__init__()
         self._state = _S_EXPECT
         self._lit_tokens: tuple[bytes, ...] = _LIT_START
         self._lit = _tokens(*_LIT_START)
@@ -424,47 +419,14 @@ class NarReader:
         self._executable = False
         self._size = 0
         self._remaining = 0
-        self._unused = b""
 
-    @property
-    def done(self) -> bool:
+    def _is_done(self) -> bool:
         return self._state == _S_DONE
-
-    @property
-    def unused_data(self) -> bytes:
-        """Bytes fed after the end of the NAR (empty until `done`)."""
-        return self._unused
-
-    @property
-    def offset(self) -> int:
-        """Bytes of the NAR consumed so far; the NAR's size once `done`."""
-        return self._base + self._pos
 
     def finish(self) -> None:
         """Declare the end of input: raise `WireError` unless the NAR is complete."""
         if not self.done:
             raise self._error("truncated NAR: the input ended inside the archive")
-
-    def feed(self, data: bytes) -> list[NarEvent]:
-        if self._state == _S_DONE:
-            self._unused += data
-            return []
-        if self._pos < len(self._buf):
-            self._base += self._pos
-            self._buf = self._buf[self._pos :] + data
-        else:
-            self._base += len(self._buf)
-            self._buf = bytes(data)
-        self._pos = 0
-        events: list[NarEvent] = []
-        while self._step(events):
-            pass
-        if self._state == _S_DONE:
-            self._unused = self._buf[self._pos :]
-            self._base += self._pos
-            self._buf = b""
-            self._pos = 0
-        return events
 
     # -- the state machine ------------------------------------------------------------------
 
