@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from nixdist.errors import ConfigError
+from nixdist.model.includes import check_include, show_value
 
 ReadFile: TypeAlias = Callable[[str], "str | None"]
 """Reads a file: its text, None when it does not exist (ENOENT); raises `ConfigError` else."""
@@ -83,7 +84,6 @@ FIELD_NAMES: Final = (
 """The names of the eight fields, as they appear in error messages (field N is index N-1)."""
 
 DEFAULT_FIELD: Final = "-"
-MAX_INCLUDE_DEPTH: Final = 32
 """How deeply ``@file`` includes may nest."""
 MAX_INCLUDES: Final = 1000
 """How many ``@file`` includes one parse may read in total (stops include bombs)."""
@@ -98,7 +98,6 @@ _BASE64_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 _BASE64_VALUES: Final = {c: i for i, c in enumerate(_BASE64_ALPHABET)}
 _SPECIAL_STORES: Final = ("auto", "daemon", "local")
 _KEPT_PREFIXES: Final = ("auto?", "daemon?", "local?", "?")
-_SHOWN_VALUE_MAX: Final = 60
 _UNWRITABLE: Final = re.compile(r"[ \t\r\n;#]")
 
 
@@ -163,19 +162,11 @@ class _Parser:
 
     def include(self, path: str, source: str, lineno: int, stack: tuple[str, ...]) -> None:
         """Read and parse the file named by an ``@path`` piece found at `source`:`lineno`."""
-        if path in stack:
-            chain = " -> ".join(_show(p) for p in (*stack[stack.index(path) :], path))
-            raise ConfigError(f"include cycle: {chain}", file=source, line=lineno)
-        if len(stack) > MAX_INCLUDE_DEPTH:
-            raise ConfigError(
-                f"includes nested more than {MAX_INCLUDE_DEPTH} deep at {_show(path)}",
-                file=source,
-                line=lineno,
-            )
+        check_include(path, stack, source=source, line=lineno)
         self.includes_read += 1
         if self.includes_read > MAX_INCLUDES:
             raise ConfigError(
-                f"more than {MAX_INCLUDES} files included, at {_show(path)}",
+                f"more than {MAX_INCLUDES} files included, at {show_value(path)}",
                 file=source,
                 line=lineno,
             )
@@ -183,7 +174,7 @@ class _Parser:
             text = self.read_file(path)
         except ConfigError as err:
             raise ConfigError(
-                f"cannot read included file {_show(path)}: {err.message}",
+                f"cannot read included file {show_value(path)}: {err.message}",
                 file=source,
                 line=lineno,
             ) from err
@@ -281,11 +272,11 @@ def parse_max_jobs(value: str) -> int:
     """
     if _UNSIGNED.fullmatch(value) is None:
         if value.startswith("-") and _UNSIGNED.fullmatch(value[1:]):
-            raise ValueError(f"{_show(value)} is negative")
-        raise ValueError(f"{_show(value)} is not a non-negative integer")
+            raise ValueError(f"{show_value(value)} is negative")
+        raise ValueError(f"{show_value(value)} is not a non-negative integer")
     number = int(value)
     if number > MAX_UINT:
-        raise ValueError(f"{_show(value)} is larger than {MAX_UINT}")
+        raise ValueError(f"{show_value(value)} is larger than {MAX_UINT}")
     return number
 
 
@@ -296,13 +287,13 @@ def parse_speed_factor(value: str) -> float:
     """
     if _NUMBER.fullmatch(value) is None:
         if value.startswith("-") and _NUMBER.fullmatch(value[1:]):
-            raise ValueError(f"{_show(value)} is negative")
+            raise ValueError(f"{show_value(value)} is negative")
         if value.lstrip("+-").lower() in {"nan", "inf", "infinity"}:
-            raise ValueError(f"{_show(value)} is not a finite number")
-        raise ValueError(f"{_show(value)} is not a non-negative number")
+            raise ValueError(f"{show_value(value)} is not a finite number")
+        raise ValueError(f"{show_value(value)} is not a non-negative number")
     number = float(value)
     if not math.isfinite(number):
-        raise ValueError(f"{_show(value)} is too large")
+        raise ValueError(f"{show_value(value)} is too large")
     return number or 1.0
 
 
@@ -324,7 +315,7 @@ def decode_host_key(value: str) -> bytes:
         digit = _BASE64_VALUES.get(char)
         if digit is None:
             raise ValueError(
-                f"{_show(value)} is not base64: character {char!r} at position {pos + 1}"
+                f"{show_value(value)} is not base64: character {char!r} at position {pos + 1}"
             )
         acc = (acc << 6 | digit) & 0xFFFFFF
         bits += 6
@@ -332,13 +323,6 @@ def decode_host_key(value: str) -> bytes:
             bits -= 8
             out.append(acc >> bits & 0xFF)
     return bytes(out)
-
-
-def _show(value: str) -> str:
-    """A value for an error message: quoted, escaped (so one line), and not too long."""
-    if len(value) > _SHOWN_VALUE_MAX:
-        return repr(value[:_SHOWN_VALUE_MAX]) + "..."
-    return repr(value)
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
+from nixdist.model.includes import check_include, show_value
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from nixdist.model.machines import ReadFile
 
 DEFAULT_CONF_DIR: Final = "/etc/nix"
-MAX_INCLUDE_DEPTH: Final = 32
 NIX_CONFIG_SOURCE: Final = "NIX_CONFIG"
 
 ALIASES: Final = {
@@ -174,15 +174,7 @@ class _Apply:
         if not path.startswith("/"):
             path = posixpath.join(posixpath.dirname(source), path)
         path = posixpath.normpath(path)
-        if path in stack:
-            chain = " -> ".join(_show(p) for p in (*stack[stack.index(path) :], path))
-            raise ConfigError(f"include cycle: {chain}", file=source, line=lineno)
-        if len(stack) > MAX_INCLUDE_DEPTH:
-            raise ConfigError(
-                f"includes nested more than {MAX_INCLUDE_DEPTH} deep at {_show(path)}",
-                file=source,
-                line=lineno,
-            )
+        check_include(path, stack, source=source, line=lineno)
         try:
             text = self.read_file(path)
         except ConfigError:
@@ -190,7 +182,9 @@ class _Apply:
         if text is None:
             if missing_ok:
                 return
-            raise ConfigError(f"included file {_show(path)} not found", file=source, line=lineno)
+            raise ConfigError(
+                f"included file {show_value(path)} not found", file=source, line=lineno
+            )
         self.apply(text, path, (*stack, path))
 
     def set(self, name: str, value: str, origin: tuple[str, int]) -> None:
@@ -210,12 +204,8 @@ class _Apply:
 
 def _illegal(line: str, source: str, lineno: int) -> ConfigError:
     return ConfigError(
-        f"illegal configuration line {_show(line.strip())}", file=source, line=lineno
+        f"illegal configuration line {show_value(line.strip())}", file=source, line=lineno
     )
-
-
-def _show(value: str) -> str:
-    return repr(value if len(value) <= 60 else value[:60] + "...")  # noqa: PLR2004 - display width
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,7 +298,7 @@ def _max_jobs(conf: NixConf, cpu_count: int) -> int:
     if value == "auto":
         return max(1, cpu_count)
     if _UNSIGNED.fullmatch(value) is None or int(value) > _MAX_UINT:
-        raise _error(conf, "max-jobs", f"should be 'auto' or an integer, not {_show(value)}")
+        raise _error(conf, "max-jobs", f"should be 'auto' or an integer, not {show_value(value)}")
     return int(value)
 
 
@@ -320,4 +310,4 @@ def _bool(conf: NixConf, name: str, *, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise _error(conf, name, f"{_show(value)} is not a Boolean (true/false, yes/no, 1/0)")
+    raise _error(conf, name, f"{show_value(value)} is not a Boolean (true/false, yes/no, 1/0)")

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from nixdist.errors import ConfigError
+from nixdist.model.includes import MAX_INCLUDE_DEPTH
 from nixdist.model.machines import (
     FIELD_NAMES,
-    MAX_INCLUDE_DEPTH,
     MAX_INCLUDES,
     MAX_UINT,
     Machine,
