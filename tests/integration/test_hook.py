@@ -102,6 +102,18 @@ def derivers(paths: Sequence[str]) -> list[str]:
     return out.stdout.split()
 
 
+def _machines_file(local_farm: FarmFixture, path: Path, names: Sequence[str]) -> Path:
+    """A machines file with the farm's lines for `names`, in that order."""
+    lines = local_farm.machines.read_text().splitlines()
+    path.write_text(
+        "".join(
+            next(line for line in lines if line.startswith(f"ssh://{local_farm.alias(n)} ")) + "\n"
+            for n in names
+        )
+    )
+    return path
+
+
 @pytest.fixture
 def env(local_farm: FarmFixture) -> dict[str, str]:
     return local_farm.nix_env()
@@ -222,15 +234,8 @@ def test_two_nix_processes_never_exceed_a_builders_max_jobs(
     local_farm: FarmFixture, env: dict[str, str], tmp_path: Path
 ) -> None:
     record = Path("/var/tmp") / f"nixdist-jobs-{fresh_salt('record')}"  # shared by all namespaces
-    machines = tmp_path / "machines"
     # b1 (2 jobs) and b2 (1 job) only, so the two clients must share them.
-    machines.write_text(
-        "".join(
-            line + "\n"
-            for line in local_farm.machines.read_text().splitlines()
-            if re.match(rf"ssh://{re.escape(local_farm.alias('b'))}[12]\b", line)
-        )
-    )
+    machines = _machines_file(local_farm, tmp_path / "machines", ["b1", "b2"])
     runs = [
         subprocess.Popen(
             [
@@ -348,15 +353,7 @@ def test_control_masters_are_detached_and_reused(
     local_farm: FarmFixture, env: dict[str, str], tmp_path: Path
 ) -> None:
     farm = local_farm.farm
-    machines = tmp_path / "machines"
-    machines.write_text(
-        next(
-            line
-            for line in local_farm.machines.read_text().splitlines()
-            if line.startswith(f"ssh://{local_farm.alias('b2')} ")
-        )
-        + "\n"
-    )
+    machines = _machines_file(local_farm, tmp_path / "machines", ["b2"])
     state = tmp_path / "state"
     env = {**env, "NIXDIST_STATE_DIR": str(state)}
     ok(
@@ -511,3 +508,27 @@ def _processes_with(word: bytes) -> list[int]:
         for entry in Path("/proc").iterdir()
         if entry.name.isdigit() and word in _cmdline(int(entry.name))
     ]
+
+
+@pytest.mark.parametrize("master_first", [False, True], ids=["no-master", "live-master"])
+def test_a_frozen_builder_is_skipped_not_waited_for(
+    local_farm: FarmFixture, env: dict[str, str], tmp_path: Path, master_first: bool
+) -> None:
+    """A builder that stops answering (SIGSTOP) must not hold Nix's build loop: the hook gives
+    up on it after NIXDIST_CONNECT_TIMEOUT and builds elsewhere. With a live ssh master the
+    session opens fine and only nix-store's greeting never comes."""
+    farm = local_farm.farm
+    machines = _machines_file(local_farm, tmp_path / "machines", ["b2", "b1"])  # b2 first
+    env = {**env, "NIXDIST_STATE_DIR": str(tmp_path / "state"), "NIXDIST_CONNECT_TIMEOUT": "2"}
+    args = [str(HOOKTEST), "-A", "plain", "--argstr", "salt"]
+    if master_first:
+        [warm] = ok(nix_build([*args, fresh_salt("warm")], env, builders=f"@{machines}"))
+        assert farm.where_built([warm])[warm] == ["b2"]
+    farm.freeze("b2")
+    try:
+        result = nix_build([*args, fresh_salt("frozen")], env, builders=f"@{machines}")
+    finally:
+        farm.thaw("b2")
+    [out] = ok(result)
+    assert farm.where_built([out])[out] == ["b1"]
+    assert f"cannot build on 'ssh://{local_farm.alias('b2')}'" in result.stderr

@@ -14,12 +14,19 @@ is made again without it, as build-remote does.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, assert_never
 
-from nixdist.errors import NixdistError, ProtocolError, RemoteProtocolError, TransportError
+from nixdist.errors import (
+    ConfigError,
+    NixdistError,
+    ProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
 from nixdist.hook.build import build_remotely
 from nixdist.hook.nixinput import NixInput
 from nixdist.hook.output import HookOutput
@@ -50,7 +57,11 @@ from nixdist.state.once import first_time
 from nixdist.state.paths import state_dir
 from nixdist.state.slots import SlotDirectory
 from nixdist.store.serve import ServeStore
-from nixdist.transport.openssh import ControlMasters, target_for_machine
+from nixdist.transport.openssh import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    ControlMasters,
+    target_for_machine,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -69,6 +80,22 @@ class Picked:
     machine: Machine
     lease: SlotLease
     remote: ServeStore
+
+
+def connect_timeout(environ: Mapping[str, str]) -> float:
+    """``NIXDIST_CONNECT_TIMEOUT``: seconds a builder may take to answer (default 15)."""
+    text = environ.get("NIXDIST_CONNECT_TIMEOUT")
+    if text is None:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < math.inf:
+        raise ConfigError(
+            f"{text!r} is not a positive number of seconds", file="NIXDIST_CONNECT_TIMEOUT"
+        )
+    return value
 
 
 class MachinePicker:
@@ -92,7 +119,9 @@ class MachinePicker:
         )
         self.slots = SlotDirectory.default(environ=environ)
         self.slots.ensure()
-        self.masters = ControlMasters(state_dir(environ))
+        self.masters = ControlMasters(
+            state_dir(environ), connect_timeout_s=connect_timeout(environ)
+        )
         self.down: dict[str, str] = {}
 
     def decide(self, request: BuildRequest) -> tuple[Decision, SlotLease | None]:

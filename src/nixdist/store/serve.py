@@ -15,6 +15,7 @@ Calls are synchronous and one at a time, as the protocol is. A server that dies 
 from __future__ import annotations
 
 import os
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -41,14 +42,23 @@ NIX_STORE: Final = "nix-store"
 class ServeStore:
     """A ``nix-store --serve --write`` session on a `Channel`."""
 
-    def __init__(self, channel: Channel, *, name: str, store_dir: str = STORE_DIR) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        name: str,
+        store_dir: str = STORE_DIR,
+        greeting_timeout: float | None = None,
+    ) -> None:
+        """Start the session: send our greeting and read the server's (within
+        `greeting_timeout` seconds, if given)."""
         self.channel = channel
         self.name = name
         self.store_dir = store_dir
         self._buf = bytearray()
         self.channel.write(serve.encode_client_hello())
         try:
-            server_version = self._recv(serve.decode_server_hello)
+            server_version = self._recv(serve.decode_server_hello, timeout=greeting_timeout)
         except serve.ServeGreetingError as err:
             raise serve.ServeGreetingError(err.received, host=name, eof=err.eof) from None
         self.version = serve.negotiated_version(serve.PROTOCOL_VERSION, server_version)
@@ -95,21 +105,23 @@ class ServeStore:
             env=ssh_environment(environ),
         )
         try:
-            return cls(channel, name=target.host)
+            return cls(channel, name=target.host, greeting_timeout=masters.connect_timeout_s)
         except BaseException:
             channel.kill()
             raise
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _recv(self, decode: Callable[[Reader], _T]) -> _T:
+    def _recv(self, decode: Callable[[Reader], _T], *, timeout: float | None = None) -> _T:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             done = maybe_decode(decode, self._buf)
             if done is not None:
                 value, used = done
                 del self._buf[:used]
                 return value
-            data = self.channel.read()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            data = self.channel.read(timeout=left)
             if not data:
                 if not self._buf and decode is serve.decode_server_hello:
                     raise serve.ServeGreetingError(b"", host=self.name, eof=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import subprocess
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from nixdist.errors import TransportError
+from nixdist.errors import TransportError, TransportTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -133,9 +134,18 @@ class Channel:
         except (BrokenPipeError, ConnectionResetError) as err:
             raise self.closed_error("the connection closed while sending") from err
 
-    def read(self, max_bytes: int = READ_SIZE) -> bytes:
-        """Up to `max_bytes` bytes; b"" at end of stream."""
+    def read(self, max_bytes: int = READ_SIZE, *, timeout: float | None = None) -> bytes:
+        """Up to `max_bytes` bytes; b"" at end of stream.
+
+        With a `timeout` (seconds), `TransportTimeoutError` if nothing arrives in time.
+        """
         try:
+            if timeout is not None:
+                ready, _, _ = select.select([self._stdout_fd], [], [], timeout)
+                if not ready:
+                    raise TransportTimeoutError(
+                        f"{self.description}: no answer within {timeout:g} seconds"
+                    )
             return os.read(self._stdout_fd, max_bytes)
         except OSError as err:
             raise TransportError(f"{self.description}: read failed: {err}") from err

@@ -118,9 +118,18 @@ def ssh_environment(environ: Mapping[str, str]) -> dict[str, str]:
 class ControlMasters:
     """One persistent ssh control master per builder, shared by every hook process."""
 
-    def __init__(self, state_dir: Path, *, persist_s: int = DEFAULT_PERSIST_S) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        persist_s: int = DEFAULT_PERSIST_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
         self._dir = state_dir / "ssh"
         self._persist_s = persist_s
+        #: How long reaching a builder may take, ssh's handshake and nix-store's greeting each:
+        #: while the hook connects, Nix's whole build loop waits for its answer.
+        self.connect_timeout_s = connect_timeout_s
 
     def socket_path(self, target: SshTarget) -> Path:
         """Where the master for `target` listens.
@@ -168,7 +177,8 @@ class ControlMasters:
             ]
         if target.compress:
             argv.append("-C")
-        argv += ["-oBatchMode=yes", f"-oConnectTimeout={DEFAULT_CONNECT_TIMEOUT_S}"]
+        timeout = max(1, round(self.connect_timeout_s))
+        argv += ["-oBatchMode=yes", f"-oConnectTimeout={timeout}"]
         return argv
 
     def serve_argv(self, target: SshTarget, *, use_master: bool = True) -> list[str]:
@@ -220,7 +230,7 @@ class ControlMasters:
                 start_new_session=True,
                 close_fds=True,
             )
-        deadline = time.monotonic() + DEFAULT_CONNECT_TIMEOUT_S + 5
+        deadline = time.monotonic() + self.connect_timeout_s + 5
         delay = 0.002
         while time.monotonic() < deadline:
             if _is_listening(sock):
