@@ -532,3 +532,31 @@ def test_a_frozen_builder_is_skipped_not_waited_for(
     [out] = ok(result)
     assert farm.where_built([out])[out] == ["b1"]
     assert f"cannot build on 'ssh://{local_farm.alias('b2')}'" in result.stderr
+
+
+def test_a_builder_that_failed_is_skipped_by_later_hooks_at_once(
+    local_farm: FarmFixture, env: dict[str, str], tmp_path: Path
+) -> None:
+    """build-remote forgets a dead builder with the hook process that found it, so every
+    build pays for it again (NixOS/nix#13513); nixdist's hooks share what they found."""
+    farm = local_farm.farm
+    machines = _machines_file(local_farm, tmp_path / "machines", ["b2", "b1"])  # b2 first
+    state = tmp_path / "state"
+    env = {**env, "NIXDIST_STATE_DIR": str(state), "NIXDIST_CONNECT_TIMEOUT": "2"}
+    args = [str(HOOKTEST), "-A", "plain", "--argstr", "salt"]
+    farm.stop("b2")
+    try:
+        first = nix_build([*args, fresh_salt("dead1")], env, builders=f"@{machines}")
+        later = nix_build(
+            [str(HOOKTEST), "-A", "plains", "--argstr", "salt", fresh_salt("dead2"), "-vvvvvv"],
+            env,
+            builders=f"@{machines}",
+        )
+    finally:
+        farm.start("b2")
+    ok(first)
+    assert f"cannot build on 'ssh://{local_farm.alias('b2')}'" in first.stderr
+    outs = ok(later)
+    assert all(names == ["b1"] for names in farm.where_built(outs).values())
+    assert "cannot build on" not in later.stderr  # six hooks, none tried b2 again
+    assert f"ssh://{local_farm.alias('b2')}: down: " in later.stderr  # and they say why

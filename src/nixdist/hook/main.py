@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, assert_never
 
@@ -53,6 +54,7 @@ from nixdist.scheduler.policy import (
     render_rejections,
 )
 from nixdist.state.config import load_machines
+from nixdist.state.health import Health, backoff
 from nixdist.state.once import first_time
 from nixdist.state.paths import state_dir
 from nixdist.state.slots import SlotDirectory
@@ -122,7 +124,15 @@ class MachinePicker:
         self.masters = ControlMasters(
             state_dir(environ), connect_timeout_s=connect_timeout(environ)
         )
-        self.down: dict[str, str] = {}
+        self.health = Health(state_dir(environ))
+        self.down: dict[str, str] = {}  # failed in this process: not retried here at all
+
+    def down_reason(self, uri: str) -> str | None:
+        """Why `uri` is skipped now: it failed in this process, or recently in another."""
+        if uri in self.down:
+            return self.down[uri]
+        record = self.health.down(uri)
+        return None if record is None else record.describe(time.time())
 
     def decide(self, request: BuildRequest) -> tuple[Decision, SlotLease | None]:
         """One round of Nix's selection, under the main lock: the decision and, for an
@@ -130,7 +140,7 @@ class MachinePicker:
         with self.slots.main_lock():
             probes = [self.slots.probe(machine) for machine in self.machines]
             states = [
-                probe.machine_state(down_reason=self.down.get(probe.machine.uri))
+                probe.machine_state(down_reason=self.down_reason(probe.machine.uri))
                 for probe in probes
             ]
             decision = choose(request, self.local, states, supported_schemes=SUPPORTED_SCHEMES)
@@ -158,8 +168,13 @@ class MachinePicker:
                     except (TransportError, ProtocolError) as err:
                         kept.release()
                         self.down[machine.uri] = str(err)
-                        self.out.error(f"cannot build on '{machine.uri}': {err}")
+                        record = self.health.failed(machine.uri, str(err))
+                        self.out.error(
+                            f"cannot build on '{machine.uri}': {err}; "
+                            f"skipping it for {backoff(record.failures):g} s"
+                        )
                         continue
+                    self.health.answered(machine.uri)
                     return Picked(machine=machine, lease=kept, remote=remote)
                 case Postpone():
                     return Reply.POSTPONE

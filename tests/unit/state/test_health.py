@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nixdist.state.health import BACKOFF_BASE_S, BACKOFF_MAX_S, Health, backoff
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.parametrize(
+    ("failures", "seconds"),
+    [(1, BACKOFF_BASE_S), (2, 2 * BACKOFF_BASE_S), (3, 4 * BACKOFF_BASE_S), (60, BACKOFF_MAX_S)],
+)
+def test_backoff_doubles_up_to_a_cap(failures: int, seconds: float) -> None:
+    assert backoff(failures) == seconds
+
+
+def test_a_failure_is_remembered_until_the_pause_ends(tmp_path: Path) -> None:
+    health = Health(tmp_path)
+    assert health.down("ssh://b1", now=1000) is None
+    record = health.failed("ssh://b1", "connection refused", now=1000)
+    assert record.until == 1000 + BACKOFF_BASE_S
+    # Another process (a new Health on the same directory) sees it.
+    seen = Health(tmp_path).down("ssh://b1", now=1001)
+    assert seen == record
+    assert seen.describe(1001) == f"connection refused (retrying in {BACKOFF_BASE_S - 1:g} s)"
+    assert Health(tmp_path).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
+    assert health.down("ssh://b2", now=1001) is None
+
+
+def test_consecutive_failures_lengthen_the_pause_and_an_answer_clears_it(tmp_path: Path) -> None:
+    health = Health(tmp_path)
+    health.failed("ssh://b1", "refused", now=0)
+    second = health.failed("ssh://b1", "timed out", now=40)
+    assert (second.failures, second.since, second.until) == (2, 0, 40 + 2 * BACKOFF_BASE_S)
+    assert "2 times" in second.describe(40)
+    health.answered("ssh://b1")
+    assert health.down("ssh://b1", now=41) is None
+    assert health.failed("ssh://b1", "refused", now=50).failures == 1
+
+
+def test_an_unreadable_record_means_up(tmp_path: Path) -> None:
+    health = Health(tmp_path)
+    health.failed("ssh://b1", "refused", now=0)
+    (tmp_path / "health" / "ssh:__b1.json").write_text("{not json")
+    assert health.down("ssh://b1", now=1) is None
+
+
+def test_without_a_usable_state_directory_nothing_breaks(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    health = Health(blocker)
+    assert health.failed("ssh://b1", "refused", now=0).failures == 1
+    assert health.down("ssh://b1", now=1) is None
+    health.answered("ssh://b1")
