@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from nixdist.errors import TransportError
 from nixdist.store.closure import dependency_order
 
 if TYPE_CHECKING:
@@ -50,8 +51,6 @@ def copy_paths(
     infos = src.query_path_infos(missing)
     lost = missing - infos.keys()
     if lost:
-        from nixdist.errors import TransportError  # noqa: PLC0415 - only on this error path
-
         raise TransportError(f"'{src.name}' does not have {', '.join(sorted(map(str, lost)))}")
     order = dependency_order(infos)
     nar_bytes = 0
