@@ -560,3 +560,27 @@ def test_a_builder_that_failed_is_skipped_by_later_hooks_at_once(
     assert all(names == ["b1"] for names in farm.where_built(outs).values())
     assert "cannot build on" not in later.stderr  # six hooks, none tried b2 again
     assert f"ssh://{local_farm.alias('b2')}: down: " in later.stderr  # and they say why
+
+
+def test_builders_use_substitutes_and_keep_failed_are_forwarded(
+    farm: Farm, env: dict[str, str], builders: str
+) -> None:
+    # builders-use-substitutes: the builder is asked to substitute inputs itself (it has no
+    # substituters here, so everything is still uploaded and the build must work).
+    salt = fresh_salt("subst")
+    args = [str(HOOKTEST), "-A", "usesMulti", "--argstr", "salt", salt]
+    args += ["--option", "builders-use-substitutes", "true"]
+    [out] = ok(nix_build(args, env, builders=builders))
+    assert Path(out, "inputs").read_text() == f"multi {salt}\nmulti-dev {salt}\n"
+    # keep-failed: the failed build's directory stays on the builder that ran it.
+    salt = fresh_salt("keep")
+    failed = nix_build(
+        [str(HOOKTEST), "-A", "failing", "--argstr", "salt", salt, "--keep-failed"],
+        env,
+        builders=builders,
+    )
+    assert failed.returncode == 100
+    [where] = re.findall(r"building failing on (\w+)", failed.stderr)
+    kept = farm.run_in(where, ["sh", "-c", "ls -d /tmp/nix-build-failing.drv-*"], check=False)
+    assert kept.returncode == 0, f"no kept build directory on {where}"
+    farm.run_in(where, ["sh", "-c", "rm -rf /tmp/nix-build-failing.drv-*"])
