@@ -231,11 +231,14 @@ class ServeGreetingError(RemoteProtocolError):
     short timeout) may raise a new one with all of them, for a better message.
     """
 
-    def __init__(self, received: bytes, *, host: str | None = None, eof: bool = False) -> None:
+    def __init__(
+        self, received: bytes, *, host: str | None = None, eof: bool = False, said: str = ""
+    ) -> None:
         self.received = received
         self.host = host
         self.eof = eof
-        super().__init__(self._render())
+        self.said = said  # what the remote side printed on stderr, if known
+        super().__init__(self._render() + (f" The remote said: {said}" if said else ""))
 
     def _render(self) -> str:
         where = f" from '{self.host}'" if self.host else ""

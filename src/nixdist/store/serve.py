@@ -19,7 +19,12 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from nixdist.errors import RemoteProtocolError, TransportError, WireError
+from nixdist.errors import (
+    RemoteProtocolError,
+    TransportError,
+    TransportTimeoutError,
+    WireError,
+)
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import serve
 from nixdist.protocol import serve_messages as msg
@@ -61,6 +66,15 @@ class ServeStore:
             server_version = self._recv(serve.decode_server_hello, timeout=greeting_timeout)
         except serve.ServeGreetingError as err:
             raise serve.ServeGreetingError(err.received, host=name, eof=err.eof) from None
+        except TransportTimeoutError:
+            raise
+        except TransportError as err:
+            if self._buf:
+                raise
+            # Closed before saying anything: ssh refused, or nix-store is missing remotely.
+            raise serve.ServeGreetingError(
+                b"", host=name, eof=True, said=channel.stderr_tail()
+            ) from err
         self.version = serve.negotiated_version(serve.PROTOCOL_VERSION, server_version)
         if self.version < serve.SINCE_ADD_TO_STORE_NAR:
             raise RemoteProtocolError(
@@ -123,8 +137,6 @@ class ServeStore:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             data = self.channel.read(timeout=left)
             if not data:
-                if not self._buf and decode is serve.decode_server_hello:
-                    raise serve.ServeGreetingError(b"", host=self.name, eof=True)
                 raise self.channel.closed_error("the connection closed in the middle of a reply")
             self._buf += data
 

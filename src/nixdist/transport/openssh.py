@@ -45,7 +45,7 @@ from nixdist.errors import ConfigError, TransportError
 from nixdist.model.machines import decode_host_key
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Iterator, Mapping
 
     from nixdist.model.machines import Machine
 
@@ -274,7 +274,3 @@ def _flocked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def describe_argv(argv: Sequence[str]) -> str:
-    return shlex.join(argv)
