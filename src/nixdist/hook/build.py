@@ -96,9 +96,7 @@ def build_remotely(
         if not result.is_success:
             out.error(f"build of '{drv_path}' on '{machine.uri}' failed: {result.error_msg}")
             return exit_for_build_status(result.status)
-        missing = outputs - local.query_valid_paths(outputs)
-        if missing:
-            copy_closure(remote, local, missing)
+        copy_closure(remote, local, outputs)  # only what is missing here moves
         return HookExit.OK
     finally:
         remote.close()
