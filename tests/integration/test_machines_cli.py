@@ -262,7 +262,7 @@ def test_nix_remote_systems_overrides_and_lists_several_files(
 
 
 def _host_system() -> str:
-    from nixdist.cli.machines import host_system  # noqa: PLC0415 - a CLI helper
+    from nixdist.state.config import host_system  # noqa: PLC0415 - what the CLI uses
 
     return host_system()
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -38,7 +37,7 @@ from nixdist.model.machines import (
     render_speed_factor,
 )
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
-from nixdist.state.config import read_config_file
+from nixdist.state.config import host_system, read_config_file
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -48,15 +47,6 @@ if TYPE_CHECKING:
 """Larger configuration files are refused (an ``@/dev/zero`` include must not hang us)."""
 
 _UNLIMITED_WIDTH: Final = 1_000_000
-_MACHINE_NAMES: Final = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "i586": "i686"}
-
-
-def host_system() -> str:
-    """This host's Nix system name (``x86_64-linux``), as Nix's compiled-in default."""
-    machine = platform.machine().lower()
-    machine = _MACHINE_NAMES.get(machine, machine)
-    kernel = "darwin" if sys.platform == "darwin" else sys.platform.rstrip("0123456789")
-    return f"{machine}-{kernel}"
 
 
 def effective_machines(env: Mapping[str, str], file: str | None) -> tuple[tuple[Machine, ...], str]:

@@ -36,13 +36,13 @@ from nixdist.farm.spec import (
     BuilderSpec,
     FarmConfig,
     combine_specs,
-    host_system,
     load_farm_toml,
     make_spec,
     parse_builder_option,
     parse_farm_toml,
     plain_specs,
 )
+from nixdist.state.config import host_system
 
 __all__ = [
     "DEFAULT_ALIAS_PREFIX",

@@ -47,13 +47,13 @@ a builder of the same name, or adding one), see `combine_specs`.
 
 from __future__ import annotations
 
-import platform
 import re
 import tomllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
+from nixdist.state.config import host_system
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -66,21 +66,6 @@ _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{0,32}")
 _SYSTEM_RE: Final = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.-]+")
 _FEATURE_RE: Final = re.compile(r"[A-Za-z0-9_.+-]+")
 _KEYS: Final = ("systems", "features", "mandatory", "jobs", "speed")
-
-_MACHINE_TO_SYSTEM: Final = {
-    "x86_64": "x86_64-linux",
-    "amd64": "x86_64-linux",
-    "aarch64": "aarch64-linux",
-    "arm64": "aarch64-linux",
-    "i686": "i686-linux",
-    "i386": "i686-linux",
-}
-
-
-def host_system() -> str:
-    """The Nix system type of this machine, e.g. ``x86_64-linux``."""
-    machine = platform.machine()
-    return _MACHINE_TO_SYSTEM.get(machine, f"{machine}-linux")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

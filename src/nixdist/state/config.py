@@ -5,6 +5,8 @@ The parsers are pure (`nixdist.model.machines`); this module gives them the file
 
 from __future__ import annotations
 
+import platform
+import sys
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
@@ -14,6 +16,17 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from nixdist.model.machines import Machine
+
+
+_MACHINE_NAMES: Final = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "i586": "i686"}
+
+
+def host_system() -> str:
+    """This host's Nix system name (``x86_64-linux``), as Nix's compiled-in default."""
+    machine = platform.machine().lower()
+    machine = _MACHINE_NAMES.get(machine, machine)
+    kernel = "darwin" if sys.platform == "darwin" else sys.platform.rstrip("0123456789")
+    return f"{machine}-{kernel}"
 
 
 #: Larger "configuration" is a mistake (``@/dev/zero``), not a file to read to the end.
