@@ -526,6 +526,7 @@ class Farm:
         etc_nix = base / "etc-nix"
         _atomic_write(etc_nix / "nix.conf", render.render_nix_conf(spec))
         _atomic_write(etc_nix / render.BUILDER_NAME_FILE, f"{spec.name}\n")
+        _atomic_write(etc_nix / render.BUILDER_SPEED_FILE, render.render_speed_file(spec))
 
     def _mount_args(self, name: str) -> list[str]:
         """Source/target pairs for the launch script, a target covering the farm dir last."""
