@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class NixdistError(Exception):
-    """Root of every error nixdist raises on purpose."""
+    """Root of every error nixdist raises on purpose.
+
+    `peer` names the party whose side failed when that is known — a `ServeStore` sets it to
+    its own name on every error that passes through it — so that the hook can tell a lost
+    builder (fail over) from a failing local store (give up).
+    """
+
+    peer: str | None = None
 
 
 class WireError(NixdistError, ValueError):

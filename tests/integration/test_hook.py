@@ -531,7 +531,7 @@ def test_a_frozen_builder_is_skipped_not_waited_for(
         farm.thaw("b2")
     [out] = ok(result)
     assert farm.where_built([out])[out] == ["b1"]
-    assert f"cannot build on 'ssh://{local_farm.alias('b2')}'" in result.stderr
+    assert f"cannot use 'ssh://{local_farm.alias('b2')}'" in result.stderr
 
 
 def test_a_builder_that_failed_is_skipped_by_later_hooks_at_once(
@@ -555,10 +555,10 @@ def test_a_builder_that_failed_is_skipped_by_later_hooks_at_once(
     finally:
         farm.start("b2")
     ok(first)
-    assert f"cannot build on 'ssh://{local_farm.alias('b2')}'" in first.stderr
+    assert f"cannot use 'ssh://{local_farm.alias('b2')}'" in first.stderr
     outs = ok(later)
     assert all(names == ["b1"] for names in farm.where_built(outs).values())
-    assert "cannot build on" not in later.stderr  # six hooks, none tried b2 again
+    assert "cannot use" not in later.stderr  # six hooks, none tried b2 again
     assert f"ssh://{local_farm.alias('b2')}: down: " in later.stderr  # and they say why
 
 

@@ -12,31 +12,77 @@ atomically: an interrupted copy leaves no partial or unregistered path.
 
 Exit status: 0 only when every output is valid locally (otherwise Nix aborts the whole run),
 100 when the build failed, 101 when it timed out, 1 for anything else.
+
+**Failover.** When the builder fails under the build — the connection is lost, the builder
+crashes or stops answering (ssh keep-alives), its store breaks the protocol — during the
+upload, the build or the download, the attempt is recorded as lost, the builder is marked down
+(`Failover.mark_down`) and the build starts again on the next best builder
+(`Failover.pick_again`), up to `Failover.max_attempts` builders in all; then it fails with a
+message naming each builder tried and why. Which side failed is known from the error's `peer`
+(set by `ServeStore`): only the builder's failures move the build, never the local store's,
+and a build that the builder ran and reported as failed is never retried — that is the
+derivation failing (100), as with build-remote. Outputs already imported from a lost builder
+stay (each path is imported whole or not at all); only the missing ones come from the next.
+
+Every attempt is a row in the history (`nixdist.state.history`): its phase as it goes, and the
+time, bytes and paths of the upload, build and download.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from nixdist.errors import BuildError
+from nixdist.errors import BuildError, LocalProtocolError, NixdistError
 from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit, exit_for_build_status
-from nixdist.protocol.serve import BuildOptions
+from nixdist.protocol.serve import BuildOptions, BuildStatus
+from nixdist.state.db import BuildStatus as Outcome
+from nixdist.state.db import Phase
 from nixdist.store.copy import copy_closure, copy_paths
 from nixdist.store.serve import ServeStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from nixdist.hook.output import HookOutput
+    from nixdist.model.derivation import Derivation
     from nixdist.model.machines import Machine
     from nixdist.protocol.hook import AcceptedWork, HookSettings, TryRequest
-    from nixdist.state.slots import SlotDirectory
+    from nixdist.state.history import BuildRecord, History
+    from nixdist.state.slots import SlotDirectory, SlotLease
 
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Picked:
+    """An accepted machine: the slot we hold on it and the open session."""
+
+    machine: Machine
+    lease: SlotLease
+    remote: ServeStore
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failover:
+    """How to go on when a builder fails under a build."""
+
+    pick_again: Callable[[], Picked | None]
+    mark_down: Callable[[Machine, str], None]
+    max_attempts: int
+
+
+class _BuilderLost(Exception):  # noqa: N818 - an outcome, not an error of ours
+    """The builder (not the build) failed during `phase`."""
+
+    def __init__(self, phase: Phase, reason: str) -> None:
+        super().__init__(reason)
+        self.phase = phase
+        self.reason = reason
 
 
 def build_options(settings: HookSettings) -> BuildOptions:
@@ -51,53 +97,146 @@ def build_options(settings: HookSettings) -> BuildOptions:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Job:
+    """What every attempt of one build shares."""
+
+    drv_path: StorePath
+    drv: Derivation
+    outputs: frozenset[StorePath]
+    work: AcceptedWork
+    settings: HookSettings
+    slots: SlotDirectory
+    out: HookOutput
+    environ: Mapping[str, str]
+
+
 def build_remotely(
     *,
     request: TryRequest,
     work: AcceptedWork,
     settings: HookSettings,
-    machine: Machine,
-    remote: ServeStore,
+    first: Picked,
+    failover: Failover,
+    history: History,
     slots: SlotDirectory,
     out: HookOutput,
     environ: Mapping[str, str],
 ) -> int:
+    """Build the accepted derivation on `first`, failing over to other builders if they fail."""
     drv_path = StorePath.parse(request.drv_path)
     drv = parse_derivation(Path(request.drv_path).read_text(encoding="utf-8"))
     outputs = frozenset(StorePath.parse(o.path) for o in drv.outputs.values() if o.path)
     if len(outputs) != len(drv.outputs):
+        first.remote.close()
         raise BuildError(
             "outputs whose paths are not known in advance (floating content-addressed "
             "derivations) are not supported over ssh:// yet",
             drv_path=str(drv_path),
-            machine=machine.uri,
+            machine=first.machine.uri,
         )
-    local = ServeStore.open_local(
-        store=settings.store, held_locks=sorted(map(str, outputs)), environ=environ
+    job = _Job(
+        drv_path=drv_path,
+        drv=drv,
+        outputs=outputs,
+        work=work,
+        settings=settings,
+        slots=slots,
+        out=out,
+        environ=environ,
     )
+    tried: list[str] = []
+    picked = first
+    attempt = 1
+    while True:
+        record = history.start_build(
+            drv_path=str(drv_path), machine=picked.machine.uri, attempt=attempt
+        )
+        try:
+            return _attempt(job, picked, record)
+        except _BuilderLost as lost:
+            what = f"'{picked.machine.uri}' failed during {lost.phase}: {lost.reason}"
+            tried.append(what)
+            failover.mark_down(picked.machine, f"lost during {lost.phase}: {lost.reason}")
+            picked.lease.release()
+        if attempt >= failover.max_attempts:
+            why = f"gave up after {attempt} builders"
+            break
+        out.warn(f"{what}; building '{drv_path}' on another builder")
+        again = failover.pick_again()
+        if again is None:
+            why = "no other builder can take it"
+            break
+        picked = again
+        attempt += 1
+    out.error(f"cannot build '{drv_path}' remotely ({why}): " + "; ".join(tried))
+    return HookExit.FAILED
+
+
+def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
+    """One attempt on `picked`; raises `_BuilderLost` when the builder fails under it."""
+    remote = picked.remote
+    machine = picked.machine
+    local: ServeStore | None = None
     try:
+        local = ServeStore.open_local(
+            store=job.settings.store,
+            held_locks=sorted(map(str, job.outputs)),
+            environ=job.environ,
+        )
         # From here on the remote's stderr (its build log) is this derivation's log.
         remote.channel.forward_stderr_to(BUILD_LOG_FD)
-        with slots.upload_lock(machine) as upload:
+        record.enter(Phase.UPLOAD)
+        with job.slots.upload_lock(machine) as upload:
             if not upload.acquired:
-                out.warn(f"somebody is hogging the upload lock for '{machine.uri}', continuing...")
+                job.out.warn(
+                    f"somebody is hogging the upload lock for '{machine.uri}', continuing..."
+                )
             sent = copy_paths(
                 local,
                 remote,
-                map(StorePath.parse, work.inputs),
-                substitute=settings.builders_use_substitutes,
+                map(StorePath.parse, job.work.inputs),
+                substitute=job.settings.builders_use_substitutes,
             )
-        out.debug(
+        record.note(
+            upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=len(sent.copied)
+        )
+        job.out.debug(
             f"copied {len(sent.copied)} paths ({sent.nar_bytes} bytes) to '{machine.uri}', "
             f"{sent.already_valid} already there"
         )
-        basic = to_basic(drv, str(drv_path), work.inputs)
-        result = remote.build_derivation(drv_path, basic, build_options(settings))
+        record.enter(Phase.BUILD)
+        basic = to_basic(job.drv, str(job.drv_path), job.work.inputs)
+        result = remote.build_derivation(job.drv_path, basic, build_options(job.settings))
+        record.note(build_s=record.elapsed())
         if not result.is_success:
-            out.error(f"build of '{drv_path}' on '{machine.uri}' failed: {result.error_msg}")
+            record.finish(
+                Outcome.TIMED_OUT if result.status is BuildStatus.TIMED_OUT else Outcome.FAILED,
+                error=result.error_msg,
+            )
+            job.out.error(
+                f"build of '{job.drv_path}' on '{machine.uri}' failed: {result.error_msg}"
+            )
             return exit_for_build_status(result.status)
-        copy_closure(remote, local, outputs)  # only what is missing here moves
-        return HookExit.OK
+        record.enter(Phase.DOWNLOAD)
+        got = copy_closure(remote, local, job.outputs)  # only what is missing here moves
+        record.note(
+            download_s=record.elapsed(),
+            download_bytes=got.nar_bytes,
+            download_paths=len(got.copied),
+        )
+        record.finish(Outcome.BUILT)
+    except NixdistError as err:
+        if err.peer == remote.name and not isinstance(err, LocalProtocolError):
+            record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
+            raise _BuilderLost(record.phase, str(err)) from err
+        record.finish(Outcome.ERROR, error=str(err))
+        raise
+    except BaseException as err:
+        record.finish(Outcome.INTERRUPTED, error=f"{type(err).__name__}: {err}")
+        raise
     finally:
         remote.close()
-        local.close()
+        if local is not None:
+            local.close()
+    return HookExit.OK

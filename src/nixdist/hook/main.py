@@ -4,31 +4,34 @@ One hook process answers ``try`` requests until it accepts one; then it belongs 
 derivation, builds it remotely (`nixdist.hook.build`) and exits with the status Nix expects
 (nix-protocols.md §1.2-§1.8)::
 
-    settings ─▶ machines ─▶ ┌ try ─▶ probe slots (flock) ─▶ choose() ─▶ postpone | decline ┐
+    settings ─▶ machines ─▶ ┌ try ─▶ load probes ─▶ slots ─▶ choose() ─▶ postpone | decline ┐
                             └─────────────────────────────────────────────────────────────┘
-                                                  └─▶ accept: open ssh session ─▶ build
+                                            └─▶ accept: open ssh session ─▶ build
 
-A builder that cannot be reached is marked down for the rest of this process and the choice
-is made again without it, as build-remote does.
+Before choosing, the builders that could take the derivation and whose load report is older
+than the probe interval are asked for a new one, in parallel, over their control masters
+(`nixdist.transport.probe`); reports live in the state database for every hook process to
+reuse. A builder that cannot be reached (connection, greeting or probe) is marked down — for
+the rest of this process and, with back-off, for every other hook (`nixdist.state.health`) —
+and the choice is made again without it. Every answer is recorded in the history.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import sys
+import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, assert_never
 
 from nixdist.errors import (
-    ConfigError,
     NixdistError,
     ProtocolError,
     RemoteProtocolError,
     TransportError,
 )
-from nixdist.hook.build import build_remotely
+from nixdist.hook.build import Failover, Picked, build_remotely
 from nixdist.hook.nixinput import NixInput
 from nixdist.hook.output import HookOutput
 from nixdist.protocol.hook import (
@@ -49,55 +52,47 @@ from nixdist.scheduler.policy import (
     Decline,
     LocalCapabilities,
     Postpone,
+    RemoteLoad,
     choose,
+    machine_fits,
     render_no_machine_report,
     render_rejections,
 )
 from nixdist.state.config import load_machines
+from nixdist.state.db import ProbeRow, StateDB, StateError
 from nixdist.state.health import Health, backoff
+from nixdist.state.history import History
 from nixdist.state.once import first_time
 from nixdist.state.paths import state_dir
+from nixdist.state.settings import Settings
 from nixdist.state.slots import SlotDirectory
 from nixdist.store.serve import ServeStore
-from nixdist.transport.openssh import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    ControlMasters,
-    target_for_machine,
-)
+from nixdist.transport.openssh import ControlMasters, target_for_machine
+from nixdist.transport.probe import probe_builder
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from nixdist.model.machines import Machine
     from nixdist.state.slots import SlotLease
+    from nixdist.transport.probe import BuilderReport
 
 #: Store URI schemes nixdist can open; other machines are skipped with a warning.
 SUPPORTED_SCHEMES: Final = frozenset({"ssh"})
+#: A load report older than this many probe intervals is not used at all.
+PROBE_MAX_AGE_INTERVALS: Final = 6
+#: While failing over, how often to look for a free slot again, and for how long at most.
+FAILOVER_POLL_S: Final = 0.5
+FAILOVER_WAIT_S: Final = 600.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Picked:
-    """An accepted machine: the slot we hold on it and the open session."""
-
-    machine: Machine
-    lease: SlotLease
-    remote: ServeStore
-
-
-def connect_timeout(environ: Mapping[str, str]) -> float:
-    """``NIXDIST_CONNECT_TIMEOUT``: seconds a builder may take to answer (default 15)."""
-    text = environ.get("NIXDIST_CONNECT_TIMEOUT")
-    if text is None:
-        return DEFAULT_CONNECT_TIMEOUT_S
+def open_state_db(environ: Mapping[str, str], out: HookOutput) -> StateDB | None:
+    """The state database, or None (with a debug line) when it cannot be used."""
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < math.inf:
-        raise ConfigError(
-            f"{text!r} is not a positive number of seconds", file="NIXDIST_CONNECT_TIMEOUT"
-        )
-    return value
+        return StateDB.open(state_dir(environ))
+    except StateError as err:
+        out.debug(f"nixdist: running without history and health: {err}")
+        return None
 
 
 class MachinePicker:
@@ -113,6 +108,7 @@ class MachinePicker:
         self.machines = tuple(machines)
         self.environ = environ
         self.out = out
+        self.config = Settings.from_environ(environ)
         self.local = LocalCapabilities(
             system=settings.system,
             extra_platforms=settings.extra_platforms,
@@ -122,9 +118,11 @@ class MachinePicker:
         self.slots = SlotDirectory.default(environ=environ)
         self.slots.ensure()
         self.masters = ControlMasters(
-            state_dir(environ), connect_timeout_s=connect_timeout(environ)
+            state_dir(environ), connect_timeout_s=self.config.connect_timeout_s
         )
-        self.health = Health(state_dir(environ))
+        self.db = open_state_db(environ, out)
+        self.health = Health(self.db)
+        self.history = History(self.db, out.debug)
         self.down: dict[str, str] = {}  # failed in this process: not retried here at all
 
     def down_reason(self, uri: str) -> str | None:
@@ -134,16 +132,104 @@ class MachinePicker:
         record = self.health.down(uri)
         return None if record is None else record.describe(time.time())
 
+    def mark_down(self, machine: Machine, reason: str) -> None:
+        """`machine` failed: skip it here from now on and in other hooks for a while."""
+        self.down[machine.uri] = reason
+        record = self.health.failed(machine.uri, reason)
+        self.out.error(
+            f"cannot use '{machine.uri}': {reason}; skipping it for {backoff(record.failures):g} s"
+        )
+
+    # -- load reports ------------------------------------------------------------------------
+
+    def _probes(self) -> dict[str, ProbeRow]:
+        if self.db is None or self.config.probe_interval_s <= 0:
+            return {}
+        try:
+            return {row.uri: row for row in self.db.all_probes()}
+        except StateError:
+            return {}
+
+    def refresh_loads(self, request: BuildRequest) -> dict[str, ProbeRow]:
+        """Fresh enough load reports of the machines that could take `request`, by URI.
+
+        Reports older than the probe interval are renewed first, in parallel; a builder that
+        does not answer is marked down.
+        """
+        rows = self._probes()
+        if self.db is None or self.config.probe_interval_s <= 0:
+            return rows
+        now = time.time()
+        stale = [
+            m
+            for m in self.machines
+            if m.scheme in SUPPORTED_SCHEMES
+            and machine_fits(request, m)
+            and self.down_reason(m.uri) is None
+            and now - rows.get(m.uri, _NEVER).time > self.config.probe_interval_s
+        ]
+        if stale:
+            held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))
+            for machine, result in self._probe_all(stale):
+                if isinstance(result, NixdistError):
+                    self.mark_down(machine, str(result))
+                    continue
+                row = ProbeRow(
+                    uri=machine.uri, time=time.time(), local_slots=held[machine.uri], report=result
+                )
+                rows[machine.uri] = row
+                self.health.answered(machine.uri)
+                try:
+                    self.db.put_probe(row)
+                except StateError as err:
+                    self.out.debug(f"load report not recorded: {err}")
+        max_age = self.config.probe_interval_s * PROBE_MAX_AGE_INTERVALS
+        return {uri: row for uri, row in rows.items() if now - row.time <= max_age}
+
+    def _probe_all(
+        self, machines: Sequence[Machine]
+    ) -> list[tuple[Machine, BuilderReport | NixdistError]]:
+        results: list[tuple[Machine, BuilderReport | NixdistError]] = []
+
+        def probe(machine: Machine) -> None:
+            try:
+                report = probe_builder(
+                    target_for_machine(machine, self.environ), self.masters, self.environ
+                )
+            except NixdistError as err:
+                results.append((machine, err))
+            else:
+                results.append((machine, report))
+
+        threads = [threading.Thread(target=probe, args=(m,), daemon=True) for m in machines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    # -- choosing ------------------------------------------------------------------------------
+
     def decide(self, request: BuildRequest) -> tuple[Decision, SlotLease | None]:
         """One round of Nix's selection, under the main lock: the decision and, for an
         accept, the slot it holds (already touched, like Nix does)."""
+        reports = self.refresh_loads(request)
         with self.slots.main_lock():
             probes = [self.slots.probe(machine) for machine in self.machines]
             states = [
-                probe.machine_state(down_reason=self.down_reason(probe.machine.uri))
+                probe.machine_state(
+                    down_reason=self.down_reason(probe.machine.uri),
+                    remote_load=_remote_load(reports.get(probe.machine.uri)),
+                )
                 for probe in probes
             ]
-            decision = choose(request, self.local, states, supported_schemes=SUPPORTED_SCHEMES)
+            decision = choose(
+                request,
+                self.local,
+                states,
+                supported_schemes=SUPPORTED_SCHEMES,
+                min_free_disk=self.config.min_free_disk,
+            )
             kept = probes[decision.index].lease if isinstance(decision, Accept) else None
             for probe in probes:
                 if probe.lease is not None and probe.lease is not kept:
@@ -154,8 +240,9 @@ class MachinePicker:
             self.out.debug(f"{request.drv_path}: " + "; ".join(rejections))
         return decision, kept
 
-    def pick(self, request: BuildRequest) -> Picked | Reply:
-        """Accept a machine (slot held, session open), or the reply to send instead."""
+    def pick(self, request: BuildRequest) -> tuple[Picked | Reply, Decision]:
+        """Accept a machine (slot held, session open), or the reply to send instead; with the
+        decision that led there."""
         while True:
             decision, kept = self.decide(request)
             match decision:
@@ -167,24 +254,79 @@ class MachinePicker:
                         )
                     except (TransportError, ProtocolError) as err:
                         kept.release()
-                        self.down[machine.uri] = str(err)
-                        record = self.health.failed(machine.uri, str(err))
-                        self.out.error(
-                            f"cannot build on '{machine.uri}': {err}; "
-                            f"skipping it for {backoff(record.failures):g} s"
-                        )
+                        self.mark_down(machine, str(err))
                         continue
                     self.health.answered(machine.uri)
-                    return Picked(machine=machine, lease=kept, remote=remote)
+                    return Picked(machine=machine, lease=kept, remote=remote), decision
                 case Postpone():
-                    return Reply.POSTPONE
+                    return Reply.POSTPONE, decision
                 case Decline(permanently=permanently, warn=warn):
                     if not permanently:
                         report = render_no_machine_report(request, self.machines)
                         self.out.log(Verbosity.WARN if warn else Verbosity.CHATTY, report)
-                    return Reply.DECLINE_PERMANENTLY if permanently else Reply.DECLINE
+                    return (Reply.DECLINE_PERMANENTLY if permanently else Reply.DECLINE), decision
                 case _:  # pragma: no cover - exhaustiveness
                     assert_never(decision)
+
+    def pick_again(self, request: BuildRequest) -> Picked | None:
+        """Another machine for a build whose builder failed after ``# accept``.
+
+        Nix cannot take the build back now, so busy machines are waited for (up to
+        `FAILOVER_WAIT_S`); None when no other machine can take it at all.
+        """
+        retry = BuildRequest(
+            drv_path=request.drv_path,
+            system=request.system,
+            required_features=request.required_features,
+            am_willing=False,
+        )
+        deadline = time.monotonic() + FAILOVER_WAIT_S
+        while True:
+            picked, decision = self.pick(retry)
+            self.record(retry, decision)
+            if isinstance(picked, Picked):
+                return picked
+            if picked is not Reply.POSTPONE or time.monotonic() > deadline:
+                return None
+            time.sleep(FAILOVER_POLL_S)
+
+    def record(self, request: BuildRequest, decision: Decision) -> None:
+        """Write the decision into the history."""
+        uri: str | None = None
+        match decision:
+            case Accept(machine=machine):
+                word, uri = "accept", machine.uri
+            case Postpone():
+                word = "postpone"
+            case Decline(permanently=permanently):
+                word = "decline-permanently" if permanently else "decline"
+            case _:  # pragma: no cover - exhaustiveness
+                assert_never(decision)
+        self.history.decision(
+            drv_path=request.drv_path,
+            system=request.system,
+            features=sorted(request.required_features),
+            decision=word,
+            machine=uri,
+            reasons=render_rejections(decision),
+        )
+
+
+class _Never:
+    time = -float("inf")
+
+
+_NEVER: Final = _Never()
+
+
+def _remote_load(row: ProbeRow | None) -> RemoteLoad | None:
+    if row is None:
+        return None
+    return RemoteLoad(
+        other_builds=row.other_builds,
+        disk_free=row.report.disk_free,
+        load_per_core=row.report.load_per_core,
+    )
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int:
@@ -217,11 +359,13 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
             required_features=command.required_features,
             am_willing=command.am_willing,
         )
-        picked = picker.pick(request)
+        picked, decision = picker.pick(request)
         if isinstance(picked, Reply):
             out.reply(picked)
+            picker.record(request, decision)
             continue
         out.reply(Reply.ACCEPT, picked.machine.uri)
+        picker.record(request, decision)
         work = nix.recv(decode_accepted_work)
         if work is None:
             raise RemoteProtocolError("Nix closed the hook's stdin instead of sending the inputs")
@@ -229,8 +373,13 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
             request=command,
             work=work,
             settings=settings,
-            machine=picked.machine,
-            remote=picked.remote,
+            first=picked,
+            failover=Failover(
+                pick_again=functools.partial(picker.pick_again, request),
+                mark_down=picker.mark_down,
+                max_attempts=picker.config.max_attempts,
+            ),
+            history=picker.history,
             slots=picker.slots,
             out=out,
             environ=environ,

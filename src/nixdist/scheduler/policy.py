@@ -29,12 +29,15 @@ A speed factor ≤ 0 (which the machines parser never produces) counts as 1, lik
 
 nixdist's additions, all of which only ever remove machines or raise loads:
 
-* A machine that is down (`MachineState.down_reason`, from health tracking) or whose store URI
-  scheme the caller cannot speak (`supported_schemes`) is *not enabled*: like a machine that
-  Nix disabled after a failed connection, it is skipped and does not count as matching.
+* A machine that is down (`MachineState.down_reason`, from health tracking), whose store URI
+  scheme the caller cannot speak (`supported_schemes`), or that reported less free disk than
+  `min_free_disk` is *not enabled*: like a machine that Nix disabled after a failed
+  connection, it is skipped and does not count as matching.
 * When the builder's own report is known (`MachineState.remote_load`), the effective load is
-  ``max(slots held on this host, builds running on the builder)``. The max, not the sum,
-  because our own builds show up in both numbers. A machine whose effective load reaches its
+  the slots held on this host plus the builds running there that none of them accounts for
+  (other clients', or the builder's own users'): the caller works out ``other_builds`` from
+  the builder's count minus the slots it held when the probe ran, so a report a few seconds
+  old never hides our own builds finishing. A machine whose effective load reaches its
   max-jobs is busy even if a slot is free here (other clients are using it).
 
 Every machine that is not chosen gets a `Rejection` with a `RejectReason` and a line of text,
@@ -80,7 +83,9 @@ class LocalCapabilities:
 class RemoteLoad:
     """What a builder reported about itself (probed over its connection, cached briefly)."""
 
-    running_builds: int
+    other_builds: int  # builds running there that no slot on this machine accounts for
+    disk_free: int | None = None  # bytes free on its store's file system
+    load_per_core: float | None = None  # shown in reasons; not used for ranking
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,10 +105,10 @@ class MachineState:
 
     @property
     def effective_load(self) -> int:
-        """The load used for ranking: local slots, or the builder's running builds if higher."""
+        """The load used for ranking: slots held here plus the builds of other clients."""
         if self.remote_load is None:
             return self.load
-        return max(self.load, self.remote_load.running_builds)
+        return self.load + self.remote_load.other_builds
 
 
 class RejectReason(StrEnum):
@@ -114,6 +119,7 @@ class RejectReason(StrEnum):
     MANDATORY_NOT_REQUIRED = "mandatory_not_required"
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     DOWN = "down"
+    LOW_DISK = "low_disk"
     ZERO_JOBS = "zero_jobs"
     BUSY = "busy"
     OUTRANKED = "outranked"
@@ -126,6 +132,7 @@ _NOT_MATCHING = frozenset(
         RejectReason.MANDATORY_NOT_REQUIRED,
         RejectReason.UNSUPPORTED_SCHEME,
         RejectReason.DOWN,
+        RejectReason.LOW_DISK,
     }
 )
 
@@ -250,7 +257,14 @@ def _mismatch(request: BuildRequest, machine: Machine) -> Rejection | None:
     return None
 
 
-def _unavailable(state: MachineState, supported_schemes: frozenset[str] | None) -> Rejection | None:
+def machine_fits(request: BuildRequest, machine: Machine) -> bool:
+    """Whether `machine` could ever take `request`: system and features fit (its state aside)."""
+    return _mismatch(request, machine) is None
+
+
+def _unavailable(
+    state: MachineState, supported_schemes: frozenset[str] | None, min_free_disk: int
+) -> Rejection | None:
     """Why a fitting machine cannot take a build now, or None if it is eligible."""
     machine = state.machine
     if supported_schemes is not None and uri_scheme(machine.uri) not in supported_schemes:
@@ -264,16 +278,26 @@ def _unavailable(state: MachineState, supported_schemes: frozenset[str] | None) 
         return Rejection(
             machine=machine, reason=RejectReason.DOWN, detail=f"down: {state.down_reason}"
         )
+    report = state.remote_load
+    if report is not None and report.disk_free is not None and report.disk_free < min_free_disk:
+        return Rejection(
+            machine=machine,
+            reason=RejectReason.LOW_DISK,
+            detail=(
+                f"low disk: {format_bytes(report.disk_free)} free on its store, "
+                f"{format_bytes(min_free_disk)} needed"
+            ),
+        )
     if machine.max_jobs <= 0:
         return Rejection(
             machine=machine, reason=RejectReason.ZERO_JOBS, detail="max jobs is 0: never used"
         )
     load = state.effective_load
     if not state.free_slot or load >= machine.max_jobs:
-        if state.remote_load is not None and state.remote_load.running_builds > state.load:
+        if state.remote_load is not None and state.remote_load.other_builds > 0:
             detail = (
-                f"busy: {state.remote_load.running_builds} builds running there, "
-                f"max jobs {machine.max_jobs}"
+                f"busy: {state.load} of {machine.max_jobs} slots taken here and "
+                f"{state.remote_load.other_builds} builds of other clients running there"
             )
         else:
             detail = f"busy: {state.load} of {machine.max_jobs} slots taken"
@@ -325,11 +349,13 @@ def choose(
     *,
     supported_schemes: frozenset[str] | None = None,
     warn_rule: WarnRule = WarnRule.AM_WILLING,
+    min_free_disk: int = 0,
 ) -> Decision:
     """Decide where `request` is built, given every machine's state in machines-file order.
 
     `supported_schemes` (e.g. ``frozenset({"ssh"})``) lists the store URI schemes the caller can
-    open; None accepts every machine, as Nix does.
+    open; None accepts every machine, as Nix does. A machine that reported less than
+    `min_free_disk` bytes free on its store is skipped like a machine that is down.
     """
     if not states:
         return Decline(permanently=True)
@@ -337,7 +363,9 @@ def choose(
     best: _Candidate | None = None
     verdicts: list[Rejection | _Candidate] = []
     for index, state in enumerate(states):
-        rejection = _mismatch(request, state.machine) or _unavailable(state, supported_schemes)
+        rejection = _mismatch(request, state.machine) or _unavailable(
+            state, supported_schemes, min_free_disk
+        )
         if rejection is not None:
             right_type = right_type or rejection.matches
             verdicts.append(rejection)
@@ -370,6 +398,16 @@ def choose(
         case _:  # pragma: no cover - exhaustive
             assert_never(warn_rule)
     return Decline(reasons=rejections, warn=not quiet)
+
+
+def format_bytes(count: int) -> str:
+    """``1.5 GiB``: a byte count for people."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":  # noqa: PLR2004 - binary units
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError  # pragma: no cover - the loop always returns
 
 
 def render_rejections(decision: Decision) -> list[str]:

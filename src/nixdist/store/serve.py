@@ -14,12 +14,14 @@ Calls are synchronous and one at a time, as the protocol is. A server that dies 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, TypeVar
 
 from nixdist.errors import (
+    NixdistError,
     RemoteProtocolError,
     TransportError,
     TransportTimeoutError,
@@ -41,7 +43,26 @@ if TYPE_CHECKING:
     from nixdist.transport.openssh import ControlMasters, SshTarget
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 NIX_STORE: Final = "nix-store"
+
+
+def _blames_peer(
+    method: Callable[Concatenate[ServeStore, _P], _T],
+) -> Callable[Concatenate[ServeStore, _P], _T]:
+    """Errors escaping `method` name this store as their `peer`, unless one is already named
+    (an error from the source store of a copy passes through the destination's method)."""
+
+    @functools.wraps(method)
+    def wrapper(self: ServeStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except NixdistError as err:
+            if err.peer is None:
+                err.peer = self.name
+            raise
+
+    return wrapper
 
 
 class ServeStore:
@@ -145,6 +166,7 @@ class ServeStore:
 
     # -- commands -------------------------------------------------------------------------------
 
+    @_blames_peer
     def query_valid_paths(
         self, paths: Iterable[StorePath], *, lock: bool = False, substitute: bool = False
     ) -> frozenset[StorePath]:
@@ -154,6 +176,7 @@ class ServeStore:
         self._request(msg.QueryValidPathsRequest(paths=paths, lock=lock, substitute=substitute))
         return self._recv(partial(msg.decode_query_valid_paths_reply, store_dir=self.store_dir))
 
+    @_blames_peer
     def query_path_infos(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
         paths = frozenset(paths)
         if not paths:
@@ -166,6 +189,7 @@ class ServeStore:
         )
         return {info.path: info for info in infos}
 
+    @_blames_peer
     def query_closure(
         self, paths: Iterable[StorePath], *, include_outputs: bool = False
     ) -> frozenset[StorePath]:
@@ -180,6 +204,14 @@ class ServeStore:
 
         The generator must be consumed to the end before the next command.
         """
+        try:
+            yield from self._dump(path)
+        except NixdistError as err:
+            if err.peer is None:
+                err.peer = self.name
+            raise
+
+    def _dump(self, path: StorePath) -> Iterator[bytes]:
         self._request(msg.DumpStorePathRequest(path=path))
         reader = NarReader(contents=False)
         pending = bytes(self._buf)
@@ -203,6 +235,7 @@ class ServeStore:
             yield pending
             pending = b""
 
+    @_blames_peer
     def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None:
         """Add a path with its metadata; `nar` must total exactly ``info.nar_size`` bytes."""
         self.channel.write(msg.encode_add_to_store_nar_header(info, self.version))
@@ -220,6 +253,7 @@ class ServeStore:
             )
         self._recv(msg.decode_success_reply)
 
+    @_blames_peer
     def build_derivation(
         self, drv_path: StorePath, drv: BasicDerivation, options: serve.BuildOptions
     ) -> serve.BuildResult:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 SSH: Final = "ssh"
 DEFAULT_PERSIST_S: Final = 600
 DEFAULT_CONNECT_TIMEOUT_S: Final = 15
+KEEPALIVE_COUNT: Final = 3
 _PINNED_ALIAS: Final = "nixdist-pinned-host"
 # sun_path holds 108 bytes; ssh adds ".XXXXXXXXXXXXXXXX" to the path while binding.
 _MAX_SOCKET_PATH: Final = 107 - 17
@@ -178,17 +179,35 @@ class ControlMasters:
         if target.compress:
             argv.append("-C")
         timeout = max(1, round(self.connect_timeout_s))
-        argv += ["-oBatchMode=yes", f"-oConnectTimeout={timeout}"]
+        # Keep-alives: a builder that stops answering (frozen, cable cut) is given up after
+        # about the connect timeout, ending every session over the master with it.
+        alive = max(1, round(self.connect_timeout_s / KEEPALIVE_COUNT))
+        argv += [
+            "-oBatchMode=yes",
+            f"-oConnectTimeout={timeout}",
+            f"-oServerAliveInterval={alive}",
+            f"-oServerAliveCountMax={KEEPALIVE_COUNT}",
+        ]
         return argv
 
     def serve_argv(self, target: SshTarget, *, use_master: bool = True) -> list[str]:
         """The command line that runs ``nix-store --serve --write`` on the builder."""
+        return self.command_argv(target, target.remote_command(), use_master=use_master)
+
+    def command_argv(
+        self, target: SshTarget, command: str, *, use_master: bool = True
+    ) -> list[str]:
+        """The command line that runs the shell command `command` on the builder.
+
+        `command` reaches the builder's shell as one argument after ``--``; callers pass
+        constants or words quoted with `shlex.quote`, never text from a machines file.
+        """
         if target.is_local:
-            return ["bash", "-c", target.remote_command()]
+            return ["bash", "-c", command]
         argv = self.base_argv(target)
         if use_master:
             argv += [f"-oControlPath={self.socket_path(target)}", "-oControlMaster=no"]
-        return [*argv, "--", target.remote_command()]
+        return [*argv, "--", command]
 
     def ensure_master(self, target: SshTarget, environ: Mapping[str, str]) -> bool:
         """Make sure a master for `target` is listening; start one if needed.
@@ -218,7 +237,6 @@ class ControlMasters:
             "-N",
             f"-oControlPath={sock}",
             f"-oControlPersist={self._persist_s}",
-            "-oServerAliveInterval=30",
         ]
         with log.open("wb") as log_file:
             proc = subprocess.Popen(

@@ -65,14 +65,14 @@ def state(
     *,
     free: bool | None = None,
     down: str | None = None,
-    running: int | None = None,
+    others: int | None = None,
 ) -> MachineState:
     return MachineState(
         machine=m,
         load=load,
         free_slot=load < m.max_jobs if free is None else free,
         down_reason=down,
-        remote_load=None if running is None else RemoteLoad(running_builds=running),
+        remote_load=None if others is None else RemoteLoad(other_builds=others),
     )
 
 
@@ -293,14 +293,14 @@ def test_uri_scheme() -> None:
 
 
 @pytest.mark.parametrize(
-    ("local_load", "running", "expected_load"),
-    [(1, None, 1), (1, 0, 1), (1, 3, 3), (2, 2, 2), (0, 2, 2)],
+    ("local_load", "others", "expected_load"),
+    [(1, None, 1), (1, 0, 1), (1, 3, 4), (2, 2, 4), (0, 2, 2)],
 )
-def test_effective_load_is_the_larger_of_local_slots_and_remote_builds(
-    local_load: int, running: int | None, expected_load: int
+def test_effective_load_adds_other_clients_builds_to_local_slots(
+    local_load: int, others: int | None, expected_load: int
 ) -> None:
     decision = choose(
-        request(), NOT_LOCAL, [state(machine("a", max_jobs=8), local_load, running=running)]
+        request(), NOT_LOCAL, [state(machine("a", max_jobs=8), local_load, others=others)]
     )
     assert isinstance(decision, Accept)
     assert decision.load == expected_load
@@ -309,11 +309,29 @@ def test_effective_load_is_the_larger_of_local_slots_and_remote_builds(
 def test_remote_load_ranks_and_fills_machines() -> None:
     a = machine("a", max_jobs=4)
     b = machine("b", max_jobs=4)
-    # b has fewer slots held here, but its builder reports more running builds
-    assert accepted(choose(request(), NOT_LOCAL, [state(a, 2), state(b, 0, running=3)])) == "a"
-    full = choose(request(), NOT_LOCAL, [state(a, 1, running=4)])
+    # b has fewer slots held here, but other clients run 3 builds there
+    assert accepted(choose(request(), NOT_LOCAL, [state(a, 2), state(b, 0, others=3)])) == "a"
+    full = choose(request(), NOT_LOCAL, [state(a, 1, others=3)])
     assert isinstance(full, Postpone)
-    assert render_rejections(full) == ["ssh://a: busy: 4 builds running there, max jobs 4"]
+    assert render_rejections(full) == [
+        "ssh://a: busy: 1 of 4 slots taken here and 3 builds of other clients running there"
+    ]
+
+
+def test_a_builder_short_of_disk_is_skipped_with_that_reason() -> None:
+    a = machine("a", max_jobs=4)
+    b = machine("b", max_jobs=4)
+    low = MachineState(
+        machine=a, load=0, free_slot=True, remote_load=RemoteLoad(other_builds=0, disk_free=10)
+    )
+    decision = choose(request(), NOT_LOCAL, [low, state(b, 3)], min_free_disk=1 << 30)
+    assert accepted(decision) == "b"
+    assert render_rejections(decision) == [
+        "ssh://a: low disk: 10 B free on its store, 1.0 GiB needed"
+    ]
+    # alone, it does not count as fitting: decline rather than wait for disk space
+    only = choose(request(), NOT_LOCAL, [low], min_free_disk=1 << 30)
+    assert isinstance(only, Decline)
 
 
 # --- postpone, decline -------------------------------------------------------------------------
@@ -448,7 +466,7 @@ def machine_states(draw: st.DrawFn) -> MachineState:
         load=load,
         free_slot=draw(st.booleans()) if load < max_jobs else False,
         down_reason=draw(st.none() | st.just("refused")),
-        remote_load=draw(st.none() | st.builds(RemoteLoad, running_builds=st.integers(0, 5))),
+        remote_load=draw(st.none() | st.builds(RemoteLoad, other_builds=st.integers(0, 5), disk_free=st.none())),
     )
 
 

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from nixdist.state.db import StateDB
 from nixdist.state.health import BACKOFF_BASE_S, BACKOFF_MAX_S, Health, backoff
 
 if TYPE_CHECKING:
@@ -19,20 +20,20 @@ def test_backoff_doubles_up_to_a_cap(failures: int, seconds: float) -> None:
 
 
 def test_a_failure_is_remembered_until_the_pause_ends(tmp_path: Path) -> None:
-    health = Health(tmp_path)
+    health = Health(StateDB.open(tmp_path))
     assert health.down("ssh://b1", now=1000) is None
     record = health.failed("ssh://b1", "connection refused", now=1000)
     assert record.until == 1000 + BACKOFF_BASE_S
     # Another process (a new Health on the same directory) sees it.
-    seen = Health(tmp_path).down("ssh://b1", now=1001)
+    seen = Health(StateDB.open(tmp_path)).down("ssh://b1", now=1001)
     assert seen == record
     assert seen.describe(1001) == f"connection refused (retrying in {BACKOFF_BASE_S - 1:g} s)"
-    assert Health(tmp_path).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
+    assert Health(StateDB.open(tmp_path)).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
     assert health.down("ssh://b2", now=1001) is None
 
 
 def test_consecutive_failures_lengthen_the_pause_and_an_answer_clears_it(tmp_path: Path) -> None:
-    health = Health(tmp_path)
+    health = Health(StateDB.open(tmp_path))
     health.failed("ssh://b1", "refused", now=0)
     second = health.failed("ssh://b1", "timed out", now=40)
     assert (second.failures, second.since, second.until) == (2, 0, 40 + 2 * BACKOFF_BASE_S)
@@ -42,17 +43,18 @@ def test_consecutive_failures_lengthen_the_pause_and_an_answer_clears_it(tmp_pat
     assert health.failed("ssh://b1", "refused", now=50).failures == 1
 
 
-def test_an_unreadable_record_means_up(tmp_path: Path) -> None:
-    health = Health(tmp_path)
+def test_a_database_that_fails_means_up(tmp_path: Path) -> None:
+    db = StateDB.open(tmp_path)
+    health = Health(db)
     health.failed("ssh://b1", "refused", now=0)
-    (tmp_path / "health" / "ssh:__b1.json").write_text("{not json")
+    db.close()  # every later query raises StateError
     assert health.down("ssh://b1", now=1) is None
+    assert health.failed("ssh://b1", "refused", now=2).failures == 1
+    health.answered("ssh://b1")
 
 
-def test_without_a_usable_state_directory_nothing_breaks(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    health = Health(blocker)
+def test_without_a_database_nothing_breaks() -> None:
+    health = Health(None)
     assert health.failed("ssh://b1", "refused", now=0).failures == 1
     assert health.down("ssh://b1", now=1) is None
     health.answered("ssh://b1")

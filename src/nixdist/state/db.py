@@ -1,0 +1,487 @@
+"""``<state dir>/nixdist.db``: history, machine health and the probe cache (design.md §5).
+
+One SQLite database in WAL mode, written by every hook process of the machine and read by
+``nixdist status``, ``history``, ``explain`` and the dashboard. WAL lets readers run while a
+hook writes; each write is one short autocommit statement, and ``busy_timeout`` makes
+concurrent writers wait for each other instead of failing. ``synchronous=NORMAL``: a power
+cut may lose the last few records, never corrupt the file — history is advice, and nothing
+here decides whether a build is correct.
+
+Tables (``PRAGMA user_version`` = `SCHEMA_VERSION`)::
+
+    health     one row per builder that failed to connect: failures, since, until, reason
+    probes     one row per builder: its last self-report (running builds, load, disk, memory)
+    decisions  every answer to Nix's ``try``: accept / decline / postpone, with the reasons
+    builds     every remote build attempt: machine, phase, status, phase durations and bytes
+
+A build attempt is written when it starts (``status = 'running'``), its ``phase`` is updated as
+it goes (connect, upload, build, download) and it is finished with a status. An attempt still
+``running`` whose hook process is gone was interrupted (Nix killed the hook, or the machine
+rebooted): readers report it as such (`BuildRow.effective_status`).
+
+Errors from SQLite are turned into `StateError`; callers on the hook's path treat the history
+as advice and go on without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final, Self
+
+from nixdist.errors import NixdistError
+from nixdist.transport.probe import BuilderReport
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from pathlib import Path
+
+SCHEMA_VERSION: Final = 1
+DB_NAME: Final = "nixdist.db"
+BUSY_TIMEOUT_MS: Final = 10_000
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS health (
+    uri TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    since REAL NOT NULL,
+    until REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS probes (
+    uri TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    local_slots INTEGER NOT NULL,
+    running_builds INTEGER NOT NULL,
+    load1 REAL NOT NULL,
+    cores INTEGER NOT NULL,
+    disk_free INTEGER NOT NULL,
+    disk_total INTEGER NOT NULL,
+    mem_available INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    pid INTEGER NOT NULL,
+    drv_path TEXT NOT NULL,
+    system TEXT NOT NULL,
+    features TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    machine TEXT,
+    reasons TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (time);
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY,
+    drv_path TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    upload_s REAL,
+    upload_bytes INTEGER,
+    upload_paths INTEGER,
+    build_s REAL,
+    download_s REAL,
+    download_bytes INTEGER,
+    download_paths INTEGER
+);
+CREATE INDEX IF NOT EXISTS builds_started ON builds (started);
+CREATE INDEX IF NOT EXISTS builds_status ON builds (status);
+"""
+
+
+class StateError(NixdistError):
+    """The state database cannot be opened, read or written."""
+
+
+class Phase(StrEnum):
+    """Where a remote build attempt is."""
+
+    CONNECT = "connect"
+    UPLOAD = "upload"
+    BUILD = "build"
+    DOWNLOAD = "download"
+    DONE = "done"
+
+
+class BuildStatus(StrEnum):
+    """How a remote build attempt ended (or that it has not yet)."""
+
+    RUNNING = "running"
+    BUILT = "built"
+    FAILED = "failed"  # the build itself failed: Nix is told 100
+    TIMED_OUT = "timed-out"  # 101
+    LOST = "lost"  # the builder or the connection failed: the build moves elsewhere
+    ERROR = "error"  # anything else (local store, protocol): exit 1
+    INTERRUPTED = "interrupted"  # the hook process went away while it ran
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Down:
+    """A builder that failed to connect: why, since when, and until when it is skipped."""
+
+    uri: str
+    reason: str
+    failures: int
+    since: float
+    until: float
+
+    def describe(self, now: float) -> str:
+        left = max(0, round(self.until - now))
+        times = f"{self.failures} times, " if self.failures > 1 else ""
+        return f"{self.reason} ({times}retrying in {left} s)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeRow:
+    """A builder's last self-report (`nixdist.transport.probe`), when it was made, and how many
+    of its slots this machine held then (those builds are ours, not other clients')."""
+
+    uri: str
+    time: float
+    local_slots: int
+    report: BuilderReport
+
+    @property
+    def other_builds(self) -> int:
+        """Builds running on the builder that no slot of this machine accounted for."""
+        return max(0, self.report.running_builds - self.local_slots)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionRow:
+    """One answer to Nix's ``try``."""
+
+    id: int
+    time: float
+    pid: int
+    drv_path: str
+    system: str
+    features: tuple[str, ...]
+    decision: str
+    machine: str | None
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildRow:
+    """One remote build attempt."""
+
+    id: int
+    drv_path: str
+    machine: str
+    attempt: int
+    pid: int
+    started: float
+    finished: float | None
+    phase: str
+    status: str
+    error: str | None
+    upload_s: float | None
+    upload_bytes: int | None
+    upload_paths: int | None
+    build_s: float | None
+    download_s: float | None
+    download_bytes: int | None
+    download_paths: int | None
+
+    @property
+    def effective_status(self) -> str:
+        """The status, with a ``running`` attempt whose hook has gone shown as interrupted."""
+        if self.status == BuildStatus.RUNNING and not _pid_alive(self.pid):
+            return BuildStatus.INTERRUPTED
+        return self.status
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.finished is None else self.finished - self.started
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StateDB:
+    """The open state database. Use `StateDB.open`; close it (or use ``with``) when done."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Self:
+        """Open (creating if needed) ``<state_dir>/nixdist.db``; the directory is made 0700."""
+        path = state_dir / DB_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            old_umask = os.umask(0o077)
+            try:
+                connection = sqlite3.connect(
+                    path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+            finally:
+                os.umask(old_umask)
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode = WAL")
+                connection.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+            connection.execute("PRAGMA synchronous = NORMAL")
+        except (OSError, sqlite3.Error) as err:
+            raise StateError(f"{path}: {err}") from err
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as err:
+            raise StateError(f"{self.path}: {err}") from err
+
+    # -- health -------------------------------------------------------------------------------
+
+    def health(self, uri: str) -> Down | None:
+        row = self._execute(
+            "SELECT uri, reason, failures, since, until FROM health WHERE uri = ?", (uri,)
+        ).fetchone()
+        return None if row is None else _down(row)
+
+    def all_health(self) -> list[Down]:
+        rows = self._execute("SELECT uri, reason, failures, since, until FROM health ORDER BY uri")
+        return [_down(row) for row in rows]
+
+    def put_health(self, record: Down) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO health (uri, reason, failures, since, until) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (record.uri, record.reason, record.failures, record.since, record.until),
+        )
+
+    def clear_health(self, uri: str) -> None:
+        self._execute("DELETE FROM health WHERE uri = ?", (uri,))
+
+    # -- probes -------------------------------------------------------------------------------
+
+    def probe(self, uri: str) -> ProbeRow | None:
+        row = self._execute(_SELECT_PROBES + " WHERE uri = ?", (uri,)).fetchone()
+        return None if row is None else _probe(row)
+
+    def all_probes(self) -> list[ProbeRow]:
+        return [_probe(row) for row in self._execute(_SELECT_PROBES + " ORDER BY uri")]
+
+    def put_probe(self, probe: ProbeRow) -> None:
+        report = probe.report
+        self._execute(
+            "INSERT OR REPLACE INTO probes (uri, time, local_slots, running_builds, load1, cores,"
+            " disk_free, disk_total, mem_available) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                probe.uri,
+                probe.time,
+                probe.local_slots,
+                report.running_builds,
+                report.load1,
+                report.cores,
+                report.disk_free,
+                report.disk_total,
+                report.mem_available,
+            ),
+        )
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def record_decision(
+        self,
+        *,
+        drv_path: str,
+        system: str,
+        features: Sequence[str],
+        decision: str,
+        machine: str | None,
+        reasons: Sequence[str],
+        now: float | None = None,
+    ) -> None:
+        self._execute(
+            "INSERT INTO decisions (time, pid, drv_path, system, features, decision, machine,"
+            " reasons) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time() if now is None else now,
+                os.getpid(),
+                drv_path,
+                system,
+                json.dumps(sorted(features)),
+                decision,
+                machine,
+                json.dumps(list(reasons)),
+            ),
+        )
+
+    def decisions(self, *, since: float = 0.0, limit: int = 1000) -> list[DecisionRow]:
+        rows = self._execute(
+            "SELECT id, time, pid, drv_path, system, features, decision, machine, reasons "
+            "FROM decisions WHERE time >= ? ORDER BY id DESC LIMIT ?",
+            (since, limit),
+        )
+        return [
+            DecisionRow(
+                id=row[0],
+                time=row[1],
+                pid=row[2],
+                drv_path=row[3],
+                system=row[4],
+                features=tuple(json.loads(row[5])),
+                decision=row[6],
+                machine=row[7],
+                reasons=tuple(json.loads(row[8])),
+            )
+            for row in rows
+        ]
+
+    # -- builds -------------------------------------------------------------------------------
+
+    def start_build(
+        self, *, drv_path: str, machine: str, attempt: int, now: float | None = None
+    ) -> int:
+        """Record a new attempt (``running``, phase connect); returns its id."""
+        cursor = self._execute(
+            "INSERT INTO builds (drv_path, machine, attempt, pid, started, phase, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                drv_path,
+                machine,
+                attempt,
+                os.getpid(),
+                time.time() if now is None else now,
+                Phase.CONNECT,
+                BuildStatus.RUNNING,
+            ),
+        )
+        assert cursor.lastrowid is not None  # noqa: S101 - an INSERT always sets it
+        return cursor.lastrowid
+
+    def update_build(self, build_id: int, **columns: object) -> None:
+        """Set some columns of attempt `build_id` (phase, timings, bytes, status, …)."""
+        unknown = set(columns) - _BUILD_UPDATABLE
+        if unknown:
+            raise ValueError(f"not build columns: {sorted(unknown)}")
+        names = sorted(columns)
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        self._execute(
+            f"UPDATE builds SET {assignments} WHERE id = ?",  # noqa: S608 - names checked above
+            [*(columns[name] for name in names), build_id],
+        )
+
+    def builds(
+        self,
+        *,
+        machine: str | None = None,
+        status: str | None = None,
+        since: float = 0.0,
+        until: float | None = None,
+        drv_path: str | None = None,
+        limit: int = 1000,
+    ) -> list[BuildRow]:
+        """Build attempts, newest first, filtered. `status` matches the effective status."""
+        clauses = ["started >= ?"]
+        params: list[object] = [since]
+        if until is not None:
+            clauses.append("started <= ?")
+            params.append(until)
+        if machine is not None:
+            clauses.append("machine = ?")
+            params.append(machine)
+        if drv_path is not None:
+            clauses.append("drv_path = ?")
+            params.append(drv_path)
+        if status is not None:
+            # running and interrupted are both stored as running; the hook's pid tells them apart
+            stored = BuildStatus.RUNNING if status == BuildStatus.INTERRUPTED else status
+            clauses.append("status = ?")
+            params.append(stored)
+        rows = self._execute(
+            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE {' AND '.join(clauses)} "  # noqa: S608
+            "ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        found = [BuildRow(**dict(zip(_BUILD_FIELDS, row, strict=True))) for row in rows]
+        if status is None:
+            return found
+        return [row for row in found if row.effective_status == status]
+
+    def running_builds(self) -> list[BuildRow]:
+        """Attempts still running (their hook process is alive), oldest first."""
+        rows = self.builds(status=BuildStatus.RUNNING, limit=10_000)
+        return sorted(rows, key=lambda row: row.id)
+
+    def iter_tables(self) -> Iterator[str]:
+        """Names of the tables (for tests and ``status --json``)."""
+        for (name,) in self._execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            yield str(name)
+
+
+_SELECT_PROBES: Final = (
+    "SELECT uri, time, local_slots, running_builds, load1, cores, disk_free, disk_total, "
+    "mem_available FROM probes"
+)
+_BUILD_FIELDS: Final = (
+    "id",
+    "drv_path",
+    "machine",
+    "attempt",
+    "pid",
+    "started",
+    "finished",
+    "phase",
+    "status",
+    "error",
+    "upload_s",
+    "upload_bytes",
+    "upload_paths",
+    "build_s",
+    "download_s",
+    "download_bytes",
+    "download_paths",
+)
+_BUILD_COLUMNS: Final = ", ".join(_BUILD_FIELDS)
+_BUILD_UPDATABLE: Final = frozenset(_BUILD_FIELDS) - {"id", "drv_path", "pid", "started"}
+
+
+def _down(row: tuple[str, str, int, float, float]) -> Down:
+    uri, reason, failures, since, until = row
+    return Down(uri=uri, reason=reason, failures=failures, since=since, until=until)
+
+
+def _probe(row: tuple[str, float, int, int, float, int, int, int, int]) -> ProbeRow:
+    uri, when, local_slots, running, load1, cores, disk_free, disk_total, mem_available = row
+    report = BuilderReport(
+        running_builds=running,
+        load1=load1,
+        cores=cores,
+        disk_free=disk_free,
+        disk_total=disk_total,
+        mem_available=mem_available,
+    )
+    return ProbeRow(uri=uri, time=when, local_slots=local_slots, report=report)

@@ -1,0 +1,97 @@
+"""What the hook writes into the history as it works, never failing a build over it.
+
+`History` wraps an optional `StateDB`: every write that fails (a full disk, a read-only state
+directory, a database another version left behind) is dropped after one debug line through
+`on_error`, and the build goes on. `BuildRecord` follows one remote build attempt through its
+phases, with the time and bytes of each (design.md §3: "record in history").
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from nixdist.state.db import BuildStatus, Phase, StateError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from nixdist.state.db import StateDB
+
+
+class History:
+    """The hook's writer of decisions and build attempts."""
+
+    def __init__(self, db: StateDB | None, on_error: Callable[[str], None]) -> None:
+        self._db = db
+        self._on_error = on_error
+
+    def _write(self, action: Callable[[StateDB], object]) -> object:
+        if self._db is None:
+            return None
+        try:
+            return action(self._db)
+        except StateError as err:
+            self._on_error(f"history not recorded: {err}")
+            self._db = None  # one message per process is enough
+            return None
+
+    def decision(
+        self,
+        *,
+        drv_path: str,
+        system: str,
+        features: Sequence[str],
+        decision: str,
+        machine: str | None,
+        reasons: Sequence[str],
+    ) -> None:
+        self._write(
+            lambda db: db.record_decision(
+                drv_path=drv_path,
+                system=system,
+                features=features,
+                decision=decision,
+                machine=machine,
+                reasons=reasons,
+            )
+        )
+
+    def start_build(self, *, drv_path: str, machine: str, attempt: int) -> BuildRecord:
+        build_id = self._write(
+            lambda db: db.start_build(drv_path=drv_path, machine=machine, attempt=attempt)
+        )
+        return BuildRecord(self, build_id if isinstance(build_id, int) else None)
+
+    def _update(self, build_id: int | None, **columns: object) -> None:
+        if build_id is not None:
+            self._write(lambda db: db.update_build(build_id, **columns))
+
+
+class BuildRecord:
+    """One remote build attempt, as it goes: `enter` each phase, then `finish`."""
+
+    def __init__(self, history: History, build_id: int | None) -> None:
+        self._history = history
+        self.build_id = build_id
+        self.phase = Phase.CONNECT
+        self._phase_start = time.monotonic()
+
+    def enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self._phase_start = time.monotonic()
+        self._history._update(self.build_id, phase=phase)  # noqa: SLF001 - its own writer
+
+    def elapsed(self) -> float:
+        """Seconds since the current phase began."""
+        return time.monotonic() - self._phase_start
+
+    def note(self, **columns: object) -> None:
+        """Record numbers of the phase just done (``upload_s=…, upload_bytes=…``)."""
+        self._history._update(self.build_id, **columns)  # noqa: SLF001
+
+    def finish(self, status: BuildStatus, *, error: str | None = None) -> None:
+        phase = Phase.DONE if status is BuildStatus.BUILT else self.phase
+        self._history._update(  # noqa: SLF001
+            self.build_id, status=status, error=error, phase=phase, finished=time.time()
+        )
