@@ -19,6 +19,7 @@ _SUBCOMMANDS = {
     "machines": "nixdist.cli.machines",
     "farm": "nixdist.cli.farm",
     "hook": "nixdist.cli.hook",
+    "check": "nixdist.cli.check",
 }
 
 
