@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -108,3 +109,90 @@ def _nan_to_none(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_nan_to_none(v) for v in value]
     return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Goal:
+    """One goal of issue 5: `value` must be at most (or at least) `target`."""
+
+    workload: str
+    measure: str
+    value: float
+    target: float
+    at_most: bool = True
+    unit: str = "x"
+
+    @property
+    def met(self) -> bool | None:
+        """None when the value could not be measured."""
+        if math.isnan(self.value):
+            return None
+        return self.value <= self.target if self.at_most else self.value >= self.target
+
+    def describe(self) -> str:
+        """``<= 0.35x``, ``>= 1.2x``, ``<= 60 ms``."""
+        sign = "<=" if self.at_most else ">="
+        target = f"{self.target:g}"
+        return f"{sign} {target}{self.unit}" if self.unit == "x" else f"{sign} {target} {self.unit}"
+
+    def verdict(self) -> str:
+        met = self.met
+        return "-" if met is None else ("met" if met else "MISSED")
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "workload": self.workload,
+            "measure": self.measure,
+            "value": self.value,
+            "goal": self.describe(),
+            "met": self.met,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    """One line of the headline table; `goal` None for a line that only informs."""
+
+    workload: str
+    measure: str
+    build_remote: str
+    nixdist: str
+    ratio: str
+    goal: Goal | None = None
+
+    def cells(self) -> list[str]:
+        goal = self.goal
+        return [
+            self.workload,
+            self.measure,
+            self.build_remote,
+            self.nixdist,
+            self.ratio,
+            goal.describe() if goal else "",
+            goal.verdict() if goal else "",
+        ]
+
+
+ROW_HEADERS: Final = ("workload", "measure", "build-remote", "nixdist", "ratio", "goal", "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What one workload reports: its JSON section, its table lines and its goals."""
+
+    key: str
+    data: dict[str, object]
+    rows: tuple[Row, ...]
+    goals: tuple[Goal, ...]
+    notes: tuple[str, ...] = ()
+
+
+def med_best(times: Sequence[float], *, scale: float = 1.0, digits: int = 2) -> str:
+    """``median [best]`` of `times` times `scale`; ``-`` when empty."""
+    if not times:
+        return "-"
+    return f"{statistics.median(times) * scale:.{digits}f} [{min(times) * scale:.{digits}f}]"
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")

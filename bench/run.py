@@ -1,234 +1,272 @@
-"""Run every benchmark (`make bench`), each as a subprocess of the venv's python, and summarise.
+"""`make bench`: nixdist-hook against Nix 2.8's build-remote, workloads W1-W5 of issue 5.
 
-    bench/hook_startup.py            the hook's start-up cost against build-remote's
-    bench/hook_vs_build_remote.py    the same builds through build-remote and nixdist, one farm
-    bench/nar_dump.py                nixdist nar dump/hash against nix-store --dump / nix-hash
-                                     (run if present; it prints its own table)
+    W1  overhead-bound   200 trivial derivations (DAG 10 x 20), 3 builders x 4 slots, -j0
+    W2  copy-bound       512 MiB of inputs over 200 store paths, one builder; ssh-cat ceiling
+    W3  heterogeneous    60 derivations of fixed work, builders of speed 1, 2, 4 (2 jobs each)
+    W4  hook start       process start to the first reply, the same recorded settings and try
+    W5  scheduler        one choose() over 1000 machines (in process; no build-remote here)
 
-Each benchmark prints its own tables as it goes; the summary at the end puts the headline ratios
-(nixdist / Nix; < 1 means nixdist is faster) next to the goals from bench/README.md. Results
-are written to bench/results/<timestamp>*.json. Nothing fails on time: the exit status is
-non-zero only when a benchmark itself failed to run.
+W1-W3 run each contender on the same farm (one farm per workload, in a temporary directory,
+under an alias prefix unique to this process), interleaved, the order flipped every round,
+`--rounds` (3) times each. Details of each workload are in its module (w1_dag.py ...) and in
+bench/README.md. The table at the end shows medians [best] and the ratio nixdist /
+build-remote against the goals; every run is in bench/results/latest.json and a timestamped
+copy. Nothing fails on time: the exit status is non-zero only when a run failed (a build that
+did not finish, or an output not built remotely) or the benchmark itself broke.
 
-    .venv/bin/python bench/run.py [--quick] [--only startup,hooks,nar]
+Other benchmarks, not in the default run: ``startup`` (bench/hook_startup.py: the hook's
+import cost), ``nar`` (bench/nar_dump.py: NAR dump/hash against nix-store), ``hooks``
+(bench/hook_vs_build_remote.py: chain, wide, 150 MB in and out, cold and warm masters).
+
+    .venv/bin/python bench/run.py [--rounds 3] [--only w1,w2,w3,w4,w5,startup,nar,hooks]
+    .venv/bin/python bench/run.py --quick        # small sizes, 1 round: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import contextlib
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NoReturn, TypeAlias
 
-from common import BENCH_DIR, PYTHON, RESULTS_DIR, fmt_ratio, render_table, timestamp
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from pathlib import Path
-
-#: Goals (bench/README.md): ratio nixdist / Nix at or below these.
-GOAL_NAR: Final = 1.5
-GOAL_HOOK: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Bench:
-    key: str
-    script: str
-    args: tuple[str, ...]
-    quick_args: tuple[str, ...]
-    json_name: str | None  # None: the script writes no JSON we read
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    bench: Bench
-    status: int
-    seconds: float
-    json_path: Path | None
-    output_tail: tuple[str, ...]
-
-
-BENCHES: Final = (
-    Bench(
-        key="startup",
-        script="hook_startup.py",
-        args=(),
-        quick_args=("--runs", "5"),
-        json_name="{ts}-startup.json",
-    ),
-    Bench(
-        key="hooks",
-        script="hook_vs_build_remote.py",
-        args=(),
-        quick_args=("--quick",),
-        json_name="{ts}.json",
-    ),
-    Bench(
-        key="nar",
-        script="nar_dump.py",
-        args=(),
-        quick_args=("--runs", "2", "--scale", "0.2"),
-        json_name=None,
-    ),
+from common import (
+    BENCH_DIR,
+    BUILD_REMOTE,
+    NIXDIST_HOOK,
+    PYTHON,
+    RESULTS_DIR,
+    ROW_HEADERS,
+    Outcome,
+    machine_info,
+    render_table,
+    timestamp,
+    write_json,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from types import FrameType
 
-def run_bench(bench: Bench, *, quick: bool, ts: str) -> Outcome:
-    extra = bench.quick_args if quick else bench.args
-    argv = [str(PYTHON), str(BENCH_DIR / bench.script), *extra]
-    json_path = RESULTS_DIR / bench.json_name.format(ts=ts) if bench.json_name else None
-    if json_path is not None:
-        argv += ["--json", str(json_path)]
-    print(f"\n=== {bench.script} {' '.join(argv[2:])}", flush=True)
-    start = time.perf_counter()
-    tail: list[str] = []
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=BENCH_DIR.parent
-    ) as proc:
-        assert proc.stdout is not None  # noqa: S101 - Popen with PIPE
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            tail = [*tail[-39:], line.rstrip("\n")]
-        status = proc.wait()
-    return Outcome(
-        bench=bench,
-        status=status,
-        seconds=time.perf_counter() - start,
-        json_path=json_path if json_path is not None and json_path.exists() else None,
-        output_tail=tuple(tail),
+    Workload: TypeAlias = Callable[[Path, Callable[[str], None]], Outcome]
+
+DEFAULT: Final = ("w1", "w2", "w3", "w4", "w5")
+#: Older benchmarks, run as subprocesses: key -> (script, quick arguments).
+EXTRA: Final = {
+    "startup": ("hook_startup.py", ("--runs", "5")),
+    "nar": ("nar_dump.py", ("--runs", "2", "--scale", "0.2")),
+    "hooks": ("hook_vs_build_remote.py", ("--quick",)),
+}
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    del frame
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT),
+        help=f"comma-separated, from {','.join([*DEFAULT, *EXTRA])} (default {','.join(DEFAULT)})",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="runs per contender (3)")
+    parser.add_argument("--quick", action="store_true", help="1 round, small sizes (smoke run)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="write the results here only (default: bench/results/latest.json + a timestamped"
+        " copy)",
+    )
+    w1 = parser.add_argument_group("W1")
+    w1.add_argument("--w1-width", type=int, default=20, help="derivations per layer (20)")
+    w1.add_argument("--w1-layers", type=int, default=10, help="layers (10)")
+    w2 = parser.add_argument_group("W2")
+    w2.add_argument("--w2-mib", type=int, default=512, help="MiB of inputs (512)")
+    w2.add_argument("--w2-paths", type=int, default=200, help="input store paths (200)")
+    w2.add_argument("--w2-drvs", type=int, default=4, help="derivations sharing them (4)")
+    w3 = parser.add_argument_group("W3")
+    w3.add_argument("--w3-drvs", type=int, default=60, help="derivations (60)")
+    w3.add_argument(
+        "--w3-work-ms", type=int, default=4000, help="ms of work each at speed 1 (4000)"
+    )
+    w3.add_argument("--w3-jobs", type=int, default=2, help="jobs per builder (2)")
+    parser.add_argument("--w4-runs", type=int, default=40, help="W4 samples per case (40)")
+    parser.add_argument("--w5-machines", type=int, default=1000, help="W5 fleet size (1000)")
+    return parser.parse_args(argv)
 
 
-def _goal(value: float, goal: float) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"<= {goal}x: " + ("met" if value <= goal else "MISSED")
+def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
+    """The workloads, each a function of (temporary base directory, log)."""
+    import w1_dag  # noqa: PLC0415 - imported where used, like the others
+    import w2_copy  # noqa: PLC0415
+    import w3_hetero  # noqa: PLC0415
+    import w4_start  # noqa: PLC0415
+    import w5_choose  # noqa: PLC0415
+
+    quick = opts.quick
+    rounds = 1 if quick else opts.rounds
+    w1 = w1_dag.W1Options(
+        rounds=rounds,
+        width=min(opts.w1_width, 10) if quick else opts.w1_width,
+        layers=min(opts.w1_layers, 2) if quick else opts.w1_layers,
+    )
+    w2 = w2_copy.W2Options(
+        rounds=rounds,
+        mib=min(opts.w2_mib, 32) if quick else opts.w2_mib,
+        paths=min(opts.w2_paths, 40) if quick else opts.w2_paths,
+        drvs=opts.w2_drvs,
+    )
+    w3 = w3_hetero.W3Options(
+        rounds=rounds,
+        drvs=min(opts.w3_drvs, 12) if quick else opts.w3_drvs,
+        work_ms=min(opts.w3_work_ms, 1000) if quick else opts.w3_work_ms,
+        jobs=opts.w3_jobs,
+    )
+    w4 = w4_start.W4Options(runs=min(opts.w4_runs, 5) if quick else opts.w4_runs)
+    w5 = w5_choose.W5Options(machines=opts.w5_machines, repeat=5 if quick else 15)
+    return {
+        "w1": lambda base, log: w1_dag.run(base, w1, log),
+        "w2": lambda base, log: w2_copy.run(base, w2, log),
+        "w3": lambda base, log: w3_hetero.run(base, w3, log),
+        "w4": lambda base, log: w4_start.run(base, w4, log),
+        "w5": lambda _base, _log: w5_choose.run(w5),
+    }
 
 
-def _num(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else float("nan")
+def log(line: str) -> None:
+    print(line, flush=True)
 
 
-def _ratio(text: str) -> float:
+def run_extra(key: str, *, quick: bool) -> int:
+    script, quick_args = EXTRA[key]
+    argv = [str(PYTHON), str(BENCH_DIR / script), *(quick_args if quick else ())]
+    print(f"\n=== {key}: {' '.join(argv[1:])}", flush=True)
+    return subprocess.run(argv, check=False, cwd=BENCH_DIR.parent).returncode
+
+
+@dataclass(slots=True, kw_only=True)
+class Session:
+    """What a whole run collected, also when it was interrupted."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    extras: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def run_all(wanted: Sequence[str], plan: Mapping[str, Workload], *, quick: bool) -> Session:
+    session = Session()
+    base = Path(tempfile.mkdtemp(prefix="nxb-"))
     try:
-        return float(text.removesuffix("x"))
-    except ValueError:
-        return float("nan")
-
-
-def _nar_rows(tail: Sequence[str]) -> list[list[str]]:
-    """The result lines of nar_dump.py's table: '<workload> <op> ... <ratio>x <ratio>x'."""
-    rows = []
-    for line in tail:
-        words = line.split()
-        if len(words) < 8 or not (words[-1].endswith("x") and words[-2].endswith("x")):
-            continue
-        ops = [i for i, w in enumerate(words) if w in {"dump", "hash"}]
-        if not ops:
-            continue
-        workload, op = " ".join(words[: ops[0]]), words[ops[0]]
-        total = _ratio(words[-2])
-        rows.append(
-            [
-                f"nar {op}: {workload}",
-                fmt_ratio(total),
-                f"{words[-1]} without start-up",
-                _goal(total, GOAL_NAR),
-            ]
-        )
-    return rows
-
-
-def summarise(outcomes: Sequence[Outcome]) -> list[list[str]]:
-    """Headline rows: measure, ratio nixdist / Nix, a note, the goal."""
-    rows: list[list[str]] = []
-    for outcome in outcomes:
-        key = outcome.bench.key
-        data = json.loads(outcome.json_path.read_text()) if outcome.json_path else None
-        if key == "startup" and isinstance(data, dict):
-            cases = data.get("cases", {})
-            best = {name: _num(case.get("best")) * 1000 for name, case in cases.items()}
-            note = ", ".join(
-                f"{name.split()[0]} {ms:.0f} ms"
-                for name, ms in best.items()
-                if "(settings, EOF)" in name
-            )
-            value = _num(data.get("ratio", {}).get("best"))
-            rows.append(["hook start-up (best)", fmt_ratio(value), note, "reported"])
-        elif key == "hooks" and isinstance(data, dict):
-            for row in data.get("summary", []):
-                for contender in ("nixdist-cold", "nixdist-warm"):
-                    value = _num(row.get(f"ratio_{contender}", {}).get("median"))
-                    masters = "no ssh master yet" if contender.endswith("cold") else "masters up"
-                    rows.append(
-                        [
-                            f"{row['workload']} wall time, {contender} (median)",
-                            fmt_ratio(value),
-                            masters,
-                            _goal(value, GOAL_HOOK),
-                        ]
-                    )
-        elif key == "nar":
-            rows.extend(_nar_rows(outcome.output_tail))
-    return rows
+        for key in wanted:
+            if key in EXTRA:
+                session.extras[key] = run_extra(key, quick=quick)
+                continue
+            print(f"\n=== {key.upper()}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                outcome = plan[key](base, log)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                session.failures.append(f"{key}: {err}")
+                print(f"{key} failed: {err}", flush=True)
+                continue
+            session.outcomes.append(outcome)
+            print(f"{key} took {time.perf_counter() - t0:.0f} s", flush=True)
+    except KeyboardInterrupt:
+        session.interrupted = True
+        print("\ninterrupted; cleaning up", flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return session
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small, fast versions (smoke run)")
-    parser.add_argument(
-        "--only",
-        default=",".join(b.key for b in BENCHES),
-        help="comma-separated: " + ",".join(b.key for b in BENCHES),
-    )
-    opts = parser.parse_args(argv)
-    wanted = {k for k in opts.only.split(",") if k}
-    if unknown := wanted - {b.key for b in BENCHES}:
-        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    ts = timestamp()
-    outcomes: list[Outcome] = []
-    for bench in BENCHES:
-        if bench.key not in wanted:
-            continue
-        if not (BENCH_DIR / bench.script).exists():
-            print(f"\n=== {bench.script}: not present, skipped")
-            continue
-        try:
-            outcomes.append(run_bench(bench, quick=opts.quick, ts=ts))
-        except KeyboardInterrupt:
-            print("\ninterrupted")
-            return 130
+    opts = parse_args(argv)
+    wanted = [k for k in opts.only.split(",") if k]
+    if unknown := sorted(set(wanted) - {*DEFAULT, *EXTRA}):
+        print(f"unknown workload(s): {', '.join(unknown)}")
+        return 2
+    missing = [t for t in ("nix-build", "nix-store", "nix-instantiate") if not shutil.which(t)]
+    missing += [str(p) for p in (BUILD_REMOTE, NIXDIST_HOOK) if not p.exists()]
+    if missing:
+        print(f"missing: {', '.join(missing)}")
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    info = machine_info()
+    started = time.perf_counter()
+    session = run_all(wanted, build_plan(opts), quick=opts.quick)
+    total = time.perf_counter() - started
 
-    print("\n=== summary (ratio = nixdist / Nix; < 1: nixdist is faster)")
-    print(
-        render_table(
-            ["benchmark", "status", "seconds", "results"],
-            [
-                [
-                    o.bench.script,
-                    "ok" if o.status == 0 else f"exit {o.status}",
-                    f"{o.seconds:.0f}",
-                    str(o.json_path.relative_to(BENCH_DIR.parent)) if o.json_path else "-",
-                ]
-                for o in outcomes
-            ],
-        )
-    )
-    if rows := summarise(outcomes):
-        print()
-        print(render_table(["measure", "nixdist / Nix", "note", "goal"], rows))
-    print(
-        f"\ngoals: nar dump/hash <= {GOAL_NAR}x of nix-store; DAG wall time and per-build "
-        f"overhead <= {GOAL_HOOK}x of build-remote; start-up reported"
-    )
-    return 0 if all(o.status == 0 for o in outcomes) else 1
+    outcomes = session.outcomes
+    rows = [row.cells() for o in outcomes for row in o.rows]
+    goals = [g for o in outcomes for g in o.goals]
+    if rows:
+        print("\n=== results: median [best] of each contender; ratio = nixdist / build-remote")
+        print(render_table(ROW_HEADERS, rows))
+    for note in (note for o in outcomes for note in o.notes):
+        print(f"note: {note}")
+    problems = session.failures + [
+        f"{o.key}: {problem}" for o in outcomes for problem in _run_problems(o.data)
+    ]
+    data = {
+        "benchmark": "nixdist bench (issue 5)",
+        "machine": info,
+        "total_seconds": total,
+        "interrupted": session.interrupted,
+        "failures": problems,
+        "goals": [g.as_json() for g in goals],
+        "workloads": {o.key: o.data for o in outcomes},
+        "extras": session.extras,
+    }
+    if opts.json is not None:
+        paths = [write_json(opts.json, data)]
+    else:
+        paths = [
+            write_json(RESULTS_DIR / f"{timestamp()}-bench.json", data),
+            write_json(RESULTS_DIR / "latest.json", data),
+        ]
+    met = sum(1 for g in goals if g.met)
+    print(f"\ngoals met: {met} of {len(goals)}; whole run {total:.0f} s")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    print("results: " + ", ".join(str(p) for p in paths))
+    if session.interrupted:
+        return 130
+    return 1 if problems or any(session.extras.values()) else 0
+
+
+def _run_problems(data: dict[str, object]) -> list[str]:
+    """Runs that failed or whose outputs were not all built remotely."""
+    problems: list[str] = []
+    runs = data.get("runs")
+    if not isinstance(runs, list):
+        return problems
+    for run in runs:
+        if not isinstance(run, dict):
+            continue
+        name = f"{run.get('contender')} round {int(run.get('round', 0)) + 1}"
+        outputs = run.get("outputs")
+        if not run.get("ok"):
+            problems.append(f"{name}: nix-build failed")
+        elif not outputs == run.get("built_remotely") == run.get("valid_locally"):
+            problems.append(
+                f"{name}: {run.get('built_remotely')} of {run.get('outputs')} outputs built"
+                f" remotely, {run.get('valid_locally')} valid locally"
+            )
+    return problems
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,303 @@
+"""A farm for one benchmark workload, and timed `nix-build` runs through either hook.
+
+`FarmBench` brings up a local farm (`nixdist.farm.Farm`: real `sshd` builders, each with its own
+Nix store) in a directory of its own, under an alias prefix unique to this process, so it never
+meets a farm the user or a concurrent test runs. Both contenders build on that same farm with::
+
+    NIX_SSHOPTS="-F <farm>/ssh_config" nix-build <drvs> --no-out-link -j0 \\
+        --option substituters '' --builders @<farm>/machines --option build-hook <hook>
+
+where <hook> is Nix 2.8's ``/usr/libexec/nix/build-remote`` ("build-remote") or the venv's
+``nixdist-hook`` ("nixdist"). Nothing else differs between them: same farm, same Nix settings
+(Nix's defaults, e.g. ``build-poll-interval`` 5), same derivation shapes with a fresh salt per
+run, instantiated before the clock starts. nixdist keeps one ``NIXDIST_STATE_DIR`` per farm for
+the whole benchmark, as a user's machine does: its ssh control masters are started by the first
+nixdist build on each builder and reused afterwards (they outlive hook processes by design).
+
+After every timed build (untimed from here on) `FarmBench.check` reads what happened from the
+stores themselves: how many outputs are valid locally, and which builder built each one (a path
+a builder built itself is "ultimate" in its database). Then `FarmBench.forget` deletes the run's
+paths locally and empties the builders' stores, so the next run starts with nothing valid there.
+
+Everything is removed at the end (`FarmBench.teardown`, also on Ctrl-C): ssh masters, the farm
+(stopped, directory deleted), every local store path the runs created, and the farm's slot-lock
+files in Nix's ``current-load`` directory.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from common import BUILD_REMOTE, NIXDIST_HOOK
+
+from nixdist.farm import Farm
+from nixdist.state.slots import default_current_load_dir, escape_uri
+from nixdist.transport.openssh import ControlMasters, target_for_machine
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from pathlib import Path
+
+    from nixdist.farm import BuilderSpec
+
+#: The two hooks compared, in the order of even rounds (odd rounds flip it).
+CONTENDERS: Final = ("build-remote", "nixdist")
+#: A guard against a hang, never a performance limit.
+HANG_GUARD_S: Final = 900
+
+_salts = itertools.count()
+
+
+def fresh_salt(tag: str) -> str:
+    """A salt no earlier run used, so every derivation of a run really builds."""
+    return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
+
+
+def round_order(rnd: int, names: Sequence[str] = CONTENDERS) -> list[str]:
+    """The contenders of round `rnd`: as given in even rounds, reversed in odd ones."""
+    return list(names) if rnd % 2 == 0 else list(reversed(names))
+
+
+def run_cmd(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = HANG_GUARD_S
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, check=False, timeout=timeout, env=env
+    )
+
+
+def words(result: subprocess.CompletedProcess[str], what: str) -> list[str]:
+    """The whitespace-separated words of a command's stdout; raises if it failed."""
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result.stdout.split()
+
+
+def valid_paths(paths: Iterable[str]) -> list[str]:
+    """Those of `paths` that are valid in the local store, sorted."""
+    wanted = sorted(set(paths))
+    if not wanted:
+        return []
+    result = run_cmd(["nix-store", "--check-validity", "--print-invalid", *wanted])
+    invalid = set(result.stdout.split())
+    return [p for p in wanted if p not in invalid]
+
+
+@dataclass(slots=True, kw_only=True)
+class BuildRun:
+    """One timed nix-build of one contender, and what the stores say about it afterwards."""
+
+    workload: str
+    contender: str
+    round: int
+    ok: bool
+    seconds: float
+    derivations: int
+    outputs: int = 0
+    valid_locally: int = 0
+    built_remotely: int = 0  # outputs built by exactly one farm builder
+    placements: dict[str, int] = field(default_factory=dict)  # builder -> outputs it built
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checked:
+    outputs: int
+    valid_locally: int
+    built_remotely: int
+    placements: dict[str, int]
+
+
+class FarmBench:
+    """One farm, its generated files, and every store path the runs made."""
+
+    def __init__(self, base: Path, tag: str, specs: Sequence[BuilderSpec]) -> None:
+        self.base = base / tag
+        self.specs = tuple(specs)
+        self.farm = Farm(self.base / "farm", alias_prefix=f"nxb{os.getpid()}{tag}-")
+        self.state_dir = self.base / "nixdist-state"
+        self.exprs = self.base / "exprs"
+        self.created: set[str] = set()  # local store paths to delete at the end
+        self.keep: set[str] = set()  # local inputs shared by every run: deleted at the end only
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.pop("NIX_REMOTE_SYSTEMS", None)
+        self.env = env
+
+    # ------------------------------------------------------------------ set-up
+
+    def up(self) -> None:
+        self.base.mkdir(parents=True)
+        self.exprs.mkdir()
+        self.farm.up(self.specs)
+        self.env.update(self.farm.env())
+
+    def write_expr(self, name: str, text: str) -> Path:
+        path = self.exprs / name
+        path.write_text(text)
+        return path
+
+    def hook_env(self, contender: str) -> tuple[Path, dict[str, str]]:
+        """The hook program and the extra environment of `contender`."""
+        if contender == "build-remote":
+            return BUILD_REMOTE, {}
+        if contender == "nixdist":
+            return NIXDIST_HOOK, {"NIXDIST_STATE_DIR": str(self.state_dir)}
+        raise ValueError(f"unknown contender {contender!r}")
+
+    # ------------------------------------------------------------------ runs
+
+    def instantiate(self, expr: Path, salt: str, **args: str | int) -> tuple[str, ...]:
+        """``nix-instantiate`` the expression (untimed): its derivations, recorded as ours."""
+        argv = ["nix-instantiate", str(expr), "--argstr", "salt", salt]
+        for name, value in args.items():
+            if isinstance(value, int):
+                argv += ["--arg", name, str(value)]
+            else:
+                argv += ["--argstr", name, value]
+        drvs = tuple(words(run_cmd(argv, env=self.env), "nix-instantiate"))
+        self.created.update(drvs)
+        return drvs
+
+    def build(
+        self, drvs: Sequence[str], contender: str, *, extra: Sequence[str] = ()
+    ) -> tuple[float, subprocess.CompletedProcess[str]]:
+        """The timed part: one ``nix-build -j0`` of `drvs` through `contender`'s hook."""
+        hook, extra_env = self.hook_env(contender)
+        argv = [
+            "nix-build",
+            *drvs,
+            "--no-out-link",
+            "-j0",
+            "--option",
+            "substituters",
+            "",
+            "--builders",
+            f"@{self.farm.machines_file}",
+            "--option",
+            "build-hook",
+            str(hook),
+            *extra,
+        ]
+        env = {**self.env, **extra_env}
+        start = time.perf_counter()
+        result = run_cmd(argv, env=env)
+        return time.perf_counter() - start, result
+
+    def outputs(self, drvs: Sequence[str]) -> list[str]:
+        return words(run_cmd(["nix-store", "-q", "--outputs", *drvs]), "nix-store -q --outputs")
+
+    def check(self, drvs: Sequence[str]) -> Checked:
+        """What the stores say: outputs valid here, and where each one was built."""
+        outputs = self.outputs(drvs)
+        where = self.farm.where_built(outputs)
+        placements = collections.Counter(b[0] for b in where.values() if len(b) == 1)
+        return Checked(
+            outputs=len(outputs),
+            valid_locally=len(valid_paths(outputs)),
+            built_remotely=sum(1 for b in where.values() if len(b) == 1),
+            placements=dict(sorted(placements.items())),
+        )
+
+    def timed_run(
+        self,
+        *,
+        workload: str,
+        contender: str,
+        rnd: int,
+        drvs: Sequence[str],
+        derivations: int,
+        extra: Sequence[str] = (),
+    ) -> BuildRun:
+        """`build`, then `check` and `forget` (untimed)."""
+        seconds, result = self.build(drvs, contender, extra=extra)
+        run = BuildRun(
+            workload=workload,
+            contender=contender,
+            round=rnd,
+            ok=result.returncode == 0,
+            seconds=seconds,
+            derivations=derivations,
+            error="" if result.returncode == 0 else result.stderr[-3000:],
+        )
+        checked = self.check(drvs)
+        run.outputs = checked.outputs
+        run.valid_locally = checked.valid_locally
+        run.built_remotely = checked.built_remotely
+        run.placements = checked.placements
+        self.forget(drvs)
+        return run
+
+    # ------------------------------------------------------------------ clean-up
+
+    def wipe_builders(self, names: Iterable[str] | None = None) -> dict[str, int]:
+        """Delete every valid path in the builders' stores; returns what is left per builder."""
+        left: dict[str, int] = {}
+        for name in self.farm.names() if names is None else names:
+            there = self.farm.builder_store_paths(name)
+            if there:
+                self.farm.run_in(name, ["nix-store", "--delete", *there], check=False)
+                there = self.farm.builder_store_paths(name)
+            left[name] = len(there)
+        return left
+
+    def forget(self, drvs: Sequence[str]) -> None:
+        """Delete a run's paths locally, and everything on the builders."""
+        self.wipe_builders()
+        self.delete_local(self.expand(drvs) - self.keep)
+
+    def expand(self, roots: Iterable[str]) -> set[str]:
+        """`roots` (derivations and sources of ours), their closures and every output."""
+        valid = valid_paths(roots)
+        if not valid:
+            return set()
+        closure = words(run_cmd(["nix-store", "-qR", *valid]), "nix-store -qR")
+        drvs = [p for p in closure if p.endswith(".drv")]
+        outputs = self.outputs(drvs) if drvs else []
+        return set(closure) | set(outputs)
+
+    def delete_local(self, paths: set[str]) -> None:
+        """``nix-store --delete`` those of `paths` that are valid; a failure is only reported."""
+        local = valid_paths(paths)
+        if local:
+            result = run_cmd(["nix-store", "--delete", *local])
+            if result.returncode != 0:
+                print(
+                    f"warning: could not delete {len(local)} store paths: "
+                    f"{result.stderr.strip()[-500:]}"
+                )
+                return
+        self.created.difference_update(paths)
+
+    def stop_masters(self) -> None:
+        masters = ControlMasters(self.state_dir)
+        for machine in self.farm.machines():
+            target = target_for_machine(machine, self.env)
+            masters.stop_master(target)
+            sock = masters.socket_path(target)
+            if not sock.is_relative_to(self.state_dir):  # the short-path fallback under /tmp
+                shutil.rmtree(sock.parent, ignore_errors=True)
+
+    def teardown(self) -> None:
+        """Remove everything this farm and its runs made; never raises."""
+        if self.farm.state_file.exists():
+            with contextlib.suppress(Exception):
+                self.stop_masters()
+            with contextlib.suppress(Exception):
+                current_load = default_current_load_dir(environ=self.env)
+                for name in self.farm.names():
+                    uri = escape_uri("ssh://" + self.farm.alias(name))
+                    for lock in current_load.glob(f"{uri}[-.]*"):
+                        lock.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                self.farm.down()
+        with contextlib.suppress(Exception):
+            self.delete_local(self.expand(self.created | self.keep))
+        shutil.rmtree(self.base, ignore_errors=True)

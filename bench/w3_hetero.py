@@ -1,0 +1,189 @@
+"""W3, heterogeneous builders: 60 independent derivations of fixed work, speeds 1, 2 and 4.
+
+The farm has three builders, ``s1``, ``s2`` and ``s4``, of speed factor 1, 2 and 4 (machines
+field 5), `jobs` (2) slots each. Each builder's ``/etc/nix/nixdist-speed`` holds its speed
+(written by the farm), and every derivation's builder script sleeps ``work_ms / speed``
+milliseconds, read from there: with the default 4000 ms one derivation takes 4 s on ``s1``,
+2 s on ``s2`` and 1 s on ``s4``, so a fast builder really finishes sooner. (Sleeping, not
+burning CPU: this machine has 2 cores, and 6 busy loops would make every builder slow.)
+
+Makespan = wall time of the whole ``nix-build -j0``. Its lower bound::
+
+    capacity    = sum over builders of jobs x speed             (2 x (1 + 2 + 4) = 14)
+    total work  = derivations x work_ms                          (60 x 4 s = 240 s at speed 1)
+    lower bound = max(critical path, total work / capacity)      (max(1 s, 17.1 s) = 17.1 s)
+
+where the critical path is one derivation on the fastest builder (they are independent). The
+bound ignores every overhead (hooks, ssh, copies) and the granularity of whole derivations, so
+no real run reaches it. Goals: nixdist's makespan <= 1.1x the bound, and no worse than
+build-remote's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Final
+
+from common import Goal, Outcome, Row, fmt_ratio, med_best, median, ratio
+from farmbench import CONTENDERS, BuildRun, FarmBench, fresh_salt, round_order
+from w1_dag import describe_run
+
+from nixdist.farm import make_spec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from nixdist.farm import BuilderSpec
+
+GOAL_VS_BOUND: Final = 1.1
+GOAL_VS_BUILD_REMOTE: Final = 1.0
+SPEEDS: Final = (1, 2, 4)
+
+WORK_NIX: Final = r"""
+{ salt, n, work_ms, system ? builtins.currentSystem }:
+builtins.genList (i: derivation {
+  name = "nxb-w3-${toString i}";
+  inherit system salt;
+  work_ms = toString work_ms;
+  PATH = "/usr/bin:/bin";
+  builder = "/bin/sh";
+  args = [ "-c" ''
+    speed=$(cat /etc/nix/nixdist-speed 2>/dev/null || echo 1)
+    where=$(cat /etc/nix/nixdist-builder 2>/dev/null || echo local)
+    echo "building $name on $where (speed $speed)"
+    ms=$((work_ms / speed))
+    sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
+    echo "$name $salt $where $speed" > "$out"
+  '' ];
+}) n
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class W3Options:
+    rounds: int = 3
+    drvs: int = 60
+    work_ms: int = 4000
+    jobs: int = 2
+
+
+def specs_for(opts: W3Options) -> list[BuilderSpec]:
+    return [make_spec(f"s{speed}", jobs=opts.jobs, speed=speed) for speed in SPEEDS]
+
+
+def lower_bound(opts: W3Options, specs: Sequence[BuilderSpec]) -> dict[str, float]:
+    """The makespan no schedule can beat: max(critical path, total work / capacity)."""
+    capacity = sum(s.max_jobs * s.speed_factor for s in specs)
+    total_work = opts.drvs * opts.work_ms / 1000
+    critical = opts.work_ms / 1000 / max(s.speed_factor for s in specs)
+    return {
+        "capacity": capacity,
+        "total_work_s": total_work,
+        "critical_path_s": critical,
+        "lower_bound_s": max(critical, total_work / capacity),
+    }
+
+
+def run(base: Path, opts: W3Options, log: Callable[[str], None]) -> Outcome:
+    specs = specs_for(opts)
+    bench = FarmBench(base, "w3", specs)
+    runs: list[BuildRun] = []
+    try:
+        bench.up()
+        for spec in specs:  # the speed the workload will read, as the builder sees it
+            seen = bench.farm.run_in(spec.name, ["cat", "/etc/nix/nixdist-speed"]).stdout
+            if seen.strip() != str(spec.speed_factor).encode():
+                raise RuntimeError(f"w3: builder {spec.name} reads speed {seen!r}")
+        expr = bench.write_expr("work.nix", WORK_NIX)
+        for rnd in range(opts.rounds):
+            for contender in round_order(rnd):
+                drvs = bench.instantiate(
+                    expr,
+                    fresh_salt(f"w3-{contender}-r{rnd}"),
+                    n=opts.drvs,
+                    work_ms=opts.work_ms,
+                )
+                run_ = bench.timed_run(
+                    workload="w3", contender=contender, rnd=rnd, drvs=drvs, derivations=len(drvs)
+                )
+                runs.append(run_)
+                log(describe_run(run_))
+    finally:
+        bench.teardown()
+    return outcome(opts, specs, runs)
+
+
+def outcome(opts: W3Options, specs: Sequence[BuilderSpec], runs: list[BuildRun]) -> Outcome:
+    bound = lower_bound(opts, specs)
+    lb = bound["lower_bound_s"]
+    times = {c: [r.seconds for r in runs if r.contender == c and r.ok] for c in CONTENDERS}
+    over = {c: ratio(median(t), lb) for c, t in times.items()}
+    vs_br = ratio(median(times["nixdist"]), median(times["build-remote"]))
+    goals = (
+        Goal(
+            workload="W3",
+            measure="makespan nixdist / lower bound",
+            value=over["nixdist"],
+            target=GOAL_VS_BOUND,
+        ),
+        Goal(
+            workload="W3",
+            measure="makespan nixdist / build-remote",
+            value=vs_br,
+            target=GOAL_VS_BUILD_REMOTE,
+        ),
+    )
+    placements = {
+        c: {
+            spec.name: round(
+                median([r.placements.get(spec.name, 0) for r in runs if r.contender == c]), 1
+            )
+            for spec in specs
+        }
+        for c in CONTENDERS
+        if any(r.contender == c for r in runs)
+    }
+    rows = (
+        Row(
+            workload="W3",
+            measure=(
+                f"{opts.drvs} drvs x {opts.work_ms / 1000:g} s/speed, speeds "
+                f"{'/'.join(str(s.speed_factor) for s in specs)} x {opts.jobs} jobs: makespan s"
+            ),
+            build_remote=med_best(times["build-remote"]),
+            nixdist=med_best(times["nixdist"]),
+            ratio=fmt_ratio(vs_br),
+            goal=goals[1],
+        ),
+        Row(
+            workload="W3",
+            measure=f"  makespan / lower bound {lb:.2f} s",
+            build_remote=fmt_ratio(over["build-remote"]),
+            nixdist=fmt_ratio(over["nixdist"]),
+            ratio="",
+            goal=goals[0],
+        ),
+        Row(
+            workload="W3",
+            measure="  drvs per builder (" + "/".join(s.name for s in specs) + "), median",
+            build_remote=_placement_cell(placements.get("build-remote", {})),
+            nixdist=_placement_cell(placements.get("nixdist", {})),
+            ratio="",
+        ),
+    )
+    data: dict[str, object] = {
+        "options": asdict(opts),
+        "builders": [{"name": s.name, "speed": s.speed_factor, "jobs": s.max_jobs} for s in specs],
+        **bound,
+        "seconds": times,
+        "makespan_over_bound": over,
+        "ratio_vs_build_remote": vs_br,
+        "placements_median": placements,
+        "runs": [asdict(r) for r in runs],
+    }
+    return Outcome(key="w3", data=data, rows=rows, goals=goals)
+
+
+def _placement_cell(placement: dict[str, float]) -> str:
+    return "/".join(f"{v:g}" for v in placement.values()) if placement else "-"

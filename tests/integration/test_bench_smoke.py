@@ -1,0 +1,78 @@
+"""A smoke run of the benchmark harness (bench/run.py, W1) on a real farm: correctness only.
+
+The benchmark itself is never a pass/fail test on time. This runs W1 small (a DAG of 2 layers
+x 10 trivial derivations, both contenders, one round) through the very code `make bench` runs,
+and checks what the numbers rest on: every build succeeded, every output is valid locally and
+was built by exactly one farm builder (read from the builders' own stores), and the results
+JSON has the shape bench/README.md describes. Also: a farm builder's /etc/nix/nixdist-speed,
+which W3 scales its work by, holds its speed factor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nixdist.farm import make_spec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nixdist.farm import BuilderSpec, Farm
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = REPO / "bench" / "run.py"
+# A guard against a hang, never a performance limit.
+HANG_GUARD_S = 900
+WIDTH, LAYERS = 10, 2
+
+
+@pytest.mark.usefixtures("require_farm")
+def test_w1_smoke_builds_everything_remotely(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    argv = [sys.executable, str(RUN), "--only", "w1", "--rounds", "1"]
+    argv += ["--w1-width", str(WIDTH), "--w1-layers", str(LAYERS), "--json", str(results)]
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    data = json.loads(results.read_text())
+    assert data["failures"] == []
+    assert data["interrupted"] is False
+    assert set(data["machine"]) >= {"date", "cores", "nix", "python"}
+    w1 = data["workloads"]["w1"]
+    assert w1["derivations"] == WIDTH * LAYERS
+    runs = w1["runs"]
+    assert sorted(r["contender"] for r in runs) == ["build-remote", "nixdist"]
+    for run in runs:
+        assert run["ok"], run["error"]
+        assert run["derivations"] == WIDTH * LAYERS
+        assert run["outputs"] == WIDTH * LAYERS
+        assert run["valid_locally"] == WIDTH * LAYERS
+        assert run["built_remotely"] == WIDTH * LAYERS
+        assert sum(run["placements"].values()) == WIDTH * LAYERS
+        assert set(run["placements"]) <= {"b1", "b2", "b3"}
+        assert run["seconds"] > 0
+    for contender in ("build-remote", "nixdist"):
+        assert len(w1["seconds"][contender]) == 1
+        assert math.isfinite(w1["median_s"][contender])
+    [goal] = data["goals"]
+    assert goal["workload"] == "W1"
+    assert goal["goal"] == "<= 0.35x"
+    assert isinstance(goal["met"], bool)
+    assert "W1" in proc.stdout  # the table was printed
+
+
+def test_builder_knows_its_speed(farm_factory: Callable[[tuple[BuilderSpec, ...]], Farm]) -> None:
+    farm = farm_factory((make_spec("v1", speed=3), make_spec("v2")))
+    assert farm.run_in("v1", ["cat", "/etc/nix/nixdist-speed"]).stdout == b"3\n"
+    assert farm.run_in("v2", ["cat", "/etc/nix/nixdist-speed"]).stdout == b"1\n"
