@@ -19,6 +19,8 @@ _SUBCOMMANDS = {
     "machines": "nixdist.cli.machines",
     "farm": "nixdist.cli.farm",
     "hook": "nixdist.cli.hook",
+    "status": "nixdist.cli.status",
+    "history": "nixdist.cli.status",
     "check": "nixdist.cli.check",
 }
 

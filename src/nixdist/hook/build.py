@@ -178,6 +178,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
     remote = picked.remote
     machine = picked.machine
     local: ServeStore | None = None
+    finished = False
     try:
         local = ServeStore.open_local(
             store=job.settings.store,
@@ -217,6 +218,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             job.out.error(
                 f"build of '{job.drv_path}' on '{machine.uri}' failed: {result.error_msg}"
             )
+            finished = True
             return exit_for_build_status(result.status)
         record.enter(Phase.DOWNLOAD)
         got = copy_closure(remote, local, job.outputs)  # only what is missing here moves
@@ -226,6 +228,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             download_paths=len(got.copied),
         )
         record.finish(Outcome.BUILT)
+        finished = True
     except NixdistError as err:
         if err.peer == remote.name and not isinstance(err, LocalProtocolError):
             record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
@@ -236,7 +239,12 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
         record.finish(Outcome.INTERRUPTED, error=f"{type(err).__name__}: {err}")
         raise
     finally:
-        remote.close()
-        if local is not None:
-            local.close()
+        # After a failure either side may be mid-command: end both at once, never wait.
+        for store in (remote, local):
+            if store is None:
+                continue
+            if finished:
+                store.close()
+            else:
+                store.abort()
     return HookExit.OK

@@ -260,6 +260,11 @@ class ServeStore:
         self._request(msg.BuildDerivationRequest(drv_path=drv_path, drv=drv, options=options))
         return self._recv(partial(serve.decode_build_result, version=self.version))
 
+    def abort(self) -> None:
+        """End the session at once (kill the process): after a failure mid-command the server
+        may be blocked writing a reply nobody will read."""
+        self.channel.kill()
+
     def close(self) -> None:
         """End the session (EOF on the server's stdin) and reap the process."""
         try:

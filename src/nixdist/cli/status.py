@@ -1,0 +1,199 @@
+"""`nixdist status` and `nixdist history`: what runs where, what ran, and how it went.
+
+Both read the state database (``<state dir>/nixdist.db``) that every hook process writes, and
+Nix's slot locks; neither connects to a builder (``nixdist check`` does).
+
+``status``: one row per machine of the machines file (``--machines FILE``, default: what Nix
+reads) — slots in use, up or down (with the reason and when it is retried), the builder's last
+load report and its age — then the running builds with their phase, then the last builds.
+``history``: finished and running build attempts, newest first, filtered by ``--machine``,
+``--status``, ``--since``/``--until`` (``30m``, ``2h``, ``1d`` ago, or a Unix time),
+``--drv``; ``--limit``. Both take ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from nixdist.cli.machines import effective_machines
+from nixdist.scheduler.policy import format_bytes
+from nixdist.state.db import BuildStatus, StateDB
+from nixdist.state.paths import state_dir
+from nixdist.state.report import build_json, status_report
+from nixdist.state.slots import SlotDirectory
+
+if TYPE_CHECKING:
+    from nixdist.state.db import BuildRow
+    from nixdist.state.report import StatusReport
+
+_AGO: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def open_db(*, create: bool = False) -> StateDB | None:
+    """The state database of this user, or None when there is none yet."""
+    directory = state_dir(os.environ)
+    if not create and not (directory / "nixdist.db").exists():
+        return None
+    return StateDB.open(directory)
+
+
+def parse_when(text: str, now: float) -> float:
+    """``30m`` (ago), ``2h``, ``1d``, or a Unix time."""
+    if match := _AGO.fullmatch(text.strip()):
+        return now - float(match[1]) * _UNIT_S[match[2]]
+    try:
+        return float(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not like 30m, 2h, 1d or a Unix time") from None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _bytes(value: int | None) -> str:
+    return "-" if value is None else format_bytes(value)
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when))
+
+
+def console() -> Console:
+    """A console for tables; in a pipe, wide enough that rows are not folded."""
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out.width = max(out.width, 200)
+    return out
+
+
+def _emit_json(data: Any) -> None:  # noqa: ANN401 - any JSON value
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def machines_table(report: StatusReport) -> Table:
+    table = Table(title="machines", title_justify="left")
+    for name in ("machine", "slots", "state", "builds there", "load/core", "disk free", "probed"):
+        table.add_column(name, justify="left" if name in {"machine", "state"} else "right")
+    for m in report.machines:
+        probe = m.probe
+        if m.down is not None:
+            state = Text(f"down: {m.down.describe(report.time)}", style="red")
+        else:
+            state = Text("up", style="green")
+        table.add_row(
+            Text(m.machine.uri),
+            f"{m.slots_in_use}/{m.machine.max_jobs}",
+            state,
+            "-" if probe is None else str(probe.report.running_builds),
+            "-" if probe is None else f"{probe.report.load_per_core:.2f}",
+            "-" if probe is None else format_bytes(probe.report.disk_free),
+            "-" if probe is None else f"{report.time - probe.time:.0f}s ago",
+        )
+    return table
+
+
+def builds_table(title: str, builds: tuple[BuildRow, ...] | list[BuildRow], now: float) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("started", "derivation", "machine", "try", "status", "phase/error"):
+        table.add_column(name)
+    for name in ("upload", "build", "download", "total"):
+        table.add_column(name, justify="right")
+    for b in builds:
+        status = b.effective_status
+        style = {"built": "green", "running": "cyan"}.get(status, "red")
+        detail = b.phase if status == BuildStatus.RUNNING else (b.error or "")
+        total = b.duration_s if b.finished is not None else now - b.started
+        table.add_row(
+            _clock(b.started),
+            Text(_name(b.drv_path)),
+            Text(b.machine),
+            str(b.attempt),
+            Text(status, style=style),
+            Text(detail.splitlines()[0][:80] if detail else ""),
+            f"{_seconds(b.upload_s)} {_bytes(b.upload_bytes)}",
+            _seconds(b.build_s),
+            f"{_seconds(b.download_s)} {_bytes(b.download_bytes)}",
+            _seconds(total),
+        )
+    return table
+
+
+@click.command()
+@click.option("--machines", "machines_file", metavar="FILE", help="Machines file (default: Nix's).")
+@click.option("--recent", default=10, show_default=True, help="How many finished builds to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(machines_file: str | None, recent: int, as_json: bool) -> None:
+    """Machines, running builds and the last builds."""
+    found, _ = effective_machines(os.environ, machines_file)
+    db = open_db()
+    try:
+        report = status_report(found, db, SlotDirectory.default(environ=os.environ), recent=recent)
+    finally:
+        if db is not None:
+            db.close()
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    out = console()
+    out.print(machines_table(report))
+    out.print(builds_table("running builds", report.running, report.time))
+    out.print(builds_table("recent builds", report.recent, report.time))
+
+
+@click.command()
+@click.option("--machine", help="Only builds on this machine (its store URI).")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice([s.value for s in BuildStatus]),
+    help="Only builds with this status.",
+)
+@click.option("--since", help="Only builds started since (30m, 2h, 1d ago, or a Unix time).")
+@click.option("--until", help="Only builds started until (same forms).")
+@click.option("--drv", help="Only attempts of this derivation (store path).")
+@click.option("--limit", default=50, show_default=True, help="At most this many builds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def history(  # noqa: PLR0917 - click passes one argument per option
+    machine: str | None,
+    status_: str | None,
+    since: str | None,
+    until: str | None,
+    drv: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Remote builds, newest first."""
+    now = time.time()
+    db = open_db()
+    builds: list[BuildRow] = []
+    if db is not None:
+        try:
+            builds = db.builds(
+                machine=machine,
+                status=status_,
+                since=0.0 if since is None else parse_when(since, now),
+                until=None if until is None else parse_when(until, now),
+                drv_path=drv,
+                limit=limit,
+            )
+        finally:
+            db.close()
+    if as_json:
+        _emit_json([build_json(b, now) for b in builds])
+        return
+    console().print(builds_table(f"{len(builds)} builds", builds, now))

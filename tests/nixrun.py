@@ -1,0 +1,100 @@
+"""What the integration tests share: running real nix-build with a hook, reading results.
+
+Importable from any test as ``import nixrun`` (pytest's ``pythonpath`` includes tests/).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DAG = FIXTURES / "dag.nix"
+HOOKTEST = FIXTURES / "hooktest.nix"
+HOOK = Path(sys.executable).with_name("nixdist-hook")
+# A guard against a hang, never a performance limit: a stuck run fails instead of blocking CI.
+HANG_GUARD_S = 900
+_salts = itertools.count()
+
+
+def fresh_salt(tag: str) -> str:
+    """A salt no earlier run used, so every derivation really builds."""
+    return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
+
+
+def nix_build(
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    builders: str,
+    jobs: int = 0,
+    hook: Path | None = HOOK,
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        "nix-build",
+        *args,
+        "--no-out-link",
+        "-j",
+        str(jobs),
+        "--option",
+        "substituters",
+        "",
+        "--builders",
+        builders,
+    ]
+    if hook is not None:
+        argv += ["--option", "build-hook", str(hook)]
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> list[str]:
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout.split()
+
+
+def closure(path: str) -> list[str]:
+    out = subprocess.run(
+        ["nix-store", "-q", "--requisites", path], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def outputs_of_graph(path: str, marker: str) -> list[str]:
+    """The outputs of every derivation in `path`'s build graph whose name contains `marker`."""
+    [drv] = derivers([path])
+    drvs = [p for p in closure(drv) if p.endswith(".drv") and marker in p]
+    out = subprocess.run(
+        ["nix-store", "-q", "--outputs", *drvs], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def derivers(paths: Sequence[str]) -> list[str]:
+    out = subprocess.run(
+        ["nix-store", "-q", "--deriver", *paths], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()
+
+
+def machines_file(
+    farm_machines: Path, alias: Callable[[str], str], path: Path, names: Sequence[str]
+) -> Path:
+    """A machines file with the lines of `farm_machines` for builders `names`, in that order."""
+    lines = farm_machines.read_text().splitlines()
+    path.write_text(
+        "".join(
+            next(line for line in lines if line.startswith(f"ssh://{alias(n)} ")) + "\n"
+            for n in names
+        )
+    )
+    return path
