@@ -1,0 +1,667 @@
+"""The pure parts of `nixdist check`: parsers of what builders print, ssh's words, the probe
+script's framing, and the verdict rules (`assess_builder`, `local_findings`).
+
+ssh's messages below are what OpenSSH 9.2 printed against the local farm.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nixdist.cli.checks import (
+    BUILDER_CHECKS,
+    FULL_DISK_BYTES,
+    LOW_DISK_BYTES,
+    PROBE_MARKER,
+    WRITE_TEST_NAME,
+    BuilderReport,
+    Check,
+    CheckReport,
+    DiskSpace,
+    Finding,
+    HostKey,
+    LocalFacts,
+    Observed,
+    ProbeOutput,
+    Reach,
+    RemoteSettings,
+    Section,
+    Status,
+    assess_builder,
+    classify_ssh_error,
+    disk_finding,
+    features_finding,
+    hook_is_nixdist,
+    is_trusted,
+    key_fingerprint,
+    local_findings,
+    parse_df,
+    parse_nix_version,
+    parse_probe_output,
+    parse_show_config,
+    remote_programs,
+    render_bytes,
+    render_probe_script,
+    report_to_json,
+    ssh_gist,
+    systems_finding,
+    verdict,
+    worst,
+    write_test_path,
+)
+from nixdist.errors import ParseError
+from nixdist.model.hashes import Hash, HashAlgo
+from nixdist.model.machines import Machine
+from nixdist.wire.nar import Contents, Regular, decode_nar
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+HOST_KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrO+kDW8/XB8Jtv128k+yzhPjuPcWe3N0eOIR//a/SV"
+HOST_KEY_FP = "SHA256:GIWio3zmq72DlxW91WsQY5/AApiz7Jo52UzujCbkbkg"  # ssh-keygen -lf
+OTHER_FP = "SHA256:xilEi5nsWnB+tt4zF884B5rW9888unMxkpZlUO6KBHE"
+
+MISMATCH = f"""\
+cannot connect to 'b2': @@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Someone could be eavesdropping on you right now (man-in-the-middle attack)!
+It is also possible that a host key has just been changed.
+The fingerprint for the ED25519 key sent by the remote host is
+{OTHER_FP}.
+Please contact your system administrator.
+Add correct host key in /tmp/kh to get rid of this message.
+Offending ED25519 key in /tmp/kh:1
+  remove with:
+  ssh-keygen -f "/tmp/kh" -R "nixdist-pinned-host"
+Host key for nixdist-pinned-host has changed and you have requested strict checking.
+Host key verification failed."""
+UNKNOWN_KEY = (
+    "No ED25519 host key is known for b1 and you have requested strict checking.\n"
+    "Host key verification failed."
+)
+REFUSED = "cannot connect to 'b1': ssh: connect to host 127.0.0.1 port 57107: Connection refused"
+AUTH = "cannot connect to 'b2': root@127.0.0.1: Permission denied (publickey)."
+BANNER_TIMEOUT = (
+    "cannot connect to 'b1': Connection timed out during banner exchange\n"
+    "Connection to 127.0.0.1 port 57107 timed out"
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Parsers
+
+
+def test_parse_df() -> None:
+    text = (
+        "Filesystem     1024-blocks     Used Available Capacity Mounted on\n"
+        "/dev/vda         264212084 24847060  81543852      24% /nix\n"
+    )
+    assert parse_df(text) == DiskSpace(
+        size_bytes=264212084 * 1024, free_bytes=81543852 * 1024, mount="/nix"
+    )
+
+
+def test_parse_df_names_with_spaces_and_noise() -> None:
+    text = (
+        "some warning\nFilesystem 1024-blocks Used Available Capacity Mounted on\n"
+        "my disk 100 40 60 40% /mnt/with space\n"
+    )
+    assert parse_df(text) == DiskSpace(size_bytes=102400, free_bytes=61440, mount="/mnt/with space")
+
+
+@pytest.mark.parametrize("text", ["", "df: /nix/store: No such file or directory", "a b c"])
+def test_parse_df_refuses(text: str) -> None:
+    with pytest.raises(ParseError, match="no filesystem line"):
+        parse_df(text)
+
+
+def test_parse_nix_version() -> None:
+    assert parse_nix_version("nix-store (Nix) 2.8.0\n") == "2.8.0"
+    assert parse_nix_version("welcome\nnix-store (Nix) 2.18.1pre\n") == "2.18.1pre"
+    with pytest.raises(ParseError):
+        parse_nix_version("bash: nix-store: command not found")
+
+
+def _setting(value: object) -> dict[str, object]:
+    return {"aliases": [], "defaultValue": value, "description": "…", "value": value}
+
+
+def test_parse_show_config_nix_2_8() -> None:
+    data = {
+        "system": _setting("x86_64-linux"),
+        "extra-platforms": _setting(["aarch64-linux", "i686-linux"]),
+        "system-features": _setting(["big-parallel", "kvm"]),
+        "trusted-users": _setting(["root"]),
+    }
+    text = "warning: show-config is deprecated\n" + json.dumps(data)
+    assert parse_show_config(text) == RemoteSettings(
+        system="x86_64-linux",
+        extra_platforms=frozenset({"aarch64-linux", "i686-linux"}),
+        system_features=frozenset({"big-parallel", "kvm"}),
+    )
+
+
+def test_parse_show_config_flat_and_string_lists() -> None:
+    text = json.dumps({"system": "aarch64-linux", "system-features": "kvm  benchmark"})
+    settings = parse_show_config(text)
+    assert settings.system == "aarch64-linux"
+    assert settings.extra_platforms == frozenset()
+    assert settings.system_features == frozenset({"kvm", "benchmark"})
+    assert settings.platforms == frozenset({"aarch64-linux"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no JSON object"),
+        ("error: unrecognised flag '--json'", "no JSON object"),
+        ("{not json", "bad JSON"),
+        ('{"system": {"value": ""}}', "no 'system'"),
+        ('{"max-jobs": {"value": 1}}', "no 'system'"),
+    ],
+)
+def test_parse_show_config_refuses(text: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse_show_config(text)
+
+
+def test_key_fingerprint_is_ssh_keygens() -> None:
+    assert key_fingerprint(HOST_KEY_LINE) == HOST_KEY_FP
+    assert key_fingerprint(HOST_KEY_LINE + " root@b1") == HOST_KEY_FP
+    for bad in ("ssh-ed25519", "ssh-ed25519 not!base64"):
+        with pytest.raises(ParseError):
+            key_fingerprint(bad)
+
+
+# ---------------------------------------------------------------------------------------
+# ssh's words
+
+
+@pytest.mark.parametrize(
+    ("text", "pinned", "reach"),
+    [
+        (MISMATCH, True, Reach.HOST_KEY_MISMATCH),
+        (MISMATCH, False, Reach.HOST_KEY_MISMATCH),
+        (UNKNOWN_KEY, False, Reach.HOST_KEY_UNKNOWN),
+        (UNKNOWN_KEY, True, Reach.HOST_KEY_MISMATCH),  # the builder lacks the pinned key type
+        (AUTH, True, Reach.AUTH_REFUSED),
+        ("Received disconnect: Too many authentication failures", False, Reach.AUTH_REFUSED),
+        (BANNER_TIMEOUT, True, Reach.TIMED_OUT),
+        ("ssh b1: no answer within 10 seconds", False, Reach.TIMED_OUT),
+        ("cannot connect to 'b1': timed out", False, Reach.TIMED_OUT),
+        (REFUSED, True, Reach.UNREACHABLE),
+        (
+            "ssh: Could not resolve hostname nope: Name or service not known",
+            False,
+            Reach.UNREACHABLE,
+        ),
+        ("ssh: connect to host 10.0.0.1 port 22: No route to host", False, Reach.UNREACHABLE),
+        ("kex_exchange_identification: Connection closed by remote host", False, Reach.UNREACHABLE),
+        ("command-line line 0: Bad configuration option: foo", False, Reach.SSH_FAILED),
+    ],
+)
+def test_classify_ssh_error(text: str, pinned: bool, reach: Reach) -> None:
+    assert classify_ssh_error(text, pinned=pinned) is reach
+
+
+def test_ssh_gist_drops_banners_and_advice() -> None:
+    assert ssh_gist(MISMATCH) == (
+        "Host key for nixdist-pinned-host has changed and you have requested strict checking. "
+        "Host key verification failed."
+    )
+    assert ssh_gist(REFUSED) == "connect to host 127.0.0.1 port 57107: Connection refused"
+    assert ssh_gist(BANNER_TIMEOUT) == (
+        "Connection timed out during banner exchange; Connection to 127.0.0.1 port 57107 timed out"
+    )
+    assert ssh_gist("  ") == ""
+
+
+# ---------------------------------------------------------------------------------------
+# The probe script
+
+
+def _marked(name: str, body: str, status: int = 0) -> str:
+    return f"\n{PROBE_MARKER} begin {name}\n{body}\n\n{PROBE_MARKER} end {name} {status}\n"
+
+
+def test_parse_probe_output() -> None:
+    text = (
+        "welcome to b2\n"
+        + _marked("version", "nix-store (Nix) 2.8.0")
+        + _marked("config", "error: no nix", 127)
+        + f"\n{PROBE_MARKER} begin df\nFilesystem"  # cut short
+    )
+    out = parse_probe_output(text)
+    assert out.noise == "welcome to b2"
+    assert out.sections == {
+        "version": Section(status=0, text="nix-store (Nix) 2.8.0"),
+        "config": Section(status=127, text="error: no nix"),
+    }
+    assert out.error == ""
+
+
+def test_parse_probe_output_quiet_and_empty() -> None:
+    assert parse_probe_output(_marked("df", "")).noise == ""
+    assert parse_probe_output("") == ProbeOutput()
+    # An end marker without its begin, or for another section, is ignored.
+    out = parse_probe_output(f"{PROBE_MARKER} end x 0\n" + _marked("a", "1"))
+    assert out.sections == {"a": Section(status=0, text="1")}
+
+
+@given(
+    noise=st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=40).map(str.strip),
+    body=st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=80).map(str.strip),
+    status=st.integers(min_value=0, max_value=255),
+)
+def test_parse_probe_output_round_trip(noise: str, body: str, status: int) -> None:
+    if PROBE_MARKER in noise or PROBE_MARKER in body:
+        return
+    out = parse_probe_output(noise + _marked("version", body, status))
+    assert out.noise == noise
+    assert out.sections == {"version": Section(status=status, text=body)}
+
+
+def _fake_program(path: Path, script: str) -> None:
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def test_probe_script_runs_under_sh(tmp_path: Path) -> None:
+    """The script, run by a real sh with fake nix-store and nix: sections, statuses, stderr."""
+    _fake_program(tmp_path / "nix-store", 'echo "nix-store (Nix) 2.8.0"; [ "$1" = --version ]')
+    _fake_program(tmp_path / "nix", "echo 'nix: unknown flag' >&2; exit 1")
+    script = render_probe_script(
+        nix_store=str(tmp_path / "nix-store"),
+        nix=str(tmp_path / "nix"),
+        store_dir=str(tmp_path),
+        delete="/nix/store/x-it's",
+    )
+    done = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, check=False, env=dict(os.environ)
+    )
+    out = parse_probe_output("hello from .bashrc\n" + done.stdout)
+    assert out.noise == "hello from .bashrc"
+    assert out.sections["version"] == Section(status=0, text="nix-store (Nix) 2.8.0")
+    assert out.sections["config"] == Section(status=1, text="nix: unknown flag")
+    assert out.sections["df"].status == 0
+    assert parse_df(out.sections["df"].text).size_bytes > 0
+    assert out.sections["delete"] == Section(status=1, text="nix-store (Nix) 2.8.0")
+
+
+def test_remote_programs() -> None:
+    assert remote_programs("nix-store") == ("nix-store", "nix")
+    assert remote_programs("/opt/nix/bin/nix-store") == (
+        "/opt/nix/bin/nix-store",
+        "/opt/nix/bin/nix",
+    )
+
+
+def test_write_test_path_is_a_valid_unsigned_input_addressed_path() -> None:
+    info, nar = write_test_path()
+    events = decode_nar(nar)
+    assert isinstance(events[0], Regular)
+    assert isinstance(events[1], Contents)
+    assert info.path.name == WRITE_TEST_NAME
+    assert info.nar_size == len(nar)
+    assert info.nar_hash == Hash.of(HashAlgo.SHA256, nar)
+    assert (info.sigs, info.ca, info.references, info.deriver) == ((), "", frozenset(), None)
+    assert write_test_path()[0].path != info.path  # a new name every time
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts on a builder
+
+MACHINE = Machine(
+    uri="ssh://b1",
+    systems=("x86_64-linux", "aarch64-linux"),
+    supported_features=frozenset({"kvm"}),
+    mandatory_features=frozenset({"benchmark"}),
+    public_host_key=base64.b64encode(HOST_KEY_LINE.encode()).decode(),
+    source="/etc/nix/machines:1",
+)
+CONFIG = json.dumps(
+    {
+        "system": _setting("x86_64-linux"),
+        "extra-platforms": _setting(["aarch64-linux"]),
+        "system-features": _setting(["benchmark", "kvm", "nixos-test"]),
+    }
+)
+DF = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 4194304 0 4194304 0% /"
+HEALTHY = Observed(
+    connect_ms=12.3,
+    handshake_ms=45.6,
+    serve_protocol="2.7",
+    write_tried=True,
+    probe=ProbeOutput(
+        sections={
+            "version": Section(status=0, text="nix-store (Nix) 2.8.0"),
+            "config": Section(status=0, text=CONFIG),
+            "df": Section(status=0, text=DF),
+            "delete": Section(status=0, text="1 store paths deleted"),
+        }
+    ),
+)
+
+
+def _assess(observed: Observed, machine: Machine = MACHINE) -> BuilderReport:
+    return assess_builder(machine, "b1", observed, timeout=10)
+
+
+def _by_check(report: BuilderReport) -> dict[Check, Finding]:
+    assert [f.check for f in report.findings] == list(BUILDER_CHECKS)
+    return {f.check: f for f in report.findings}
+
+
+def test_healthy_builder() -> None:
+    report = _assess(HEALTHY)
+    findings = _by_check(report)
+    assert all(f.status is Status.OK for f in findings.values()), findings
+    assert report.usable
+    assert verdict(report) == "ok"
+    assert (report.reach, report.host_key) == (Reach.CONNECTED, HostKey.PINNED)
+    assert (report.nix_version, report.serve_protocol, report.system) == (
+        "2.8.0",
+        "2.7",
+        "x86_64-linux",
+    )
+    assert report.extra_platforms == ("aarch64-linux",)
+    assert report.system_features == ("benchmark", "kvm", "nixos-test")
+    assert report.store_free_bytes == 4 * 1024**3
+    assert findings[Check.CONNECT].message == "connected in 12 ms"
+    assert "protocol 2.7" in findings[Check.SERVE].message
+
+
+def test_unpinned_host_key() -> None:
+    report = _assess(HEALTHY, replace(MACHINE, public_host_key=None))
+    assert report.host_key is HostKey.NOT_PINNED
+    assert _by_check(report)[Check.HOST_KEY].status is Status.OK
+
+
+@pytest.mark.parametrize(
+    ("error", "reach", "host_key"),
+    [
+        (REFUSED, Reach.UNREACHABLE, HostKey.UNCHECKED),
+        (BANNER_TIMEOUT, Reach.TIMED_OUT, HostKey.UNCHECKED),
+        (AUTH, Reach.AUTH_REFUSED, HostKey.PINNED),
+        (MISMATCH, Reach.HOST_KEY_MISMATCH, HostKey.MISMATCH),
+        (UNKNOWN_KEY, Reach.HOST_KEY_MISMATCH, HostKey.MISMATCH),
+    ],
+)
+def test_connection_failures_make_the_builder_unusable(
+    error: str, reach: Reach, host_key: HostKey
+) -> None:
+    report = _assess(Observed(connect_error=error))
+    findings = _by_check(report)
+    assert (report.reach, report.host_key, report.usable) == (reach, host_key, False)
+    assert verdict(report) == f"unusable: {reach}"
+    assert findings[Check.CONNECT].status is Status.FAIL
+    assert findings[Check.CONNECT].message.startswith(f"{reach}: ")
+    assert all(findings[c].status is Status.SKIP for c in BUILDER_CHECKS[2:])
+
+
+def test_host_key_mismatch_names_both_fingerprints() -> None:
+    key = _by_check(_assess(Observed(connect_error=MISMATCH)))[Check.HOST_KEY]
+    assert key.status is Status.FAIL
+    assert key.message == (
+        f"host key mismatch: the machines line pins {HOST_KEY_FP}, the builder sent {OTHER_FP}"
+    )
+    assert "field 8" in key.hint
+
+
+def test_unknown_host_key_when_not_pinned() -> None:
+    report = _assess(Observed(connect_error=UNKNOWN_KEY), replace(MACHINE, public_host_key=None))
+    assert (report.reach, report.host_key) == (Reach.HOST_KEY_UNKNOWN, HostKey.UNKNOWN)
+    assert "known_hosts" in _by_check(report)[Check.HOST_KEY].message
+
+
+def test_noisy_shell_fails_with_serve_stores_words() -> None:
+    said = "'nix-store --serve' protocol mismatch from 'b1': expected its greeting, got 'hi'."
+    observed = replace(
+        HEALTHY,
+        handshake_ms=None,
+        serve_protocol=None,
+        serve_error=said,
+        noisy_greeting=True,
+        write_tried=False,
+        probe=replace(HEALTHY.probe, noise="hi"),
+    )
+    report = _assess(observed)
+    findings = _by_check(report)
+    assert findings[Check.SHELL].status is Status.FAIL
+    assert findings[Check.SHELL].message == f"noisy shell: {said}"
+    assert findings[Check.SERVE].status is Status.SKIP
+    assert findings[Check.STORE].status is Status.SKIP
+    assert findings[Check.NIX].status is Status.OK  # the framed probe still got through
+    assert verdict(report) == "unusable: noisy shell"
+
+
+def test_chatter_the_handshake_survived_is_a_warning() -> None:
+    report = _assess(replace(HEALTHY, probe=replace(HEALTHY.probe, noise="motd")))
+    assert _by_check(report)[Check.SHELL].status is Status.WARN
+    assert report.usable
+
+
+def test_serve_failure_other_than_chatter() -> None:
+    observed = replace(
+        HEALTHY, serve_error="closed the connection before its greeting", write_tried=False
+    )
+    findings = _by_check(_assess(observed))
+    assert findings[Check.SERVE].status is Status.FAIL
+    assert "PATH" in findings[Check.SERVE].hint
+    assert findings[Check.SHELL].status is Status.OK
+
+
+def test_claims_the_builder_cannot_honour_are_warnings() -> None:
+    machine = replace(
+        MACHINE, systems=("x86_64-linux", "riscv64-linux"), supported_features=frozenset({"gpu"})
+    )
+    report = _assess(HEALTHY, machine)
+    findings = _by_check(report)
+    assert findings[Check.SYSTEMS].status is Status.WARN
+    assert "claims riscv64-linux" in findings[Check.SYSTEMS].message
+    assert findings[Check.FEATURES].status is Status.WARN
+    assert "claims gpu" in findings[Check.FEATURES].message
+    assert report.usable
+    assert verdict(report) == "warnings: systems, features"
+
+
+def test_unreadable_settings() -> None:
+    probe = replace(
+        HEALTHY.probe,
+        sections={**HEALTHY.probe.sections, "config": Section(status=127, text="nix: not found")},
+    )
+    findings = _by_check(_assess(replace(HEALTHY, probe=probe)))
+    assert findings[Check.SYSTEMS].status is Status.WARN
+    assert "nix: not found" in findings[Check.SYSTEMS].message
+    assert findings[Check.FEATURES].status is Status.SKIP
+
+
+def test_probe_session_failure() -> None:
+    findings = _by_check(
+        _assess(replace(HEALTHY, probe=ProbeOutput(error="no answer within 10 s")))
+    )
+    for check in (Check.NIX, Check.SYSTEMS, Check.DISK):
+        assert findings[check].status is Status.WARN
+        assert "no answer within 10 s" in findings[check].message
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (
+            "cannot add path '/nix/store/…' because it lacks a valid signature",
+            "refuses unsigned paths",
+        ),
+        ("error: opening lock file: Read-only file system", "cannot add a path"),
+    ],
+)
+def test_store_not_writable(error: str, words: str) -> None:
+    finding = _by_check(_assess(replace(HEALTHY, write_error=error)))[Check.STORE]
+    assert finding.status is Status.FAIL
+    assert words in finding.message
+
+
+@pytest.mark.parametrize(
+    ("free", "status"),
+    [
+        (LOW_DISK_BYTES, Status.OK),
+        (LOW_DISK_BYTES - 1, Status.WARN),
+        (FULL_DISK_BYTES, Status.WARN),
+        (FULL_DISK_BYTES - 1, Status.FAIL),
+    ],
+)
+def test_disk_thresholds(free: int, status: Status) -> None:
+    assert (
+        disk_finding(DiskSpace(size_bytes=10 * free, free_bytes=free, mount="/")).status is status
+    )
+
+
+def test_systems_and_features_in_words() -> None:
+    settings = RemoteSettings(
+        system="x86_64-linux", extra_platforms=frozenset(), system_features=frozenset()
+    )
+    assert systems_finding(replace(MACHINE, systems=("x86_64-linux",)), settings).message == (
+        "x86_64-linux (builder: system x86_64-linux, extra-platforms none)"
+    )
+    plain = replace(MACHINE, supported_features=frozenset(), mandatory_features=frozenset())
+    assert features_finding(plain, settings).message == "none (builder: none)"
+
+
+def test_report_to_json_and_exit_verdict() -> None:
+    healthy = _assess(HEALTHY)
+    down = _assess(Observed(connect_error=REFUSED))
+    local = (Finding(check=Check.TRUSTED, status=Status.WARN, message="m", hint="h"),)
+    report = CheckReport(machines_origin="m", local=local, builders=(healthy, down))
+    assert not report.ok
+    assert CheckReport(machines_origin="m", local=local, builders=(healthy,)).ok
+    data = json.loads(json.dumps(report_to_json(report)))
+    assert data["ok"] is False
+    assert data["local"] == [{"check": "trusted", "status": "warn", "message": "m", "hint": "h"}]
+    first, second = data["builders"]
+    assert (first["status"], first["usable"], first["verdict"]) == ("ok", True, "ok")
+    assert (second["status"], second["reach"], second["host_key"]) == (
+        "fail",
+        "unreachable",
+        "unchecked",
+    )
+    assert first["findings"][0] == {
+        "check": "connect",
+        "status": "ok",
+        "message": "connected in 12 ms",
+        "hint": "",
+    }
+    assert set(first) >= {"uri", "host", "connect_ms", "nix_version", "serve_protocol", "system"}
+
+
+def test_worst_and_render_bytes() -> None:
+    assert worst([]) is Status.OK
+    assert worst([Status.SKIP, Status.OK]) is Status.OK
+    assert worst([Status.OK, Status.FAIL, Status.WARN]) is Status.FAIL
+    assert [render_bytes(n) for n in (0, 1023, 1024, 1536 * 1024**2, 3 * 1024**5)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 GiB",
+        "3072.0 TiB",
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Verdicts on this host
+
+GOOD_HOST = LocalFacts(
+    build_hook="/usr/local/bin/nixdist-hook",
+    build_hook_origin="/etc/nix/nix.conf:3",
+    build_hook_runnable=True,
+    builders_origin="builders = @/etc/nix/machines",
+    builders_count=2,
+    current_load="/nix/var/nix/current-load",
+    current_load_writable=True,
+    user="root",
+    is_root=True,
+)
+
+
+def _local(facts: LocalFacts) -> dict[Check, Finding]:
+    return {f.check: f for f in local_findings(facts)}
+
+
+def test_good_host() -> None:
+    findings = _local(GOOD_HOST)
+    assert list(findings) == [Check.BUILD_HOOK, Check.BUILDERS, Check.CURRENT_LOAD, Check.TRUSTED]
+    assert all(f.status is Status.OK for f in findings.values()), findings
+    assert findings[Check.BUILD_HOOK].message == "/usr/local/bin/nixdist-hook (/etc/nix/nix.conf:3)"
+    assert findings[Check.BUILDERS].message == "2 machines (builders = @/etc/nix/machines)"
+
+
+@pytest.mark.parametrize(
+    ("hook", "runnable", "status", "words"),
+    [
+        ("", False, Status.WARN, "not set: Nix uses its own build-remote"),
+        ("/nix/libexec/build-remote", True, Status.WARN, "is not nixdist"),
+        ("/gone/nixdist-hook", False, Status.FAIL, "not an executable file"),
+        ("/usr/bin/nixdist hook", True, Status.OK, "/usr/bin/nixdist hook"),
+    ],
+)
+def test_build_hook(hook: str, runnable: bool, status: Status, words: str) -> None:
+    facts = replace(GOOD_HOST, build_hook=hook, build_hook_runnable=runnable)
+    finding = _local(facts)[Check.BUILD_HOOK]
+    assert finding.status is status
+    assert words in finding.message
+
+
+def test_hook_is_nixdist() -> None:
+    assert hook_is_nixdist("/x/nixdist-hook")
+    assert hook_is_nixdist("nixdist hook")
+    assert not hook_is_nixdist("/x/nixdist")
+    assert not hook_is_nixdist("/x/nixdist machines")
+    assert not hook_is_nixdist("")
+
+
+def test_builders() -> None:
+    none = replace(GOOD_HOST, builders_count=0)
+    assert _local(none)[Check.BUILDERS].status is Status.FAIL
+    assert _local(none)[Check.BUILDERS].message == (
+        "no builders: builders = @/etc/nix/machines lists no machine"
+    )
+    given_file = replace(none, machines_file="/tmp/m")
+    assert _local(given_file)[Check.BUILDERS].status is Status.WARN
+    broken = replace(GOOD_HOST, builders_count=None, builders_error="nix.conf:2: illegal line")
+    assert _local(broken)[Check.BUILDERS] == Finding(
+        check=Check.BUILDERS, status=Status.FAIL, message="nix.conf:2: illegal line"
+    )
+    assert _local(replace(GOOD_HOST, builders_count=1))[Check.BUILDERS].message.startswith(
+        "1 machine ("
+    )
+
+
+def test_current_load() -> None:
+    locked = replace(GOOD_HOST, current_load_writable=False)
+    assert _local(locked)[Check.CURRENT_LOAD].status is Status.FAIL
+    user = replace(locked, is_root=False, user="alice", uses_daemon=True)
+    assert _local(user)[Check.CURRENT_LOAD].status is Status.OK
+    assert "nix-daemon" in _local(user)[Check.CURRENT_LOAD].message
+
+
+def test_trusted() -> None:
+    alice = replace(GOOD_HOST, is_root=False, user="alice", groups=frozenset({"wheel"}))
+    assert _local(alice)[Check.TRUSTED].status is Status.WARN
+    for trusted in (("root", "alice"), ("@wheel",), ("*",)):
+        assert _local(replace(alice, trusted_users=trusted))[Check.TRUSTED].status is Status.OK
+
+
+def test_is_trusted() -> None:
+    assert is_trusted("a", frozenset(), ["a"])
+    assert is_trusted("a", frozenset({"g"}), ["@g"])
+    assert not is_trusted("a", frozenset({"g"}), ["g", "@a", "root"])
