@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Self
 
-from nixdist.errors import NixdistError
+from nixdist.errors import NixdistError, TransportError
+from nixdist.transport.fs import private_dir
 from nixdist.transport.probe import BuilderReport
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ class StateDB:
         """Open (creating if needed) ``<state_dir>/nixdist.db``; the directory is made 0700."""
         path = state_dir / DB_NAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(state_dir)
             old_umask = os.umask(0o077)
             try:
                 connection = sqlite3.connect(
@@ -243,7 +244,7 @@ class StateDB:
                     connection.execute("PRAGMA journal_mode = WAL")
                 connection.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
             connection.execute("PRAGMA synchronous = NORMAL")
-        except (OSError, sqlite3.Error) as err:
+        except (OSError, sqlite3.Error, TransportError) as err:
             raise StateError(f"{path}: {err}") from err
         return cls(connection, path)
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError, TransportError
 from nixdist.model.machines import decode_host_key
+from nixdist.transport.fs import private_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -97,6 +98,7 @@ def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarge
     host = parsed.netloc
     if not host:
         raise ConfigError(f"store URI {machine.uri!r} has no host", file=machine.source or None)
+    check_host(host, uri=machine.uri, source=machine.source)
     return SshTarget(
         host=host,
         ssh_key=machine.ssh_key or params.get("ssh-key") or None,
@@ -106,6 +108,25 @@ def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarge
         remote_store=params.get("remote-store") or None,
         extra_opts=tuple(environ.get("NIX_SSHOPTS", "").split()),
     )
+
+
+def check_host(host: str, *, uri: str, source: str = "") -> None:
+    """Refuse a host that ssh would read as an option (``-oProxyCommand=…``) or that holds
+    characters no host name or ssh-config alias has (whitespace, control characters).
+
+    ssh is always run from an argument list, never through a shell, so quotes, ``;`` and
+    ``$()`` in a host name reach ssh as plain characters; only a leading ``-`` could change
+    what ssh does, as ssh reads options after the destination too.
+    """
+    name = host.rpartition("@")[2]
+    bad = next((c for c in host if c.isspace() or not c.isprintable()), None)
+    if host.startswith("-") or name.startswith("-"):
+        why = "starts with '-', which ssh would read as an option"
+    elif bad is not None:
+        why = f"contains {bad!r}"
+    else:
+        return
+    raise ConfigError(f"store URI {uri!r}: host {host!r} {why}", file=source or None)
 
 
 def ssh_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -143,11 +164,7 @@ class ControlMasters:
             return self._dir / name
         tag = hashlib.sha256(os.fsencode(self._dir)).hexdigest()[:12]
         short = Path("/tmp") / f"nixdist-{os.geteuid()}-{tag}"  # noqa: S108 - private, checked
-        short.mkdir(mode=0o700, exist_ok=True)
-        info = short.lstat()
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077 or not short.is_dir():
-            raise TransportError(f"{short} is not a private directory of ours")
-        return short / name
+        return private_dir(short) / name
 
     def _known_hosts(self, target: SshTarget) -> Path | None:
         if not target.public_host_key:
@@ -156,7 +173,9 @@ class ControlMasters:
             line = decode_host_key(target.public_host_key).decode().strip()
         except (ValueError, UnicodeDecodeError) as err:
             raise ConfigError(f"public host key of {target.host}: {err}") from err
-        path = self._dir / f"{target.key()}.known_hosts"
+        if "\n" in line or "\r" in line:  # one key, never extra known-hosts entries
+            raise ConfigError(f"public host key of {target.host}: more than one line")
+        path = private_dir(self._dir) / f"{target.key()}.known_hosts"
         text = f"{_PINNED_ALIAS} {line}\n"
         if not path.exists() or path.read_text() != text:
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -217,7 +236,7 @@ class ControlMasters:
         """
         if target.is_local:
             return False
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self._dir)
         sock = self.socket_path(target)
         if _is_listening(sock):
             return True
