@@ -277,3 +277,21 @@ def test_unreadable_machines_file_is_one_line(tmp_path: Path, env: dict[str, str
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == f"nixdist: error: {tmp_path / 'nope'}: no such file\n"
+
+
+def test_a_builder_on_two_lines_is_judged_per_line(
+    tmp_path: Path, farm: Farm, env: dict[str, str]
+) -> None:
+    """Both lines share one connection; each gets the verdict its own claims deserve."""
+    b1 = next(m for m in farm.machines() if m.uri == f"ssh://{farm.alias('b1')}")
+    claims_more = dataclasses.replace(b1, supported_features=frozenset({"kvm-nowhere"}))
+    path = tmp_path / "machines"
+    path.write_text(f"{render_machine(b1)}\n{render_machine(claims_more)}\n")
+    data = run_json(["--machines", str(path)], env, status=0)
+    builders = data["builders"]
+    assert isinstance(builders, list)
+    assert [(b["host"], b["verdict"]) for b in builders] == [
+        (farm.alias("b1"), "ok"),
+        (farm.alias("b1"), "warnings: features"),
+    ]
+    assert builders[0]["connect_ms"] == builders[1]["connect_ms"]

@@ -4,7 +4,7 @@ Click-free, so that a dashboard can run the same checks; `nixdist.cli.check` onl
 `CheckReport`. Each check gives a `Finding` (ok / warn / fail / skip, a message in words, a
 hint). A builder is *usable* unless one of its checks failed; warnings keep it usable.
 
-Per builder (`check_builder`), in order; a check that cannot run after a failure is skipped:
+Per builder (`check_builders`), in order; a check that cannot run after a failure is skipped:
 
 - **connect**: a fresh ssh control master, started exactly as the hook starts one
   (``NIX_SSHOPTS``, field 3 key, field 8 pinning, ``BatchMode``, ``ConnectTimeout``) but in a
@@ -181,7 +181,7 @@ def _skip(check: Check, why: str) -> Finding:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BuilderReport:
-    """What `check_builder` learnt about one machine, and its findings."""
+    """What `check_builders` learnt about one machine, and its findings."""
 
     uri: str
     host: str
@@ -777,7 +777,7 @@ def _serve_session(
         ), None
     except (TransportError, ProtocolError) as err:
         return Observed(serve_error=str(err)), None
-    handshake_ms = (time.monotonic() - started) * 1000
+    handshake_ms = round((time.monotonic() - started) * 1000, 1)
     info, nar = write_test_path(store.store_dir)
     error: str | None = None
     try:
@@ -836,7 +836,7 @@ def observe_builder(
         masters.ensure_master(target, environ)
     except (TransportError, ConfigError) as err:
         return Observed(connect_error=str(err))
-    connect_ms = (time.monotonic() - started) * 1000
+    connect_ms = round((time.monotonic() - started) * 1000, 1)
     try:
         observed, added = _serve_session(target, masters, environ, timeout)
         probe = _probe(target, masters, environ, timeout=timeout, delete=added)
@@ -845,10 +845,8 @@ def observe_builder(
     return dataclasses.replace(observed, connect_ms=connect_ms, probe=probe)
 
 
-def check_builder(
-    machine: Machine, environ: Mapping[str, str], masters: ControlMasters, *, timeout: float
-) -> BuilderReport:
-    """Every check on one machine (see the module docstring)."""
+def _target(machine: Machine, environ: Mapping[str, str]) -> SshTarget | BuilderReport:
+    """The ssh target of `machine`, or the report on a machine that cannot be tried."""
     if machine.scheme != "ssh":
         message = f"nixdist speaks ssh:// only; the hook skips {machine.uri}"
         return _unusable(machine, Reach.UNSUPPORTED, message, "Use an ssh:// URI.")
@@ -857,24 +855,38 @@ def check_builder(
         decode_host_key(target.public_host_key or "").decode()
     except (ConfigError, ValueError, UnicodeDecodeError) as err:
         return _unusable(machine, Reach.BAD_LINE, f"bad machines line: {err}")
-    observed = observe_builder(target, masters, environ, timeout=timeout)
-    return assess_builder(machine, target.host, observed, timeout=timeout)
+    return target
 
 
 def check_builders(
     machines: Sequence[Machine], environ: Mapping[str, str], *, timeout: float = DEFAULT_TIMEOUT_S
 ) -> tuple[BuilderReport, ...]:
-    """`check_builder` on every machine in parallel, with fresh ssh masters in a private
-    temporary directory; results in the machines' order."""
-    if not machines:
-        return ()
-    with tempfile.TemporaryDirectory(prefix="nixdist-check-") as tmp:
-        masters = ControlMasters(Path(tmp), persist_s=_MASTER_PERSIST_S, connect_timeout_s=timeout)
-        with ThreadPoolExecutor(max_workers=min(32, len(machines))) as pool:
-            futures = [
-                pool.submit(check_builder, m, environ, masters, timeout=timeout) for m in machines
-            ]
-            return tuple(f.result() for f in futures)
+    """Every check on every machine (see the module docstring), in the machines' order.
+
+    Builders are contacted in parallel, each through a fresh ssh master in a private temporary
+    directory. A builder on several lines (same ssh target) is contacted once, and each line
+    judged on its own (its claimed systems and features differ).
+    """
+    targets = [_target(machine, environ) for machine in machines]
+    unique = list(dict.fromkeys(t for t in targets if not isinstance(t, BuilderReport)))
+    observed: dict[SshTarget, Observed] = {}
+    if unique:
+        with tempfile.TemporaryDirectory(prefix="nixdist-check-") as tmp:
+            masters = ControlMasters(
+                Path(tmp), persist_s=_MASTER_PERSIST_S, connect_timeout_s=timeout
+            )
+            with ThreadPoolExecutor(max_workers=min(32, len(unique))) as pool:
+                futures = [
+                    pool.submit(observe_builder, t, masters, environ, timeout=timeout)
+                    for t in unique
+                ]
+                observed = {t: f.result() for t, f in zip(unique, futures, strict=True)}
+    return tuple(
+        target
+        if isinstance(target, BuilderReport)
+        else assess_builder(machine, target.host, observed[target], timeout=timeout)
+        for machine, target in zip(machines, targets, strict=True)
+    )
 
 
 # ---------------------------------------------------------------------------------------

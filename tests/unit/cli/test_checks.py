@@ -37,6 +37,7 @@ from nixdist.cli.checks import (
     Section,
     Status,
     assess_builder,
+    check_builders,
     classify_ssh_error,
     disk_finding,
     features_finding,
@@ -665,3 +666,24 @@ def test_is_trusted() -> None:
     assert is_trusted("a", frozenset(), ["a"])
     assert is_trusted("a", frozenset({"g"}), ["@g"])
     assert not is_trusted("a", frozenset({"g"}), ["g", "@a", "root"])
+
+
+def test_machines_that_cannot_be_tried() -> None:
+    """Judged without any connection: not ssh://, no host, a host key that is not text."""
+    bad_key = base64.b64encode(b"\xff\xfe").decode()
+    machines = [
+        Machine(uri="ssh-ng://b1", systems=("x86_64-linux",)),
+        Machine(uri="ssh://", systems=("x86_64-linux",)),
+        Machine(uri="ssh://b1", systems=("x86_64-linux",), public_host_key=bad_key),
+    ]
+    reports = check_builders(machines, {}, timeout=1)
+    assert [r.reach for r in reports] == [Reach.UNSUPPORTED, Reach.BAD_LINE, Reach.BAD_LINE]
+    assert [verdict(r) for r in reports] == [
+        "unusable: unsupported",
+        "unusable: bad machines line",
+        "unusable: bad machines line",
+    ]
+    for report in reports:
+        assert not report.usable
+        assert [f.check for f in report.findings] == list(BUILDER_CHECKS)
+    assert "ssh:// only" in reports[0].findings[0].message
