@@ -717,17 +717,6 @@ def _unusable(machine: Machine, reach: Reach, message: str, hint: str = "") -> B
 # Talking to a builder (I/O)
 
 
-def _command_argv(masters: ControlMasters, target: SshTarget, command: str) -> list[str]:
-    """`command` (a shell command line, quoted by us) on the builder, over its master.
-
-    A private twin of ``ControlMasters.serve_argv`` for other commands.
-    """
-    if target.is_local:
-        return ["sh", "-c", command]
-    control = [f"-oControlPath={masters.socket_path(target)}", "-oControlMaster=no"]
-    return [*masters.base_argv(target), *control, "--", command]
-
-
 @contextlib.contextmanager
 def _watchdog(store: ServeStore, seconds: float) -> Iterator[threading.Event]:
     """Kill `store`'s session when the block lasts longer than `seconds`; the event says so."""
@@ -807,7 +796,7 @@ def _probe(
 ) -> ProbeOutput:
     nix_store, nix = remote_programs(target.remote_program)
     script = render_probe_script(nix_store=nix_store, nix=nix, delete=delete)
-    argv = _command_argv(masters, target, shlex.join(["sh", "-c", script]))
+    argv = masters.command_argv(target, shlex.join(["sh", "-c", script]))
     try:
         done = subprocess.run(
             argv,
