@@ -127,6 +127,7 @@ def render_report(console: Console, report: CheckReport) -> None:
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     default=DEFAULT_TIMEOUT_S,
     show_default=True,
     help="Seconds each builder may take to connect and to answer.",
