@@ -19,6 +19,10 @@ stores themselves: how many outputs are valid locally, and which builder built e
 a builder built itself is "ultimate" in its database). Then `FarmBench.forget` deletes the run's
 paths locally and empties the builders' stores, so the next run starts with nothing valid there.
 
+With a `profile_dir`, nixdist's hook runs under cProfile instead (a small wrapper script), and
+every hook process writes ``hook-<pid>.prof`` there: `summarise_profiles` adds them up. This is
+for finding where the time goes, not for timing (profiling slows the hook down).
+
 Everything is removed at the end (`FarmBench.teardown`, also on Ctrl-C): ssh masters, the farm
 (stopped, directory deleted), every local store path the runs created, and the farm's slot-lock
 files in Nix's ``current-load`` directory.
@@ -28,15 +32,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import itertools
 import os
+import pstats
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from common import BUILD_REMOTE, NIXDIST_HOOK
+from common import BUILD_REMOTE, NIXDIST_HOOK, PYTHON
 
 from nixdist.farm import Farm
 from nixdist.state.slots import default_current_load_dir, escape_uri
@@ -44,7 +51,6 @@ from nixdist.transport.openssh import ControlMasters, target_for_machine
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from pathlib import Path
 
     from nixdist.farm import BuilderSpec
 
@@ -59,6 +65,11 @@ _salts = itertools.count()
 def fresh_salt(tag: str) -> str:
     """A salt no earlier run used, so every derivation of a run really builds."""
     return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
+
+
+def profile_dir(directory: str | None, tag: str) -> Path | None:
+    """Where workload `tag` keeps its hook profiles, when profiling was asked for."""
+    return None if directory is None else Path(directory) / tag
 
 
 def round_order(rnd: int, names: Sequence[str] = CONTENDERS) -> list[str]:
@@ -119,8 +130,16 @@ class Checked:
 class FarmBench:
     """One farm, its generated files, and every store path the runs made."""
 
-    def __init__(self, base: Path, tag: str, specs: Sequence[BuilderSpec]) -> None:
+    def __init__(
+        self,
+        base: Path,
+        tag: str,
+        *,
+        specs: Sequence[BuilderSpec],
+        profile_dir: Path | None = None,
+    ) -> None:
         self.base = base / tag
+        self.profile_dir = profile_dir
         self.specs = tuple(specs)
         self.farm = Farm(self.base / "farm", alias_prefix=f"nxb{os.getpid()}{tag}-")
         self.state_dir = self.base / "nixdist-state"
@@ -149,8 +168,32 @@ class FarmBench:
         if contender == "build-remote":
             return BUILD_REMOTE, {}
         if contender == "nixdist":
-            return NIXDIST_HOOK, {"NIXDIST_STATE_DIR": str(self.state_dir)}
+            hook = NIXDIST_HOOK if self.profile_dir is None else self._profiling_hook()
+            return hook, {"NIXDIST_STATE_DIR": str(self.state_dir)}
         raise ValueError(f"unknown contender {contender!r}")
+
+    def _profiling_hook(self) -> Path:
+        """A hook program that runs nixdist-hook's main under cProfile (see the docstring)."""
+        assert self.profile_dir is not None  # noqa: S101 - only called with one
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        wrapper = self.base / "nixdist-hook-profiled"
+        if not wrapper.exists():
+            wrapper.write_text(
+                f"#!{PYTHON}\n"
+                "import cProfile, os, sys\n"
+                "from nixdist.hook.main import main\n"
+                "profile = cProfile.Profile()\n"
+                "profile.enable()\n"
+                "try:\n"
+                "    code = main()\n"
+                "finally:\n"
+                "    profile.disable()\n"
+                f"    profile.dump_stats(os.path.join({str(self.profile_dir)!r},"
+                " f'hook-{os.getpid()}.prof'))\n"
+                "sys.exit(code)\n"
+            )
+            wrapper.chmod(0o755)
+        return wrapper
 
     # ------------------------------------------------------------------ runs
 
@@ -301,3 +344,14 @@ class FarmBench:
         with contextlib.suppress(Exception):
             self.delete_local(self.expand(self.created | self.keep))
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def summarise_profiles(directory: Path, *, top: int = 25, sort: str = "cumulative") -> str:
+    """The hook profiles in `directory` added up, as pstats prints them (`top` lines)."""
+    files = sorted(str(p) for p in directory.glob("hook-*.prof"))
+    if not files:
+        return f"no hook profiles in {directory}"
+    out = io.StringIO()
+    stats = pstats.Stats(*files, stream=out)
+    stats.sort_stats(sort).print_stats(top)
+    return f"{len(files)} hook processes\n" + out.getvalue()

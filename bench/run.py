@@ -88,6 +88,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="write the results here only (default: bench/results/latest.json + a timestamped"
         " copy)",
     )
+    parser.add_argument(
+        "--profile-hook",
+        type=Path,
+        metavar="DIR",
+        help="run nixdist-hook under cProfile in W1-W3 (one .prof per hook process in"
+        " DIR/<workload>/) and print the summed profiles; its timings then mean nothing",
+    )
     w1 = parser.add_argument_group("W1")
     w1.add_argument("--w1-width", type=int, default=20, help="derivations per layer (20)")
     w1.add_argument("--w1-layers", type=int, default=10, help="layers (10)")
@@ -116,18 +123,22 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
 
     quick = opts.quick
     rounds = 1 if quick else opts.rounds
+    profile = None if opts.profile_hook is None else str(opts.profile_hook.resolve())
     w1 = w1_dag.W1Options(
+        profile_dir=profile,
         rounds=rounds,
         width=min(opts.w1_width, 10) if quick else opts.w1_width,
         layers=min(opts.w1_layers, 2) if quick else opts.w1_layers,
     )
     w2 = w2_copy.W2Options(
+        profile_dir=profile,
         rounds=rounds,
         mib=min(opts.w2_mib, 32) if quick else opts.w2_mib,
         paths=min(opts.w2_paths, 40) if quick else opts.w2_paths,
         drvs=opts.w2_drvs,
     )
     w3 = w3_hetero.W3Options(
+        profile_dir=profile,
         rounds=rounds,
         drvs=min(opts.w3_drvs, 12) if quick else opts.w3_drvs,
         work_ms=min(opts.w3_work_ms, 1000) if quick else opts.w3_work_ms,
@@ -142,6 +153,28 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
         "w4": lambda base, log: w4_start.run(base, w4, log),
         "w5": lambda _base, _log: w5_choose.run(w5),
     }
+
+
+def nixdist_source() -> dict[str, object]:
+    """Which nixdist the hooks will run: its source directory, and the git commit there."""
+    where = subprocess.run(
+        [
+            str(PYTHON),
+            "-c",
+            "import nixdist, pathlib; print(pathlib.Path(nixdist.__file__).parent)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    git = ["git", "-C", str(BENCH_DIR.parent)]
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    return {"package": where, "repo_head": commit, "repo_src_changed_files": len(dirty)}
 
 
 def log(line: str) -> None:
@@ -203,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"missing: {', '.join(missing)}")
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    info = machine_info()
+    info = {**machine_info(), "nixdist": nixdist_source()}
+    print(f"nixdist under test: {info['nixdist']}", flush=True)
     started = time.perf_counter()
     session = run_all(wanted, build_plan(opts), quick=opts.quick)
     total = time.perf_counter() - started
@@ -236,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_json(RESULTS_DIR / f"{timestamp()}-bench.json", data),
             write_json(RESULTS_DIR / "latest.json", data),
         ]
+    if opts.profile_hook is not None:
+        print_profiles(opts.profile_hook, [o.key for o in outcomes])
     met = sum(1 for g in goals if g.met)
     print(f"\ngoals met: {met} of {len(goals)}; whole run {total:.0f} s")
     for problem in problems:
@@ -244,6 +280,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if session.interrupted:
         return 130
     return 1 if problems or any(session.extras.values()) else 0
+
+
+def print_profiles(directory: Path, keys: Sequence[str]) -> None:
+    from farmbench import summarise_profiles  # noqa: PLC0415 - only when profiling
+
+    for key in keys:
+        if (directory / key).is_dir():
+            print(f"\n=== {key.upper()}: nixdist-hook under cProfile, summed, by cumulative time")
+            print(summarise_profiles(directory / key, top=30))
+            print(f"=== {key.upper()}: by own time")
+            print(summarise_profiles(directory / key, top=20, sort="tottime"))
+    print(f"profiles: {directory}/<workload>/hook-<pid>.prof (timings above are profiled)")
 
 
 def _run_problems(data: dict[str, object]) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, med_best, median, ratio
-from farmbench import CONTENDERS, BuildRun, FarmBench, fresh_salt, round_order
+from farmbench import CONTENDERS, BuildRun, FarmBench, fresh_salt, profile_dir, round_order
 
 from nixdist.farm import make_spec
 
@@ -57,11 +57,12 @@ class W1Options:
     layers: int = 10
     builders: int = 3
     jobs: int = 4
+    profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
 
 
 def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:
     specs = [make_spec(f"b{i}", jobs=opts.jobs) for i in range(1, opts.builders + 1)]
-    bench = FarmBench(base, "w1", specs)
+    bench = FarmBench(base, "w1", profile_dir=profile_dir(opts.profile_dir, "w1"), specs=specs)
     runs: list[BuildRun] = []
     try:
         bench.up()

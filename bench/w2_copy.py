@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, median, ratio
-from farmbench import BuildRun, FarmBench, fresh_salt, round_order, run_cmd, words
+from farmbench import BuildRun, FarmBench, fresh_salt, profile_dir, round_order, run_cmd, words
 from w1_dag import describe_run
 
 from nixdist.farm import make_spec
@@ -68,6 +68,7 @@ class W2Options:
     mib: int = 512
     paths: int = 200
     drvs: int = 4
+    profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,7 +148,12 @@ def ssh_cat(bench: FarmBench, files: Sequence[str], rnd: int) -> CatRun:
 
 
 def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
-    bench = FarmBench(base, "w2", [make_spec(BUILDER, jobs=opts.drvs)])
+    bench = FarmBench(
+        base,
+        "w2",
+        profile_dir=profile_dir(opts.profile_dir, "w2"),
+        specs=[make_spec(BUILDER, jobs=opts.drvs)],
+    )
     runs: list[BuildRun] = []
     cats: list[CatRun] = []
     payload = 0

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, med_best, median, ratio
-from farmbench import CONTENDERS, BuildRun, FarmBench, fresh_salt, round_order
+from farmbench import CONTENDERS, BuildRun, FarmBench, fresh_salt, profile_dir, round_order
 from w1_dag import describe_run
 
 from nixdist.farm import make_spec
@@ -66,6 +66,7 @@ class W3Options:
     drvs: int = 60
     work_ms: int = 4000
     jobs: int = 2
+    profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
 
 
 def specs_for(opts: W3Options) -> list[BuilderSpec]:
@@ -87,7 +88,7 @@ def lower_bound(opts: W3Options, specs: Sequence[BuilderSpec]) -> dict[str, floa
 
 def run(base: Path, opts: W3Options, log: Callable[[str], None]) -> Outcome:
     specs = specs_for(opts)
-    bench = FarmBench(base, "w3", specs)
+    bench = FarmBench(base, "w3", profile_dir=profile_dir(opts.profile_dir, "w3"), specs=specs)
     runs: list[BuildRun] = []
     try:
         bench.up()

@@ -133,7 +133,7 @@ def first_reply(
 
 def run(base: Path, opts: W4Options, log: Callable[[str], None]) -> Outcome:
     recorded = load_vector()
-    bench = FarmBench(base, "w4", [make_spec(BUILDER, jobs=4, features=["big-parallel"])])
+    bench = FarmBench(base, "w4", specs=[make_spec(BUILDER, jobs=4, features=["big-parallel"])])
     samples: list[Sample] = []
     try:
         bench.up()
