@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+import random
 import re
 import string
 from typing import TYPE_CHECKING
@@ -813,16 +814,55 @@ def _machine_texts(draw: st.DrawFn) -> str:
     return "\n".join(lines)
 
 
-@settings(
-    max_examples=3000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(
-    _machine_texts(),
-    st.dictionaries(st.sampled_from(_PATHS), _machine_texts(), max_size=6),
-)
-def test_fuzz_only_config_errors_escape(text: str, files: dict[str, str]) -> None:
+def _random_machine_text(rng: random.Random) -> str:
+    """The shapes of `_machine_texts`, drawn from a seeded generator (for the 10,000 cases)."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        tokens = [rng.choice(_TOKENS + [f"@{p}" for p in _PATHS]) for _ in range(rng.randrange(30))]
+        return "".join(t + rng.choice(["", " ", "\n", ";", "\t"]) for t in tokens)
+    if kind == 1:
+        data = rng.randbytes(rng.randrange(300))
+        return (
+            data.decode("utf-8", "surrogateescape") if rng.randrange(2) else data.decode("latin-1")
+        )
+    if kind == 2:
+        return (
+            "".join(
+                chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x10FFFF)]))
+                for _ in range(rng.randrange(300))
+            )
+            .encode("utf-8", "surrogatepass")
+            .decode("utf-8", "replace")
+        )
+    if kind == 4:
+        pieces = [rng.choice([f"@{p}" for p in _PATHS] + ["@ /a # c", "h", "#"]) for _ in range(8)]
+        return rng.choice(["\n", ";", " ; "]).join(pieces[: rng.randrange(9)])
+    lines = []
+    for _ in range(rng.randrange(1, 5)):
+        if kind == 5:
+            fields = [rng.choice(choices) for choices in _FIELD_VALUES]
+            fields = fields[: rng.randint(1, len(fields))]
+        else:
+            fields = [
+                rng.choice(
+                    [
+                        rng.choice(_TOKENS),
+                        str(rng.randint(-(2**70), 2**70)),
+                        repr(rng.uniform(-1e300, 1e300)),
+                        base64.b64encode(rng.randbytes(rng.randrange(40))).decode(),
+                    ]
+                )
+                for _ in range(rng.randint(1, 10))
+            ]
+        lines.append(" ".join(fields))
+    return "\n".join(lines)
+
+
+def _check_parse(
+    text: str, files: dict[str, str], note: Callable[[str], None] = lambda _: None
+) -> None:
+    """Parse `text` (with `files` to include): a ConfigError naming file and line, or machines
+    that hold only valid values and render back to themselves."""
     read = reader(files, broken=frozenset({"/broken"}))
     try:
         machines = parse_machines(
@@ -833,14 +873,14 @@ def test_fuzz_only_config_errors_escape(text: str, files: dict[str, str]) -> Non
     else:
         error = None
     if error is not None:
-        event(f"error in field {error.field}" if error.field else "error: include")
+        note(f"error in field {error.field}" if error.field else "error: include")
         message = str(error)
         assert "\n" not in message
         assert re.match(r"[^:]*:\d+: ", message), message
         assert error.line is not None
         assert error.line >= 1
         return
-    event("parsed: none" if not machines else "parsed: some")
+    note("parsed: none" if not machines else "parsed: some")
     for m in machines:
         assert m.uri
         assert m.uri != "-"
@@ -859,6 +899,30 @@ def test_fuzz_only_config_errors_escape(text: str, files: dict[str, str]) -> Non
             continue
         (back,) = parse_machines(line, read_file=read, default_system=SYSTEM)
         assert _fields(back) | {"source": ""} == _fields(m) | {"source": ""}
+
+
+@settings(
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    _machine_texts(),
+    st.dictionaries(st.sampled_from(_PATHS), _machine_texts(), max_size=6),
+)
+def test_fuzz_only_config_errors_escape(text: str, files: dict[str, str]) -> None:
+    _check_parse(text, files, event)
+
+
+def test_fuzz_ten_thousand_seeded_machines_files() -> None:
+    for case in range(10_000):
+        rng = random.Random(f"machines-{case}")
+        files = {rng.choice(_PATHS): _random_machine_text(rng) for _ in range(rng.randrange(7))}
+        try:
+            _check_parse(_random_machine_text(rng), files)
+        except BaseException as err:
+            err.add_note(f"fuzz case machines-{case}")
+            raise
 
 
 @given(st.text(max_size=50), st.text(max_size=50) | st.none())
