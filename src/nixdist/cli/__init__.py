@@ -20,6 +20,7 @@ _SUBCOMMANDS = {
     "farm": "nixdist.cli.farm",
     "hook": "nixdist.cli.hook",
     "status": "nixdist.cli.status",
+    "explain": "nixdist.cli.explain",
     "history": "nixdist.cli.status",
     "check": "nixdist.cli.check",
 }

@@ -52,7 +52,6 @@ from nixdist.scheduler.policy import (
     Decline,
     LocalCapabilities,
     Postpone,
-    RemoteLoad,
     choose,
     machine_fits,
     render_no_machine_report,
@@ -219,7 +218,11 @@ class MachinePicker:
             states = [
                 probe.machine_state(
                     down_reason=self.down_reason(probe.machine.uri),
-                    remote_load=_remote_load(reports.get(probe.machine.uri)),
+                    remote_load=(
+                        None
+                        if (row := reports.get(probe.machine.uri)) is None
+                        else row.remote_load()
+                    ),
                 )
                 for probe in probes
             ]
@@ -317,16 +320,6 @@ class _Never:
 
 
 _NEVER: Final = _Never()
-
-
-def _remote_load(row: ProbeRow | None) -> RemoteLoad | None:
-    if row is None:
-        return None
-    return RemoteLoad(
-        other_builds=row.other_builds,
-        disk_free=row.report.disk_free,
-        load_per_core=row.report.load_per_core,
-    )
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int:

@@ -34,6 +34,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Self
 
 from nixdist.errors import NixdistError, TransportError
+from nixdist.scheduler.policy import RemoteLoad
 from nixdist.transport.fs import private_dir
 from nixdist.transport.probe import BuilderReport
 
@@ -156,6 +157,14 @@ class ProbeRow:
     def other_builds(self) -> int:
         """Builds running on the builder that no slot of this machine accounted for."""
         return max(0, self.report.running_builds - self.local_slots)
+
+    def remote_load(self) -> RemoteLoad:
+        """The scheduler's view of this report."""
+        return RemoteLoad(
+            other_builds=self.other_builds,
+            disk_free=self.report.disk_free,
+            load_per_core=self.report.load_per_core,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

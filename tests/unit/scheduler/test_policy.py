@@ -466,7 +466,9 @@ def machine_states(draw: st.DrawFn) -> MachineState:
         load=load,
         free_slot=draw(st.booleans()) if load < max_jobs else False,
         down_reason=draw(st.none() | st.just("refused")),
-        remote_load=draw(st.none() | st.builds(RemoteLoad, other_builds=st.integers(0, 5), disk_free=st.none())),
+        remote_load=draw(
+            st.none() | st.builds(RemoteLoad, other_builds=st.integers(0, 5), disk_free=st.none())
+        ),
     )
 
 

@@ -1,0 +1,170 @@
+"""`nixdist explain DRV` (or ``--system S --features a,b``): why a build goes where it goes.
+
+Every machine's verdict with its reason — wrong system, missing feature, mandatory feature not
+required, down since …, low disk, all slots busy, outranked — and the machine that would be
+chosen, computed by the same `nixdist.scheduler.policy.choose` the hook calls, from the same
+facts: the machines file (``--machines FILE``, default: what Nix reads), this host's Nix
+settings (``system``, ``extra-platforms``, ``system-features``, ``max-jobs``), the slots held now
+in Nix's ``current-load`` directory, builder health and the last load reports from the state
+database. Nothing is locked or connected to, so the answer is what a hook would decide now,
+unless a builder's state changes first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+from rich.text import Text
+
+from nixdist.cli.machines import effective_machines
+from nixdist.cli.status import console, open_db
+from nixdist.errors import ConfigError
+from nixdist.model.derivation import parse_derivation, required_system_features
+from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
+from nixdist.scheduler.policy import (
+    Accept,
+    BuildRequest,
+    LocalCapabilities,
+    MachineState,
+    Postpone,
+    choose,
+    could_build_locally,
+    render_decision,
+)
+from nixdist.state.config import host_system, read_config_file
+from nixdist.state.db import StateError
+from nixdist.state.settings import Settings
+from nixdist.state.slots import SlotDirectory
+
+SUPPORTED_SCHEMES = frozenset({"ssh"})
+
+
+def _request(drv: str | None, system: str | None, features: str) -> BuildRequest:
+    if drv is not None:
+        text = read_config_file(drv)
+        if text is None:
+            raise ConfigError("no such file", file=drv)
+        parsed = parse_derivation(text)
+        return BuildRequest(
+            drv_path=drv,
+            system=parsed.platform,
+            required_features=required_system_features(parsed),
+            am_willing=True,
+        )
+    if system is None:
+        raise click.UsageError("give a derivation, or --system (and --features)")
+    wanted = frozenset(word for word in features.replace(",", " ").split() if word)
+    return BuildRequest(
+        drv_path="<--system>", system=system, required_features=wanted, am_willing=True
+    )
+
+
+@click.command()
+@click.argument("drv", required=False)
+@click.option("--system", help="Explain a build for this system instead of a derivation.")
+@click.option("--features", default="", help="Required system features (comma-separated).")
+@click.option("--machines", "machines_file", metavar="FILE", help="Machines file (default: Nix's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def explain(
+    drv: str | None, system: str | None, features: str, machines_file: str | None, as_json: bool
+) -> None:
+    """Say which builder would take a build, and why every other one would not."""
+    request = _request(drv, system, features)
+    env = os.environ
+    conf = load_nix_conf(env, read_file=read_config_file)
+    conf_dir = os.path.normpath(env.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
+    nix = nix_settings(
+        conf, default_system=host_system(), conf_dir=conf_dir, cpu_count=os.cpu_count() or 1
+    )
+    local = LocalCapabilities(
+        system=nix.system,
+        extra_platforms=nix.extra_platforms,
+        system_features=nix.system_features,
+        max_jobs=nix.max_jobs,
+    )
+    request = BuildRequest(
+        drv_path=request.drv_path,
+        system=request.system,
+        required_features=request.required_features,
+        am_willing=nix.max_jobs > 0,
+    )
+    machines, origin = effective_machines(env, machines_file)
+    settings = Settings.from_environ(env)
+    loads = SlotDirectory.default(environ=env).count_loads(machines) if machines else []
+    now = time.time()
+    down: dict[str, str] = {}
+    reports = {}
+    db = open_db()
+    if db is not None:
+        try:
+            down = {d.uri: d.describe(now) for d in db.all_health() if now < d.until}
+            max_age = settings.probe_interval_s * 6
+            reports = {p.uri: p for p in db.all_probes() if now - p.time <= max_age}
+        except StateError:
+            pass
+        finally:
+            db.close()
+    states = [
+        MachineState(
+            machine=m,
+            load=load,
+            free_slot=load < m.max_jobs,
+            down_reason=down.get(m.uri),
+            remote_load=None if (row := reports.get(m.uri)) is None else row.remote_load(),
+        )
+        for m, load in zip(machines, loads, strict=True)
+    ]
+    decision = choose(
+        request,
+        local,
+        states,
+        supported_schemes=SUPPORTED_SCHEMES,
+        min_free_disk=settings.min_free_disk,
+    )
+    verdicts = {r.machine.uri: (r.reason.value, r.detail) for r in decision.reasons}
+    chosen = decision.machine.uri if isinstance(decision, Accept) else None
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "derivation": request.drv_path,
+                    "system": request.system,
+                    "required_features": sorted(request.required_features),
+                    "decision": render_decision(decision),
+                    "chosen": chosen,
+                    "machines": [
+                        {
+                            "uri": m.uri,
+                            "verdict": "chosen" if m.uri == chosen else verdicts[m.uri][0],
+                            "detail": "" if m.uri == chosen else verdicts[m.uri][1],
+                        }
+                        for m in machines
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    out = console()
+    features_text = ", ".join(sorted(request.required_features)) or "none"
+    name = Path(request.drv_path).name
+    out.print(Text(f"{name}: system {request.system}, features {features_text}"))
+    out.print(Text(f"machines: {origin}"))
+    for m in machines:
+        if m.uri == chosen:
+            out.print(Text(f"  ✔ {m.uri}: chosen", style="green"))
+        else:
+            out.print(Text(f"  ✘ {m.uri}: {verdicts[m.uri][1]}"))
+    verdict = render_decision(decision)
+    if isinstance(decision, Postpone):
+        verdict += " (Nix asks again when a slot frees up)"
+    elif not isinstance(decision, Accept):
+        if could_build_locally(request, local):
+            verdict += "; Nix builds it locally"
+        else:
+            verdict += "; this host cannot build it either, so Nix fails"
+    out.print(Text(verdict, style="bold"))
