@@ -23,6 +23,7 @@ from rich.text import Text
 from nixdist.cli.machines import effective_machines
 from nixdist.cli.status import console, open_db
 from nixdist.errors import ConfigError
+from nixdist.hook.main import SUPPORTED_SCHEMES
 from nixdist.model.derivation import parse_derivation, required_system_features
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.scheduler.policy import (
@@ -39,8 +40,6 @@ from nixdist.state.config import host_system, read_config_file
 from nixdist.state.db import StateError
 from nixdist.state.settings import Settings
 from nixdist.state.slots import SlotDirectory
-
-SUPPORTED_SCHEMES = frozenset({"ssh"})
 
 
 def _request(drv: str | None, system: str | None, features: str) -> BuildRequest:

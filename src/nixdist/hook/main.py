@@ -165,7 +165,7 @@ class MachinePicker:
             if m.scheme in SUPPORTED_SCHEMES
             and machine_fits(request, m)
             and self.down_reason(m.uri) is None
-            and now - rows.get(m.uri, _NEVER).time > self.config.probe_interval_s
+            and ((row := rows.get(m.uri)) is None or now - row.time > self.config.probe_interval_s)
         ]
         if stale:
             held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))
@@ -313,13 +313,6 @@ class MachinePicker:
             machine=uri,
             reasons=render_rejections(decision),
         )
-
-
-class _Never:
-    time = -float("inf")
-
-
-_NEVER: Final = _Never()
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int:
