@@ -353,5 +353,6 @@ def summarise_profiles(directory: Path, *, top: int = 25, sort: str = "cumulativ
         return f"no hook profiles in {directory}"
     out = io.StringIO()
     stats = pstats.Stats(*files, stream=out)
+    stats.files = []  # type: ignore[attr-defined]  # else it prints every file's name first
     stats.sort_stats(sort).print_stats(top)
     return f"{len(files)} hook processes\n" + out.getvalue()

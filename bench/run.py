@@ -95,6 +95,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run nixdist-hook under cProfile in W1-W3 (one .prof per hook process in"
         " DIR/<workload>/) and print the summed profiles; its timings then mean nothing",
     )
+    parser.add_argument(
+        "--nix-option",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="pass --option NAME VALUE to every nix-build of W1-W3, for both contenders"
+        " (e.g. build-poll-interval 1); Nix's defaults otherwise",
+    )
     w1 = parser.add_argument_group("W1")
     w1.add_argument("--w1-width", type=int, default=20, help="derivations per layer (20)")
     w1.add_argument("--w1-layers", type=int, default=10, help="layers (10)")
@@ -124,14 +133,19 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     quick = opts.quick
     rounds = 1 if quick else opts.rounds
     profile = None if opts.profile_hook is None else str(opts.profile_hook.resolve())
+    nix_options = tuple(
+        word for name, value in opts.nix_option for word in ("--option", name, value)
+    )
     w1 = w1_dag.W1Options(
         profile_dir=profile,
+        nix_options=nix_options,
         rounds=rounds,
         width=min(opts.w1_width, 10) if quick else opts.w1_width,
         layers=min(opts.w1_layers, 2) if quick else opts.w1_layers,
     )
     w2 = w2_copy.W2Options(
         profile_dir=profile,
+        nix_options=nix_options,
         rounds=rounds,
         mib=min(opts.w2_mib, 32) if quick else opts.w2_mib,
         paths=min(opts.w2_paths, 40) if quick else opts.w2_paths,
@@ -139,6 +153,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     )
     w3 = w3_hetero.W3Options(
         profile_dir=profile,
+        nix_options=nix_options,
         rounds=rounds,
         drvs=min(opts.w3_drvs, 12) if quick else opts.w3_drvs,
         work_ms=min(opts.w3_work_ms, 1000) if quick else opts.w3_work_ms,

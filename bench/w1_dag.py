@@ -58,6 +58,7 @@ class W1Options:
     builders: int = 3
     jobs: int = 4
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
+    nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
 
 
 def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:
@@ -73,7 +74,12 @@ def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:
                     expr, fresh_salt(f"w1-{contender}-r{rnd}"), width=opts.width, layers=opts.layers
                 )
                 run_ = bench.timed_run(
-                    workload="w1", contender=contender, rnd=rnd, drvs=drvs, derivations=len(drvs)
+                    workload="w1",
+                    contender=contender,
+                    rnd=rnd,
+                    drvs=drvs,
+                    derivations=len(drvs),
+                    extra=opts.nix_options,
                 )
                 runs.append(run_)
                 log(describe_run(run_))

@@ -69,6 +69,7 @@ class W2Options:
     paths: int = 200
     drvs: int = 4
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
+    nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,7 +180,12 @@ def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
                     continue
                 drvs = bench.instantiate(expr, fresh_salt(f"w2-{contender}-r{rnd}"))
                 run_ = bench.timed_run(
-                    workload="w2", contender=contender, rnd=rnd, drvs=drvs, derivations=len(drvs)
+                    workload="w2",
+                    contender=contender,
+                    rnd=rnd,
+                    drvs=drvs,
+                    derivations=len(drvs),
+                    extra=opts.nix_options,
                 )
                 runs.append(run_)
                 log(describe_run(run_) + f"  {payload / MB / run_.seconds:.0f} MB/s")

@@ -67,6 +67,7 @@ class W3Options:
     work_ms: int = 4000
     jobs: int = 2
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
+    nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
 
 
 def specs_for(opts: W3Options) -> list[BuilderSpec]:
@@ -106,7 +107,12 @@ def run(base: Path, opts: W3Options, log: Callable[[str], None]) -> Outcome:
                     work_ms=opts.work_ms,
                 )
                 run_ = bench.timed_run(
-                    workload="w3", contender=contender, rnd=rnd, drvs=drvs, derivations=len(drvs)
+                    workload="w3",
+                    contender=contender,
+                    rnd=rnd,
+                    drvs=drvs,
+                    derivations=len(drvs),
+                    extra=opts.nix_options,
                 )
                 runs.append(run_)
                 log(describe_run(run_))
