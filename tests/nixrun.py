@@ -30,14 +30,10 @@ def fresh_salt(tag: str) -> str:
     return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
 
 
-def nix_build(
-    args: Sequence[str],
-    env: dict[str, str],
-    *,
-    builders: str,
-    jobs: int = 0,
-    hook: Path | None = HOOK,
-) -> subprocess.CompletedProcess[str]:
+def nix_build_argv(
+    args: Sequence[str], *, builders: str, jobs: int = 0, hook: Path | None = HOOK
+) -> list[str]:
+    """``nix-build <args>`` with no substituters, the given builders and (unless None) hook."""
     argv = [
         "nix-build",
         *args,
@@ -52,8 +48,24 @@ def nix_build(
     ]
     if hook is not None:
         argv += ["--option", "build-hook", str(hook)]
+    return argv
+
+
+def nix_build(
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    builders: str,
+    jobs: int = 0,
+    hook: Path | None = HOOK,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, env=env, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S
+        nix_build_argv(args, builders=builders, jobs=jobs, hook=hook),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S,
     )
 
 

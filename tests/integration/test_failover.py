@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.state.db import BuildRow, StateDB, StateError
-from nixrun import FIXTURES, HANG_GUARD_S, HOOK, fresh_salt, machines_file
+from nixrun import FIXTURES, HANG_GUARD_S, HOOK, fresh_salt, machines_file, nix_build_argv
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,23 +41,7 @@ VICTIM, SPARE = "b2", "b1"
 def start_build(
     attr: str, env: dict[str, str], machines: Path, *extra: str
 ) -> subprocess.Popen[str]:
-    argv = [
-        "nix-build",
-        str(FAILOVER),
-        "-A",
-        attr,
-        *extra,
-        "--no-out-link",
-        "-j0",
-        "--option",
-        "substituters",
-        "",
-        "--builders",
-        f"@{machines}",
-        "--option",
-        "build-hook",
-        str(HOOK),
-    ]
+    argv = nix_build_argv([str(FAILOVER), "-A", attr, *extra], builders=f"@{machines}", hook=HOOK)
     return subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

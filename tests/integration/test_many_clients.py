@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.farm import make_spec
-from nixrun import HANG_GUARD_S, HOOK, HOOKTEST, fresh_salt
+from nixrun import HANG_GUARD_S, HOOKTEST, fresh_salt, nix_build_argv
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,31 +59,23 @@ def test_four_clients_share_two_builders_without_exceeding_max_jobs(
     record = Path("/var/tmp") / f"nixdist-clients-{fresh_salt('record')}"
     runs = [
         subprocess.Popen(
-            [
-                "nix-build",
-                str(HOOKTEST),
-                "-A",
-                "fifty",
-                "--argstr",
-                "salt",
-                fresh_salt(f"client{i}"),
-                "--argstr",
-                "record",
-                str(record),
-                "--argstr",
-                "sleep",
-                "0.2",
-                "--no-out-link",
-                "-j0",
-                "--option",
-                "substituters",
-                "",
-                "--option",
-                "build-hook",
-                str(HOOK),
-                "--builders",
-                f"@{farm.machines_file}",
-            ],
+            nix_build_argv(
+                [
+                    str(HOOKTEST),
+                    "-A",
+                    "fifty",
+                    "--argstr",
+                    "salt",
+                    fresh_salt(f"client{i}"),
+                    "--argstr",
+                    "record",
+                    str(record),
+                    "--argstr",
+                    "sleep",
+                    "0.2",
+                ],
+                builders=f"@{farm.machines_file}",
+            ),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

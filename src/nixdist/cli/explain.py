@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import click
@@ -23,7 +22,7 @@ from rich.text import Text
 from nixdist.cli.machines import effective_machines
 from nixdist.cli.status import console, open_db
 from nixdist.errors import ConfigError
-from nixdist.hook.main import SUPPORTED_SCHEMES
+from nixdist.hook.main import PROBE_MAX_AGE_INTERVALS, SUPPORTED_SCHEMES
 from nixdist.model.derivation import parse_derivation, required_system_features
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.scheduler.policy import (
@@ -37,7 +36,7 @@ from nixdist.scheduler.policy import (
     render_decision,
 )
 from nixdist.state.config import host_system, read_config_file
-from nixdist.state.db import StateError
+from nixdist.state.report import status_report
 from nixdist.state.settings import Settings
 from nixdist.state.slots import SlotDirectory
 
@@ -93,29 +92,26 @@ def explain(
     )
     machines, origin = effective_machines(env, machines_file)
     settings = Settings.from_environ(env)
-    loads = SlotDirectory.default(environ=env).count_loads(machines) if machines else []
-    now = time.time()
-    down: dict[str, str] = {}
-    reports = {}
     db = open_db()
-    if db is not None:
-        try:
-            down = {d.uri: d.describe(now) for d in db.all_health() if now < d.until}
-            max_age = settings.probe_interval_s * 6
-            reports = {p.uri: p for p in db.all_probes() if now - p.time <= max_age}
-        except StateError:
-            pass
-        finally:
+    try:
+        report = status_report(machines, db, SlotDirectory.default(environ=env), recent=0)
+    finally:
+        if db is not None:
             db.close()
+    max_age = settings.probe_interval_s * PROBE_MAX_AGE_INTERVALS
     states = [
         MachineState(
-            machine=m,
-            load=load,
-            free_slot=load < m.max_jobs,
-            down_reason=down.get(m.uri),
-            remote_load=None if (row := reports.get(m.uri)) is None else row.remote_load(),
+            machine=m.machine,
+            load=m.slots_in_use,
+            free_slot=m.slots_in_use < m.machine.max_jobs,
+            down_reason=None if m.down is None else m.down.describe(report.time),
+            remote_load=(
+                m.probe.remote_load()
+                if m.probe is not None and report.time - m.probe.time <= max_age
+                else None
+            ),
         )
-        for m, load in zip(machines, loads, strict=True)
+        for m in report.machines
     ]
     decision = choose(
         request,

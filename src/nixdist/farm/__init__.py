@@ -2,9 +2,10 @@
 
 Each builder is a real ``sshd`` on a loopback port, running in a mount namespace of its own
 with its own ``/nix`` (an empty store), ``/etc/nix`` (its ``system``, ``extra-platforms``,
-``system-features``, ``max-jobs``, and ``/etc/nix/nixdist-builder`` holding its name), its own
-``/etc/ssh``, ``/root`` and ``/tmp``. Clients log in as root with the farm's client key, and
-run the real ``nix-store --serve --write`` there, which sees only that builder's store.
+``system-features``, ``max-jobs``, ``/etc/nix/nixdist-builder`` holding its name and
+``/etc/nix/nixdist-speed`` its speed factor), its own ``/etc/ssh``, ``/root`` and ``/tmp``.
+Clients log in as root with the farm's client key, and run the real
+``nix-store --serve --write`` there, which sees only that builder's store.
 
 The farm writes a Nix machines file and an ssh config include; use them as::
 

@@ -10,7 +10,7 @@ Layout of a farm directory (default ``/var/lib/nixdist/farm``, or ``$NIXDIST_FAR
     lock                  flock'ed while the farm is changed
     builders/<name>/
         nix/              the builder's /nix (its own store and database)
-        etc-nix/          its /etc/nix: nix.conf, nixdist-builder
+        etc-nix/          its /etc/nix: nix.conf, nixdist-builder, nixdist-speed
         etc-ssh/          its /etc/ssh: sshd_config, host key, authorized_keys, sshd.log
         home/             its /root
         tmp/              its /tmp
