@@ -11,6 +11,8 @@ command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# Headless Chromium for the dashboard's browser test.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need[*]}; run as root or install them" >&2

@@ -23,6 +23,8 @@ _SUBCOMMANDS = {
     "explain": "nixdist.cli.explain",
     "history": "nixdist.cli.status",
     "check": "nixdist.cli.check",
+    "serve": "nixdist.cli.serve",
+    "setup": "nixdist.cli.setup",
 }
 
 
