@@ -1,6 +1,6 @@
 """One accepted derivation, built on a builder (nix-protocols.md §1.6-§1.9, design.md §3).
 
-    inputs   local serve (1, 2, 3) ──NAR stream──▶ remote serve (1, 9)    under the upload lock
+    inputs   local serve (1, 2, 3) ──NAR stream──▶ remote serve (1, 9)    (no upload lock)
     build    remote serve 8 (BasicDerivation); the remote's stderr ──▶ fd 4, Nix's build log
     outputs  remote serve (7, 2, 3) ──NAR stream──▶ local serve (1, 9), NIX_HELD_LOCKS = outputs
 
@@ -188,17 +188,12 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
         # From here on the remote's stderr (its build log) is this derivation's log.
         remote.channel.forward_stderr_to(BUILD_LOG_FD)
         record.enter(Phase.UPLOAD)
-        with job.slots.upload_lock(machine) as upload:
-            if not upload.acquired:
-                job.out.warn(
-                    f"somebody is hogging the upload lock for '{machine.uri}', continuing..."
-                )
-            sent = copy_paths(
-                local,
-                remote,
-                map(StorePath.parse, job.work.inputs),
-                substitute=job.settings.builders_use_substitutes,
-            )
+        sent = copy_paths(
+            local,
+            remote,
+            map(StorePath.parse, job.work.inputs),
+            substitute=job.settings.builders_use_substitutes,
+        )
         record.note(
             upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=len(sent.copied)
         )

@@ -4,7 +4,6 @@ from nixdist.state.slots import (
     SlotDirectory,
     SlotLease,
     SlotProbe,
-    UploadLock,
     default_current_load_dir,
     escape_uri,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "SlotDirectory",
     "SlotLease",
     "SlotProbe",
-    "UploadLock",
     "default_current_load_dir",
     "escape_uri",
 ]

@@ -6,7 +6,10 @@ nixdist uses the same directory, the same file names and the same kind of lock, 
 
     <current-load>/main-lock                 held (blocking) while one hook picks a machine
     <current-load>/<escape(uri)>-<slot>      slot 0 .. max-jobs-1; locked = in use
-    <current-load>/<escape(uri)>.upload-lock one input upload at a time per builder
+
+``build-remote`` also serialises the uploads to each builder with an
+``<escape(uri)>.upload-lock`` file (NixOS/nix#11083); nixdist does not take it: concurrent
+uploads to one builder share the link better than one at a time (``make bench``, W2).
 
 ``escape(uri)`` replaces every ``/`` by ``_`` (``ssh://b1`` → ``ssh:__b1``). Files are created
 empty with mode 0600 and never deleted; a lock is held exactly as long as its file descriptor
@@ -44,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -60,11 +62,6 @@ if TYPE_CHECKING:
 DEFAULT_NIX_STATE_DIR = Path("/nix/var/nix")
 CURRENT_LOAD = "current-load"
 MAIN_LOCK = "main-lock"
-UPLOAD_LOCK_TIMEOUT_S = 15 * 60.0
-"""How long Nix waits for an upload lock before going on without it."""
-
-_POLL_FIRST_S = 0.01
-_POLL_MAX_S = 0.5
 
 
 def escape_uri(uri: str) -> str:
@@ -169,17 +166,8 @@ class SlotProbe:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UploadLock:
-    """Whether the upload lock was obtained; when not, the caller goes on without it."""
-
-    path: Path
-    acquired: bool
-    waited_s: float
-
-
 class SlotDirectory:
-    """The ``current-load`` directory: main lock, slot locks and upload locks."""
+    """The ``current-load`` directory: the main lock and the slot locks."""
 
     __slots__ = ("path",)
 
@@ -202,9 +190,6 @@ class SlotDirectory:
 
     def slot_path(self, uri: str, slot: int) -> Path:
         return self.path / f"{escape_uri(uri)}-{slot}"
-
-    def upload_lock_path(self, uri: str) -> Path:
-        return self.path / f"{escape_uri(uri)}.upload-lock"
 
     def _open(self, path: Path) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
@@ -265,30 +250,3 @@ class SlotDirectory:
                     probe.lease.release()
                 loads.append(probe.load)
         return loads
-
-    @contextlib.contextmanager
-    def upload_lock(
-        self, machine: Machine, *, timeout_s: float = UPLOAD_LOCK_TIMEOUT_S
-    ) -> Iterator[UploadLock]:
-        """Wait up to `timeout_s` for the machine's upload lock, then go on with or without it.
-
-        Nix waits with ``alarm(15 min)`` and, when the alarm fires, logs "somebody is hogging
-        the upload lock" and uploads anyway. Here the wait polls a non-blocking ``flock`` (with
-        a growing pause up to half a second), so no signal is involved and threads are safe;
-        the yielded `UploadLock` says whether the lock was obtained, for the caller to report.
-        """
-        path = self.upload_lock_path(machine.uri)
-        fd = self._open(path)
-        try:
-            start = time.monotonic()
-            deadline = start + timeout_s
-            pause = _POLL_FIRST_S
-            while not (acquired := _try_flock(fd)):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, _POLL_MAX_S)
-            yield UploadLock(path=path, acquired=acquired, waited_s=time.monotonic() - start)
-        finally:
-            os.close(fd)

@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,19 +108,17 @@ def test_escape_uri(uri: str, escaped: str) -> None:
 
 
 def test_file_names_are_nix_s(slots: SlotDirectory) -> None:
-    """Names seen on a real system: main-lock, ssh:__builder1-0 ..., ssh:__builder1.upload-lock."""
+    """Names seen on a real system: main-lock, ssh:__builder1-0 ... (build-remote's
+    ssh:__builder1.upload-lock is not used: uploads are not serialised)."""
     m = builder("ssh://builder1", max_jobs=3)
     with slots.main_lock():
         probe = slots.probe(m)
-    with slots.upload_lock(m):
-        pass
     release(probe.lease)
     assert sorted(p.name for p in slots.path.iterdir()) == [
         "main-lock",
         "ssh:__builder1-0",
         "ssh:__builder1-1",
         "ssh:__builder1-2",
-        "ssh:__builder1.upload-lock",
     ]
     for p in slots.path.iterdir():
         assert p.stat().st_size == 0
@@ -330,35 +327,3 @@ def test_main_lock_excludes_other_programs(slots: SlotDirectory) -> None:
     assert subprocess.run([FLOCK, "-n", main, "true"], check=False).returncode == 0
 
 
-# --- upload lock ---------------------------------------------------------------------------------
-
-
-def test_upload_lock_when_free(slots: SlotDirectory) -> None:
-    m = builder()
-    with slots.upload_lock(m, timeout_s=0) as lock:
-        assert lock.acquired
-        assert lock.path == slots.path / "ssh:__b1.upload-lock"
-        # held: a second taker times out and goes on without it
-        with slots.upload_lock(m, timeout_s=0.05) as other:
-            assert not other.acquired
-            assert other.waited_s >= 0.05
-    with slots.upload_lock(m, timeout_s=0) as lock:
-        assert lock.acquired
-
-
-def test_upload_lock_waits_for_another_process(slots: SlotDirectory) -> None:
-    m = builder()
-    slots.ensure()
-    with python_holder(HOLD_WITH_FLOCK, str(slots.upload_lock_path(m.uri))) as (child, line):
-        assert line == "locked"
-        with slots.upload_lock(m, timeout_s=0) as lock:
-            assert not lock.acquired
-        # the holder finishes its upload a little later; we get the lock then
-        assert child.stdin is not None
-        timer = threading.Timer(0.2, child.stdin.close)
-        timer.start()
-        with slots.upload_lock(m) as lock:
-            assert lock.acquired
-            assert lock.waited_s > 0
-        timer.join()
-        assert child.wait() == 0
