@@ -46,12 +46,12 @@ in machines-file order, so that ``explain`` and ``status`` can say "b2: lacks fe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, assert_never
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from nixdist.model.machines import Machine
 
@@ -151,6 +151,54 @@ class Rejection:
         return self.reason not in _NOT_MATCHING
 
 
+class _Verdicts:
+    """What `choose` looked at, to say on demand why each other machine was not chosen.
+
+    Deciding needs no text; the reasons (one `Rejection` per machine not chosen) are built only
+    when asked for — the hook asks after it has replied to Nix — and then kept.
+    """
+
+    __slots__ = ("_chosen", "_min_free_disk", "_rejections", "_request", "_schemes", "_states")
+
+    def __init__(
+        self,
+        request: BuildRequest,
+        states: Sequence[MachineState],
+        supported_schemes: frozenset[str] | None,
+        min_free_disk: int,
+        chosen: int | None,
+    ) -> None:
+        self._request = request
+        self._states = tuple(states)
+        self._schemes = supported_schemes
+        self._min_free_disk = min_free_disk
+        self._chosen = chosen
+        self._rejections: tuple[Rejection, ...] | None = None
+
+    def rejections(self) -> tuple[Rejection, ...]:
+        if self._rejections is None:
+            self._rejections = tuple(self._explain())
+        return self._rejections
+
+    def _explain(self) -> Iterator[Rejection]:
+        best = None if self._chosen is None else self._states[self._chosen]
+        for index, state in enumerate(self._states):
+            if index == self._chosen:
+                continue
+            reason = _mismatch(self._request, state.machine) or _unavailable(
+                state, self._schemes, self._min_free_disk
+            )
+            if reason is not None:
+                detail = _describe(reason, state, self._request, self._min_free_disk)
+                yield Rejection(machine=state.machine, reason=reason, detail=detail)
+            elif best is not None:
+                yield _outranked(state, best)
+
+
+def _no_reasons() -> tuple[Rejection, ...]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accept:
     """Build on `machine` (position `index` in the states given to `choose`)."""
@@ -158,23 +206,44 @@ class Accept:
     machine: Machine
     index: int
     load: int
-    reasons: tuple[Rejection, ...] = ()
+    explain: Callable[[], tuple[Rejection, ...]] = field(
+        default=_no_reasons, compare=False, repr=False
+    )
+
+    @property
+    def reasons(self) -> tuple[Rejection, ...]:
+        """Why each other machine was not chosen, in machines-file order."""
+        return self.explain()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Postpone:
     """Ask again later: a machine fits but is busy, and the build cannot be done locally."""
 
-    reasons: tuple[Rejection, ...] = ()
+    explain: Callable[[], tuple[Rejection, ...]] = field(
+        default=_no_reasons, compare=False, repr=False
+    )
+
+    @property
+    def reasons(self) -> tuple[Rejection, ...]:
+        """Why each machine cannot take the build now, in machines-file order."""
+        return self.explain()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decline:
     """Let Nix build locally (or fail). `warn`: print the no-machine report as a warning."""
 
-    reasons: tuple[Rejection, ...] = ()
     permanently: bool = False
     warn: bool = False
+    explain: Callable[[], tuple[Rejection, ...]] = field(
+        default=_no_reasons, compare=False, repr=False
+    )
+
+    @property
+    def reasons(self) -> tuple[Rejection, ...]:
+        """Why no machine can take the build, in machines-file order."""
+        return self.explain()
 
 
 Decision = Accept | Postpone | Decline
@@ -229,31 +298,15 @@ def _plural(word: str, items: frozenset[str]) -> str:
     return word if len(items) == 1 else word + "s"
 
 
-def _mismatch(request: BuildRequest, machine: Machine) -> Rejection | None:
+def _mismatch(request: BuildRequest, machine: Machine) -> RejectReason | None:
     """Why `machine` can never take `request` whatever its state, or None if it fits."""
     if request.system != BUILTIN_SYSTEM and request.system not in machine.systems:
-        return Rejection(
-            machine=machine,
-            reason=RejectReason.WRONG_SYSTEM,
-            detail=f"does not build {request.system} (systems: {', '.join(machine.systems)})",
-        )
-    missing = request.required_features - machine.supported_features - machine.mandatory_features
-    if missing:
-        return Rejection(
-            machine=machine,
-            reason=RejectReason.MISSING_FEATURES,
-            detail=f"lacks {_plural('feature', missing)} {_words(missing)}",
-        )
-    unrequested = machine.mandatory_features - request.required_features
-    if unrequested:
-        return Rejection(
-            machine=machine,
-            reason=RejectReason.MANDATORY_NOT_REQUIRED,
-            detail=(
-                f"only takes builds that require its mandatory "
-                f"{_plural('feature', unrequested)} {_words(unrequested)}"
-            ),
-        )
+        return RejectReason.WRONG_SYSTEM
+    required = request.required_features
+    if required and not required <= machine.supported_features | machine.mandatory_features:
+        return RejectReason.MISSING_FEATURES
+    if machine.mandatory_features and not machine.mandatory_features <= required:
+        return RejectReason.MANDATORY_NOT_REQUIRED
     return None
 
 
@@ -264,82 +317,91 @@ def machine_fits(request: BuildRequest, machine: Machine) -> bool:
 
 def _unavailable(
     state: MachineState, supported_schemes: frozenset[str] | None, min_free_disk: int
-) -> Rejection | None:
+) -> RejectReason | None:
     """Why a fitting machine cannot take a build now, or None if it is eligible."""
     machine = state.machine
     if supported_schemes is not None and uri_scheme(machine.uri) not in supported_schemes:
-        scheme = uri_scheme(machine.uri) or machine.uri
-        return Rejection(
-            machine=machine,
-            reason=RejectReason.UNSUPPORTED_SCHEME,
-            detail=f"store type {scheme!r} is not supported",
-        )
+        return RejectReason.UNSUPPORTED_SCHEME
     if state.down_reason is not None:
-        return Rejection(
-            machine=machine, reason=RejectReason.DOWN, detail=f"down: {state.down_reason}"
-        )
+        return RejectReason.DOWN
     report = state.remote_load
     if report is not None and report.disk_free is not None and report.disk_free < min_free_disk:
-        return Rejection(
-            machine=machine,
-            reason=RejectReason.LOW_DISK,
-            detail=(
-                f"low disk: {format_bytes(report.disk_free)} free on its store, "
-                f"{format_bytes(min_free_disk)} needed"
-            ),
-        )
+        return RejectReason.LOW_DISK
     if machine.max_jobs <= 0:
-        return Rejection(
-            machine=machine, reason=RejectReason.ZERO_JOBS, detail="max jobs is 0: never used"
-        )
-    load = state.effective_load
-    if not state.free_slot or load >= machine.max_jobs:
-        if state.remote_load is not None and state.remote_load.other_builds > 0:
-            detail = (
-                f"busy: {state.load} of {machine.max_jobs} slots taken here and "
-                f"{state.remote_load.other_builds} builds of other clients running there"
-            )
-        else:
-            detail = f"busy: {state.load} of {machine.max_jobs} slots taken"
-        return Rejection(machine=machine, reason=RejectReason.BUSY, detail=detail)
+        return RejectReason.ZERO_JOBS
+    if not state.free_slot or state.effective_load >= machine.max_jobs:
+        return RejectReason.BUSY
     return None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Candidate:
-    index: int
-    state: MachineState
-    load: int
+def _describe(  # noqa: C901, PLR0911 - one sentence per reason
+    reason: RejectReason, state: MachineState, request: BuildRequest, min_free_disk: int
+) -> str:
+    """The words for a rejection other than `OUTRANKED`."""
+    machine = state.machine
+    match reason:
+        case RejectReason.WRONG_SYSTEM:
+            return f"does not build {request.system} (systems: {', '.join(machine.systems)})"
+        case RejectReason.MISSING_FEATURES:
+            missing = (
+                request.required_features - machine.supported_features - machine.mandatory_features
+            )
+            return f"lacks {_plural('feature', missing)} {_words(missing)}"
+        case RejectReason.MANDATORY_NOT_REQUIRED:
+            unrequested = machine.mandatory_features - request.required_features
+            return (
+                f"only takes builds that require its mandatory "
+                f"{_plural('feature', unrequested)} {_words(unrequested)}"
+            )
+        case RejectReason.UNSUPPORTED_SCHEME:
+            return f"store type {uri_scheme(machine.uri) or machine.uri!r} is not supported"
+        case RejectReason.DOWN:
+            return f"down: {state.down_reason}"
+        case RejectReason.LOW_DISK:
+            free = 0 if state.remote_load is None else state.remote_load.disk_free or 0
+            return (
+                f"low disk: {format_bytes(free)} free on its store, "
+                f"{format_bytes(min_free_disk)} needed"
+            )
+        case RejectReason.ZERO_JOBS:
+            return "max jobs is 0: never used"
+        case RejectReason.BUSY:
+            if state.remote_load is not None and state.remote_load.other_builds > 0:
+                return (
+                    f"busy: {state.load} of {machine.max_jobs} slots taken here and "
+                    f"{state.remote_load.other_builds} builds of other clients running there"
+                )
+            return f"busy: {state.load} of {machine.max_jobs} slots taken"
+        case RejectReason.OUTRANKED:  # pragma: no cover - `_outranked` words these
+            raise ValueError("an outranked machine is described against the chosen one")
+        case _:  # pragma: no cover - exhaustive
+            assert_never(reason)
 
-    @property
-    def speed(self) -> float:
-        return _speed(self.state.machine)
 
-    @property
-    def score(self) -> float:
-        return self.load / self.speed
+def _rank(state: MachineState) -> tuple[float, float, int]:
+    """Nix's ranking key, lowest best: load/speed, then higher speed, then lower load.
 
-
-def _better(new: _Candidate, best: _Candidate) -> bool:
-    """Nix's ranking: lower load/speed, then higher speed, then lower load; else keep `best`."""
-    if new.score != best.score:
-        return new.score < best.score
-    if new.speed != best.speed:
-        return new.speed > best.speed
-    return new.load < best.load
+    Equal keys keep the machine listed first (the caller compares with a strict ``<``).
+    """
+    speed = _speed(state.machine)
+    load = state.effective_load
+    return (load / speed, -speed, load)
 
 
-def _outranked(loser: _Candidate, best: _Candidate) -> Rejection:
-    def describe(c: _Candidate) -> str:
-        return f"load {c.load} / speed {c.speed:g} = {c.score:.2f}"
-
-    if loser.score != best.score:
-        why = f"{describe(loser)}, {best.state.machine.uri} has {best.score:.2f}"
-    elif loser.speed != best.speed:
-        why = f"same load/speed as {best.state.machine.uri}, which is faster"
+def _outranked(loser: MachineState, best: MachineState) -> Rejection:
+    loser_score, loser_speed, _ = _rank(loser)
+    best_score, best_speed, _ = _rank(best)
+    uri = best.machine.uri
+    if loser_score != best_score:
+        why = (
+            f"load {loser.effective_load} / speed {-loser_speed:g} = {loser_score:.2f}, "
+            f"{uri} has {best_score:.2f}"
+        )
+    elif loser_speed != best_speed:
+        why = f"same load/speed as {uri}, which is faster"
     else:  # equal score and speed imply equal load
-        why = f"same load and speed as {best.state.machine.uri}, which is listed first"
-    return Rejection(machine=loser.state.machine, reason=RejectReason.OUTRANKED, detail=why)
+        why = f"same load and speed as {uri}, which is listed first"
+    return Rejection(machine=loser.machine, reason=RejectReason.OUTRANKED, detail=why)
 
 
 def choose(
@@ -356,40 +418,34 @@ def choose(
     `supported_schemes` (e.g. ``frozenset({"ssh"})``) lists the store URI schemes the caller can
     open; None accepts every machine, as Nix does. A machine that reported less than
     `min_free_disk` bytes free on its store is skipped like a machine that is down.
+
+    The decision's `reasons` are worded only when read (see `_Verdicts`).
     """
     if not states:
         return Decline(permanently=True)
     right_type = False
-    best: _Candidate | None = None
-    verdicts: list[Rejection | _Candidate] = []
+    best: int | None = None
+    best_key: tuple[float, float, int] | None = None
     for index, state in enumerate(states):
-        rejection = _mismatch(request, state.machine) or _unavailable(
-            state, supported_schemes, min_free_disk
-        )
-        if rejection is not None:
-            right_type = right_type or rejection.matches
-            verdicts.append(rejection)
+        if _mismatch(request, state.machine) is not None:
+            continue
+        reason = _unavailable(state, supported_schemes, min_free_disk)
+        if reason is not None:
+            right_type = right_type or reason not in _NOT_MATCHING
             continue
         right_type = True
-        candidate = _Candidate(index=index, state=state, load=state.effective_load)
-        verdicts.append(candidate)
-        if best is None or _better(candidate, best):
-            best = candidate
-
+        key = _rank(state)
+        if best_key is None or key < best_key:
+            best, best_key = index, key
+    explain = _Verdicts(request, states, supported_schemes, min_free_disk, best).rejections
     if best is not None:
-        chosen = best
-        reasons = tuple(
-            _outranked(v, chosen) if isinstance(v, _Candidate) else v
-            for v in verdicts
-            if v is not chosen
-        )
+        chosen = states[best]
         return Accept(
-            machine=chosen.state.machine, index=chosen.index, load=chosen.load, reasons=reasons
+            machine=chosen.machine, index=best, load=chosen.effective_load, explain=explain
         )
-    rejections = tuple(v for v in verdicts if isinstance(v, Rejection))
     local_now = can_build_locally(request, local)
     if right_type and not local_now:
-        return Postpone(reasons=rejections)
+        return Postpone(explain=explain)
     match warn_rule:
         case WarnRule.AM_WILLING:
             quiet = local_now
@@ -397,7 +453,7 @@ def choose(
             quiet = could_build_locally(request, local)
         case _:  # pragma: no cover - exhaustive
             assert_never(warn_rule)
-    return Decline(reasons=rejections, warn=not quiet)
+    return Decline(warn=not quiet, explain=explain)
 
 
 def format_bytes(count: int) -> str:
