@@ -134,3 +134,36 @@ def test_pure_layers_do_no_io_at_import() -> None:
         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
     ).stdout
     assert json.loads(out) == []
+
+
+# Nix waits for the hook's first reply with its whole build loop (bench W4): what only an
+# accepted build needs is imported when it is needed, never when the hook starts.
+_NOT_AT_HOOK_START = (
+    "sqlite3",
+    "subprocess",
+    "socket",
+    "hashlib",
+    "nixdist.state.db",
+    "nixdist.transport",
+    "nixdist.store",
+    "nixdist.protocol.serve",
+    "nixdist.model.derivation",
+    "nixdist.hook.build",
+)
+
+
+def test_hook_start_imports_only_what_a_decline_needs() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, nixdist.hook; print(json.dumps(sorted(sys.modules)))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+    ).stdout
+    loaded = json.loads(out)
+    early = [m for m in loaded if m.startswith(_NOT_AT_HOOK_START)]
+    assert early == []

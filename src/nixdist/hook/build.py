@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import BuildError, LocalProtocolError, NixdistError
 from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
-from nixdist.protocol.hook import HookExit, exit_for_build_status
-from nixdist.protocol.serve import BuildOptions, BuildStatus
+from nixdist.protocol.hook import HookExit
+from nixdist.protocol.serve import BuildOptions, BuildStatus, exit_for_build_status
 from nixdist.state.db import BuildStatus as Outcome
 from nixdist.state.db import Phase
 from nixdist.store.copy import copy_closure, copy_paths

@@ -31,7 +31,6 @@ from nixdist.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from nixdist.hook.build import Failover, Picked, build_remotely
 from nixdist.hook.nixinput import NixInput
 from nixdist.hook.output import HookOutput
 from nixdist.protocol.hook import (
@@ -52,28 +51,32 @@ from nixdist.scheduler.policy import (
     Decline,
     LocalCapabilities,
     Postpone,
+    RejectReason,
     choose,
     machine_fits,
     render_no_machine_report,
     render_rejections,
 )
 from nixdist.state.config import load_machines
-from nixdist.state.db import ProbeRow, StateDB, StateError
-from nixdist.state.health import Health, backoff
-from nixdist.state.history import History
 from nixdist.state.once import first_time
 from nixdist.state.paths import state_dir
 from nixdist.state.settings import Settings
 from nixdist.state.slots import SlotDirectory
-from nixdist.store.serve import ServeStore
-from nixdist.transport.openssh import ControlMasters, target_for_machine
-from nixdist.transport.probe import probe_builder
+
+# Imported where first needed, not here: the state database (sqlite3), ssh, the serve
+# protocol and the build. Nix waits for the hook's first reply with its whole build loop, so
+# a decline must not pay for what only an accept uses (``make bench``, W4).
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from nixdist.hook.build import Picked
     from nixdist.model.machines import Machine
+    from nixdist.state.db import ProbeRow, StateDB
+    from nixdist.state.health import Health
+    from nixdist.state.history import History
     from nixdist.state.slots import SlotLease
+    from nixdist.transport.openssh import ControlMasters
     from nixdist.transport.probe import BuilderReport
 
 #: Store URI schemes nixdist can open; other machines are skipped with a warning.
@@ -83,15 +86,24 @@ PROBE_MAX_AGE_INTERVALS: Final = 6
 #: While failing over, how often to look for a free slot again, and for how long at most.
 FAILOVER_POLL_S: Final = 0.5
 FAILOVER_WAIT_S: Final = 600.0
+#: While waiting for a busy machine's slot instead of postponing, how often to look.
+SLOT_POLL_S: Final = 0.02
 
 
 def open_state_db(environ: Mapping[str, str], out: HookOutput) -> StateDB | None:
     """The state database, or None (with a debug line) when it cannot be used."""
+    from nixdist.state.db import StateDB, StateError  # noqa: PLC0415 - see the imports
+
     try:
         return StateDB.open(state_dir(environ))
     except StateError as err:
         out.debug(f"nixdist: running without history and health: {err}")
         return None
+
+
+def _waiting_helps(decision: Postpone) -> bool:
+    """Whether a slot may free up soon: some machine that fits is busy (not max-jobs 0)."""
+    return any(r.reason is RejectReason.BUSY for r in decision.reasons)
 
 
 class MachinePicker:
@@ -116,13 +128,33 @@ class MachinePicker:
         )
         self.slots = SlotDirectory.default(environ=environ)
         self.slots.ensure()
-        self.masters = ControlMasters(
-            state_dir(environ), connect_timeout_s=self.config.connect_timeout_s
-        )
-        self.db = open_state_db(environ, out)
-        self.health = Health(self.db)
-        self.history = History(self.db, out.debug)
         self.down: dict[str, str] = {}  # failed in this process: not retried here at all
+
+    # The state database and ssh are set up on first use (a decline needs neither).
+
+    @functools.cached_property
+    def db(self) -> StateDB | None:
+        return open_state_db(self.environ, self.out)
+
+    @functools.cached_property
+    def health(self) -> Health:
+        from nixdist.state.health import Health  # noqa: PLC0415 - see the imports
+
+        return Health(self.db)
+
+    @functools.cached_property
+    def history(self) -> History:
+        from nixdist.state.history import History  # noqa: PLC0415 - see the imports
+
+        return History(self.db, self.out.debug)
+
+    @functools.cached_property
+    def masters(self) -> ControlMasters:
+        from nixdist.transport.openssh import ControlMasters  # noqa: PLC0415 - see the imports
+
+        return ControlMasters(
+            state_dir(self.environ), connect_timeout_s=self.config.connect_timeout_s
+        )
 
     def down_reason(self, uri: str) -> str | None:
         """Why `uri` is skipped now: it failed in this process, or recently in another."""
@@ -133,6 +165,8 @@ class MachinePicker:
 
     def mark_down(self, machine: Machine, reason: str) -> None:
         """`machine` failed: skip it here from now on and in other hooks for a while."""
+        from nixdist.state.health import backoff  # noqa: PLC0415 - see the imports
+
         self.down[machine.uri] = reason
         record = self.health.failed(machine.uri, reason)
         self.out.error(
@@ -142,52 +176,64 @@ class MachinePicker:
     # -- load reports ------------------------------------------------------------------------
 
     def _probes(self) -> dict[str, ProbeRow]:
-        if self.db is None or self.config.probe_interval_s <= 0:
+        from nixdist.state.db import StateError  # noqa: PLC0415 - see the imports
+
+        if self.db is None:
             return {}
         try:
             return {row.uri: row for row in self.db.all_probes()}
         except StateError:
             return {}
 
-    def refresh_loads(self, request: BuildRequest) -> dict[str, ProbeRow]:
-        """Fresh enough load reports of the machines that could take `request`, by URI.
+    def refresh_loads(self, fitting: Sequence[Machine]) -> dict[str, ProbeRow]:
+        """Fresh enough load reports of `fitting` (the machines that could take the build).
 
         Reports older than the probe interval are renewed first, in parallel; a builder that
         does not answer is marked down.
         """
+        if not fitting or self.config.probe_interval_s <= 0:
+            return {}
         rows = self._probes()
-        if self.db is None or self.config.probe_interval_s <= 0:
+        if self.db is None:
             return rows
         now = time.time()
         stale = [
             m
-            for m in self.machines
+            for m in fitting
             if m.scheme in SUPPORTED_SCHEMES
-            and machine_fits(request, m)
             and self.down_reason(m.uri) is None
             and ((row := rows.get(m.uri)) is None or now - row.time > self.config.probe_interval_s)
         ]
         if stale:
-            held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))
-            for machine, result in self._probe_all(stale):
-                if isinstance(result, NixdistError):
-                    self.mark_down(machine, str(result))
-                    continue
-                row = ProbeRow(
-                    uri=machine.uri, time=time.time(), local_slots=held[machine.uri], report=result
-                )
-                rows[machine.uri] = row
-                self.health.answered(machine.uri)
-                try:
-                    self.db.put_probe(row)
-                except StateError as err:
-                    self.out.debug(f"load report not recorded: {err}")
+            self._renew(stale, rows)
         max_age = self.config.probe_interval_s * PROBE_MAX_AGE_INTERVALS
         return {uri: row for uri, row in rows.items() if now - row.time <= max_age}
+
+    def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> None:
+        from nixdist.state.db import ProbeRow, StateError  # noqa: PLC0415 - see the imports
+
+        assert self.db is not None  # noqa: S101 - only called with a database
+        held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))
+        for machine, result in self._probe_all(stale):
+            if isinstance(result, NixdistError):
+                self.mark_down(machine, str(result))
+                continue
+            row = ProbeRow(
+                uri=machine.uri, time=time.time(), local_slots=held[machine.uri], report=result
+            )
+            rows[machine.uri] = row
+            self.health.answered(machine.uri)
+            try:
+                self.db.put_probe(row)
+            except StateError as err:
+                self.out.debug(f"load report not recorded: {err}")
 
     def _probe_all(
         self, machines: Sequence[Machine]
     ) -> list[tuple[Machine, BuilderReport | NixdistError]]:
+        from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
+        from nixdist.transport.probe import probe_builder  # noqa: PLC0415 - see the imports
+
         results: list[tuple[Machine, BuilderReport | NixdistError]] = []
 
         def probe(machine: Machine) -> None:
@@ -211,13 +257,21 @@ class MachinePicker:
 
     def decide(self, request: BuildRequest) -> tuple[Decision, SlotLease | None]:
         """One round of Nix's selection, under the main lock: the decision and, for an
-        accept, the slot it holds (already touched, like Nix does)."""
-        reports = self.refresh_loads(request)
+        accept, the slot it holds (already touched, like Nix does).
+
+        Health and load reports are looked up only for the machines that fit the request: for
+        the others the mismatch is the reason, whatever their state.
+        """
+        fitting = [m for m in self.machines if machine_fits(request, m)]
+        reports = self.refresh_loads(fitting)
+        fits = {m.uri for m in fitting}
         with self.slots.main_lock():
             probes = [self.slots.probe(machine) for machine in self.machines]
             states = [
                 probe.machine_state(
-                    down_reason=self.down_reason(probe.machine.uri),
+                    down_reason=self.down_reason(probe.machine.uri)
+                    if probe.machine.uri in fits
+                    else None,
                     remote_load=(
                         None
                         if (row := reports.get(probe.machine.uri)) is None
@@ -239,13 +293,22 @@ class MachinePicker:
                     probe.lease.release()
             if kept is not None:
                 kept.touch()
-        if rejections := render_rejections(decision):
+        if self.out.wants(Verbosity.DEBUG) and (rejections := render_rejections(decision)):
             self.out.debug(f"{request.drv_path}: " + "; ".join(rejections))
         return decision, kept
 
     def pick(self, request: BuildRequest) -> tuple[Picked | Reply, Decision]:
         """Accept a machine (slot held, session open), or the reply to send instead; with the
-        decision that led there."""
+        decision that led there.
+
+        When every machine that fits is busy, the slots are watched for up to the slot wait
+        before answering ``postpone``: Nix would ask again only after its poll interval.
+        """
+        from nixdist.hook.build import Picked  # noqa: PLC0415 - see the imports
+        from nixdist.store.serve import ServeStore  # noqa: PLC0415
+        from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
+
+        wait_until = time.monotonic() + self.config.slot_wait_s
         while True:
             decision, kept = self.decide(request)
             match decision:
@@ -262,6 +325,9 @@ class MachinePicker:
                     self.health.answered(machine.uri)
                     return Picked(machine=machine, lease=kept, remote=remote), decision
                 case Postpone():
+                    if _waiting_helps(decision) and time.monotonic() < wait_until:
+                        time.sleep(SLOT_POLL_S)
+                        continue
                     return Reply.POSTPONE, decision
                 case Decline(permanently=permanently, warn=warn):
                     if not permanently:
@@ -287,7 +353,7 @@ class MachinePicker:
         while True:
             picked, decision = self.pick(retry)
             self.record(retry, decision)
-            if isinstance(picked, Picked):
+            if not isinstance(picked, Reply):
                 return picked
             if picked is not Reply.POSTPONE or time.monotonic() > deadline:
                 return None
@@ -355,6 +421,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
         work = nix.recv(decode_accepted_work)
         if work is None:
             raise RemoteProtocolError("Nix closed the hook's stdin instead of sending the inputs")
+        from nixdist.hook.build import Failover, build_remotely  # noqa: PLC0415 - see the imports
+
         return build_remotely(
             request=command,
             work=work,

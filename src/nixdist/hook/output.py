@@ -35,6 +35,10 @@ class HookOutput:
     def reply(self, reply: Reply, machine: str | None = None) -> None:
         self._write(encode_reply(reply, machine))
 
+    def wants(self, level: Verbosity) -> bool:
+        """Whether messages of `level` are shown (to skip composing the others)."""
+        return level <= self.verbosity
+
     def log(self, level: Verbosity, text: str) -> None:
         if level <= self.verbosity:
             self._write(msg_line(level, text))

@@ -42,7 +42,6 @@ from typing import Final, assert_never
 
 from nixdist.errors import ConfigError, LocalProtocolError, ParseError, WireError
 from nixdist.protocol.logjson import LogMessage, Passthrough, Verbosity, parse_log_line
-from nixdist.protocol.serve import BuildStatus
 from nixdist.wire.primitives import (
     LIMIT_COUNT,
     LIMIT_PATH,
@@ -69,25 +68,6 @@ class HookExit(IntEnum):
     FAILED = 1  # MiscFailure
     BUILD_FAILED = 100  # PermanentFailure (TransientFailure for fixed-output derivations)
     TIMED_OUT = 101  # TimedOut
-
-
-_EXIT_FOR_STATUS: Final[Mapping[BuildStatus, HookExit]] = {
-    BuildStatus.PERMANENT_FAILURE: HookExit.BUILD_FAILED,
-    # Nix turns exit 100 into TransientFailure itself for fixed-output derivations
-    BuildStatus.TRANSIENT_FAILURE: HookExit.BUILD_FAILED,
-    BuildStatus.TIMED_OUT: HookExit.TIMED_OUT,
-}
-
-
-def exit_for_build_status(status: BuildStatus) -> HookExit:
-    """How the hook exits after a remote build with `status` (§1.8, §3.7).
-
-    A success maps to `HookExit.OK`, which is only right once every wanted output is valid
-    locally; failures Nix has no exit status for (log limit, misc, …) map to `FAILED`.
-    """
-    if status.is_success:
-        return HookExit.OK
-    return _EXIT_FOR_STATUS.get(status, HookExit.FAILED)
 
 
 # ---------------------------------------------------------------------------------------

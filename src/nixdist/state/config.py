@@ -5,7 +5,7 @@ The parsers are pure (`nixdist.model.machines`); this module gives them the file
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -23,7 +23,7 @@ _MACHINE_NAMES: Final = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", 
 
 def host_system() -> str:
     """This host's Nix system name (``x86_64-linux``), as Nix's compiled-in default."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     machine = _MACHINE_NAMES.get(machine, machine)
     kernel = "darwin" if sys.platform == "darwin" else sys.platform.rstrip("0123456789")
     return f"{machine}-{kernel}"

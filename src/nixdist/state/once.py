@@ -9,7 +9,6 @@ Markers of parents that have exited are removed when a new one is made.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,8 @@ if TYPE_CHECKING:
 
 def first_time(state_dir: Path, message: str, *, parent: int | None = None) -> bool:
     """True for the first caller with this `message` under this parent process."""
+    import hashlib  # noqa: PLC0415 - only when there is something to say (the hook starts fast)
+
     parent = os.getppid() if parent is None else parent
     directory = state_dir / "once"
     digest = hashlib.sha256(message.encode("utf-8", "surrogateescape")).hexdigest()[:16]

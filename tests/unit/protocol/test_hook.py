@@ -31,12 +31,11 @@ from nixdist.protocol.hook import (
     encode_reply,
     encode_settings,
     encode_try,
-    exit_for_build_status,
     parse_hook_output_line,
     parse_hook_verbosity,
 )
 from nixdist.protocol.logjson import Msg, Passthrough, Stop, Verbosity
-from nixdist.protocol.serve import BuildStatus
+from nixdist.protocol.serve import BuildStatus, exit_for_build_status
 from nixdist.wire.primitives import LIMIT_TEXT, Reader, maybe_decode
 
 if TYPE_CHECKING:
