@@ -12,6 +12,10 @@ NIXDIST_MIN_FREE_DISK      1G        a builder with less free space on its store
                                      (bytes, or with a K/M/G/T suffix; 0 disables the check)
 NIXDIST_MAX_ATTEMPTS       3         builders one build may be tried on when builders fail
                                      under it (lost connection, crash) before giving up
+NIXDIST_SLOT_WAIT          5         seconds the hook waits for a busy builder's slot before it
+                                     answers ``postpone`` (which Nix retries only after its
+                                     build-poll-interval, 5 s); Nix's build loop waits meanwhile.
+                                     0: postpone at once, as build-remote does
 =========================  ========  ============================================================
 
 A value that is not valid is a `ConfigError` naming the variable, never a silent default.
@@ -33,6 +37,7 @@ DEFAULT_CONNECT_TIMEOUT_S: Final = 15.0
 DEFAULT_PROBE_INTERVAL_S: Final = 5.0
 DEFAULT_MIN_FREE_DISK: Final = 1 << 30
 DEFAULT_MAX_ATTEMPTS: Final = 3
+DEFAULT_SLOT_WAIT_S: Final = 5.0
 _SIZE: Final = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.IGNORECASE)
 _UNITS: Final = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
 
@@ -45,6 +50,7 @@ class Settings:
     probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S
     min_free_disk: int = DEFAULT_MIN_FREE_DISK
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    slot_wait_s: float = DEFAULT_SLOT_WAIT_S
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -83,6 +89,7 @@ class Settings:
                 else parse_size(disk_text, name="NIXDIST_MIN_FREE_DISK")
             ),
             max_attempts=attempts,
+            slot_wait_s=seconds("NIXDIST_SLOT_WAIT", DEFAULT_SLOT_WAIT_S, zero_ok=True),
         )
 
 
