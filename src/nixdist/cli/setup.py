@@ -90,7 +90,7 @@ def _hook_path(hook: str | None) -> str:
 
 
 def _machines_value(machines: str) -> str:
-    path = _plain_path(os.path.abspath(machines), "machines file")  # noqa: PTH100
+    path = _plain_path(os.path.abspath(machines), "machines file")  # noqa: PTH100 - a str path
     if read_config_file(path) is None:
         raise ConfigError("no such machines file", file=path)
     found = parse_machines(
@@ -119,7 +119,7 @@ def make_options(
     elif builders is not None:
         settings.append(("builders", check_value("builders", builders)))
     return SetupOptions(
-        nix_conf=Path(os.path.abspath(conf)),  # noqa: PTH100
+        nix_conf=Path(os.path.abspath(conf)),  # noqa: PTH100 - symlinks are followed later
         settings=tuple(settings),
         dry_run=dry_run,
     )
