@@ -1,6 +1,6 @@
 """One accepted derivation, built on a builder (nix-protocols.md §1.6-§1.9, design.md §3).
 
-    inputs   local serve (1, 2, 3) ──NAR stream──▶ remote serve (1, 9)    (no upload lock)
+    inputs   local serve (1, 2, 3) ──NAR stream──▶ remote serve (1, 9)    path by path, claimed
     build    remote serve 8 (BasicDerivation); the remote's stderr ──▶ fd 4, Nix's build log
     outputs  remote serve (7, 2, 3) ──NAR stream──▶ local serve (1, 9), NIX_HELD_LOCKS = outputs
 
@@ -9,6 +9,11 @@ The local store is reached through a ``nix-store --serve --write`` child started
 and importing them otherwise deadlocks. Nothing is ever written to a store except through
 ``AddToStoreNar``, which the receiving Nix checks against the NAR hash and registers
 atomically: an interrupted copy leaves no partial or unregistered path.
+
+Uploads take no per-builder lock (``build-remote`` does, NixOS/nix#11083): every hook sending
+inputs to one builder claims them path by path (`nixdist.store.claims`, files under
+``<state dir>/uploads/<builder>/``), so uploads of different paths run side by side and a path
+two builds need is sent once.
 
 Exit status: 0 only when every output is valid locally (otherwise Nix aborts the whole run),
 100 when the build failed, 101 when it timed out, 1 for anything else.
@@ -35,12 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import BuildError, LocalProtocolError, NixdistError
+from nixdist.hook.progress import LOCAL_STORE, CopyActivities
 from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
 from nixdist.protocol.serve import BuildOptions, BuildStatus, exit_for_build_status
 from nixdist.state.db import BuildStatus as Outcome
 from nixdist.state.db import Phase
+from nixdist.state.paths import state_dir
+from nixdist.state.slots import escape_uri
+from nixdist.store.claims import UploadClaims
 from nixdist.store.copy import copy_closure, copy_paths
 from nixdist.store.serve import ServeStore
 
@@ -53,6 +62,7 @@ if TYPE_CHECKING:
     from nixdist.protocol.hook import AcceptedWork, HookSettings, TryRequest
     from nixdist.state.history import BuildRecord, History
     from nixdist.state.slots import SlotDirectory, SlotLease
+    from nixdist.store.copy import CopyReport
 
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
@@ -188,12 +198,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
         # From here on the remote's stderr (its build log) is this derivation's log.
         remote.channel.forward_stderr_to(BUILD_LOG_FD)
         record.enter(Phase.UPLOAD)
-        sent = copy_paths(
-            local,
-            remote,
-            map(StorePath.parse, job.work.inputs),
-            substitute=job.settings.builders_use_substitutes,
-        )
+        sent = _upload(job, local, picked)
         record.note(
             upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=len(sent.copied)
         )
@@ -216,7 +221,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             finished = True
             return exit_for_build_status(result.status)
         record.enter(Phase.DOWNLOAD)
-        got = copy_closure(remote, local, job.outputs)  # only what is missing here moves
+        got = _download(job, local, picked)
         record.note(
             download_s=record.elapsed(),
             download_bytes=got.nar_bytes,
@@ -243,3 +248,32 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             else:
                 store.abort()
     return HookExit.OK
+
+
+def _upload(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
+    """The inputs the builder lacks, claimed path by path against other hooks' uploads."""
+    uri = picked.machine.uri
+    claims = UploadClaims(state_dir(job.environ) / "uploads" / escape_uri(uri))
+    shown = CopyActivities(job.out, source=LOCAL_STORE, destination=uri)
+    try:
+        sent = copy_paths(
+            local,
+            picked.remote,
+            map(StorePath.parse, job.work.inputs),
+            substitute=job.settings.builders_use_substitutes,
+            progress=shown,
+            claims=claims,
+        )
+    finally:
+        shown.close()
+    claims.prune()
+    return sent
+
+
+def _download(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
+    """The outputs' closure, as far as it is missing here."""
+    shown = CopyActivities(job.out, source=picked.machine.uri, destination=LOCAL_STORE)
+    try:
+        return copy_closure(picked.remote, local, job.outputs, progress=shown)
+    finally:
+        shown.close()

@@ -15,7 +15,13 @@ import os
 import threading
 
 from nixdist.protocol.hook import Reply, encode_reply
-from nixdist.protocol.logjson import Verbosity, error_line, msg_line
+from nixdist.protocol.logjson import (
+    LogMessage,
+    Verbosity,
+    encode_log_line,
+    error_line,
+    msg_line,
+)
 
 
 class HookOutput:
@@ -34,6 +40,10 @@ class HookOutput:
 
     def reply(self, reply: Reply, machine: str | None = None) -> None:
         self._write(encode_reply(reply, machine))
+
+    def event(self, message: LogMessage) -> None:
+        """Any ``@nix`` message (an activity's start, result or stop); Nix filters them."""
+        self._write(encode_log_line(message))
 
     def wants(self, level: Verbosity) -> bool:
         """Whether messages of `level` are shown (to skip composing the others)."""
