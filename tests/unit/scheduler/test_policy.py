@@ -207,7 +207,9 @@ def test_rank_orders_score_then_speed_then_load() -> None:
     fast_busy = policy._rank(state(machine("c", max_jobs=9, speed=2), 4))
     assert slow_idle < slow_busy
     assert fast_busy < slow_idle  # 4 / 2 == 2 / 1: the faster one wins the tie
-    assert not slow_busy < slow_busy  # equal keys keep the machine listed first
+    twin = policy._rank(state(machine("d", max_jobs=9), 3))
+    assert twin == slow_busy
+    assert not twin < slow_busy  # equal keys keep the machine listed first
 
 
 def test_speed_factor_zero_counts_as_one() -> None:
