@@ -216,6 +216,24 @@ class BuildRow:
         return None if self.finished is None else self.finished - self.started
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildTotals:
+    """Sums over the build attempts of one machine with one stored status (``/metrics``)."""
+
+    machine: str
+    status: str  # as stored: a "running" row may be interrupted (`BuildRow.effective_status`)
+    builds: int
+    upload_bytes: int
+    download_bytes: int
+    upload_paths: int
+    download_paths: int
+    upload_s: float
+    build_s: float
+    download_s: float
+    duration_s: float  # sum of finished - started over finished attempts
+    duration_buckets: tuple[int, ...]  # finished attempts that took <= each bound
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -440,6 +458,35 @@ class StateDB:
         if status is None:
             return found
         return [row for row in found if row.effective_status == status]
+
+    def build_totals(self, duration_bounds: Sequence[float]) -> list[BuildTotals]:
+        """Per machine and stored status, in one query: attempts, bytes, paths, phase times,
+        and how many finished attempts took at most each of `duration_bounds` seconds."""
+        buckets = "".join(", TOTAL(finished - started <= ?)" for _ in duration_bounds)
+        rows = self._execute(
+            "SELECT machine, status, COUNT(*), TOTAL(upload_bytes), TOTAL(download_bytes),"  # noqa: S608 - only "?" placeholders are joined in
+            " TOTAL(upload_paths), TOTAL(download_paths), TOTAL(upload_s), TOTAL(build_s),"
+            f" TOTAL(download_s), TOTAL(finished - started){buckets}"
+            " FROM builds GROUP BY machine, status ORDER BY machine, status",
+            list(duration_bounds),
+        ).fetchall()
+        return [
+            BuildTotals(
+                machine=row[0],
+                status=row[1],
+                builds=row[2],
+                upload_bytes=int(row[3]),
+                download_bytes=int(row[4]),
+                upload_paths=int(row[5]),
+                download_paths=int(row[6]),
+                upload_s=row[7],
+                build_s=row[8],
+                download_s=row[9],
+                duration_s=row[10],
+                duration_buckets=tuple(int(n) for n in row[11:]),
+            )
+            for row in rows
+        ]
 
     def running_builds(self) -> list[BuildRow]:
         """Attempts still running (their hook process is alive), oldest first."""

@@ -33,7 +33,6 @@ grow); its bytes and phase times count as soon as the hook records them.
 from __future__ import annotations
 
 import math
-import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -45,7 +44,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from nixdist.state.db import BUSY_TIMEOUT_MS, BuildStatus, StateError
+from nixdist.state.db import BuildStatus, BuildTotals, StateError
 from nixdist.state.report import status_report
 
 if TYPE_CHECKING:
@@ -72,32 +71,7 @@ DURATION_BUCKETS_S: Final = (
 )
 """Upper bounds of the build-duration histogram (``+Inf`` is added)."""
 
-_TOTALS_SQL: Final = (
-    "SELECT machine, status, COUNT(*), TOTAL(upload_bytes), TOTAL(download_bytes),"  # noqa: S608 - only "?" joined in
-    " TOTAL(upload_paths), TOTAL(download_paths), TOTAL(upload_s), TOTAL(build_s),"
-    " TOTAL(download_s), TOTAL(finished - started), "
-    + ", ".join("TOTAL(finished - started <= ?)" for _ in DURATION_BUCKETS_S)
-    + " FROM builds GROUP BY machine, status ORDER BY machine, status"
-)
 _INTERRUPTED_LIMIT: Final = 1_000_000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BuildTotals:
-    """Sums over the build attempts of one machine with one stored status."""
-
-    machine: str
-    status: str  # as stored: a "running" row may be interrupted (see `read_totals`)
-    builds: int
-    upload_bytes: int
-    download_bytes: int
-    upload_paths: int
-    download_paths: int
-    upload_s: float
-    build_s: float
-    download_s: float
-    duration_s: float  # sum of finished - started over finished attempts
-    duration_buckets: tuple[int, ...]  # cumulative counts for `DURATION_BUCKETS_S`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,35 +84,8 @@ class History:
 
 
 def read_history(db: StateDB) -> History:
-    """One aggregate query over ``builds``, plus the attempts stored as running.
-
-    `StateDB` has no aggregate query, so this opens a second connection to its file.
-    """
-    try:
-        connection = sqlite3.connect(db.path, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            rows = connection.execute(_TOTALS_SQL, DURATION_BUCKETS_S).fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error as err:
-        raise StateError(f"{db.path}: {err}") from err
-    totals = tuple(
-        BuildTotals(
-            machine=row[0],
-            status=row[1],
-            builds=row[2],
-            upload_bytes=int(row[3]),
-            download_bytes=int(row[4]),
-            upload_paths=int(row[5]),
-            download_paths=int(row[6]),
-            upload_s=row[7],
-            build_s=row[8],
-            download_s=row[9],
-            duration_s=row[10],
-            duration_buckets=tuple(int(n) for n in row[11:]),
-        )
-        for row in rows
-    )
+    """One aggregate query over ``builds``, plus the attempts stored as running."""
+    totals = tuple(db.build_totals(DURATION_BUCKETS_S))
     interrupted: dict[str, int] = {}
     if any(t.status == BuildStatus.RUNNING for t in totals):
         for build in db.builds(status=BuildStatus.INTERRUPTED, limit=_INTERRUPTED_LIMIT):
