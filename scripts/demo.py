@@ -37,7 +37,7 @@ further, or stop it, with::
 
 Environment: DEMO_FARM_DIR (farm directory), DEMO_KEEP_FARM (1 = keep running, the default;
 0 = stop at the end), DEMO_WORK (seconds each derivation sleeps, default 0.5),
-DEMO_POLL_INTERVAL (Nix's build-poll-interval, default 1). Colours only on a terminal (and
+DEMO_POLL_INTERVAL (Nix's build-poll-interval, default 5 as in Nix). Colours only on a terminal (and
 never with NO_COLOR set); piped output is plain text, with tables 120 columns wide.
 """
 
@@ -51,6 +51,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,8 @@ VENV_BIN: Final = Path(sys.executable).parent  # not resolved: the venv's own bi
 HOOK: Final = VENV_BIN / "nixdist-hook"
 NIXDIST: Final = VENV_BIN / "nixdist"
 DEFAULT_FARM_DIR: Final = Path("/var/lib/nixdist/demo-farm")
+DASHBOARD: Final = "127.0.0.1:8421"
+DASHBOARD_START_S: Final = 20.0
 ALIAS_PREFIX: Final = "demo-"
 OTHER_SYSTEM: Final = "x86_64-linux" if host_system() == "aarch64-linux" else "aarch64-linux"
 EXPECTED_DERIVATIONS: Final = 34
@@ -285,12 +289,20 @@ def build_argv(farm: Farm, salt: str, work: str, poll: str) -> list[str]:
     ]
 
 
+def demo_env(farm: Farm) -> dict[str, str]:
+    """The environment of the demo's nix-build, status and dashboard: the farm's ssh options
+    and a state directory of the demo's own, so `nixdist status` shows only its builds."""
+    env = {k: v for k, v in os.environ.items() if k != "NIX_REMOTE_SYSTEMS"}
+    env.update(farm.env())
+    env["NIXDIST_STATE_DIR"] = str(farm.directory / "nixdist-state")
+    return env
+
+
 def run_build(
     console: Console, farm: Farm, argv: Sequence[str], names: Mapping[str, str]
 ) -> BuildRun:
     """Run nix-build, echo every line of its log as it comes, and keep what it says."""
-    env = {k: v for k, v in os.environ.items() if k != "NIX_REMOTE_SYSTEMS"}
-    env.update(farm.env())
+    env = demo_env(farm)
     remote: dict[str, str] = {}
     local: list[str] = []
     started_at: dict[str, float] = {}
@@ -469,6 +481,59 @@ def count_table(rows: Sequence[Row], farm: Farm) -> Table:
     return table
 
 
+def print_status(console: Console, farm: Farm) -> None:
+    """What `nixdist status` says after the build: machines, slots, health, last builds."""
+    argv = [str(NIXDIST), "status", "--machines", str(farm.machines_file)]
+    console.print(Rule("nixdist status"))
+    console.print(f"$ {display_path(NIXDIST)} status --machines {farm.machines_file}", style="dim")
+    result = subprocess.run(
+        argv, env=demo_env(farm), capture_output=True, text=True, check=False, timeout=60
+    )
+    console.print(Text.from_ansi(result.stdout.rstrip("\n")), soft_wrap=True)
+    if result.returncode != 0:
+        console.print(result.stderr.strip(), style="bold red", markup=False)
+
+
+def dashboard_answers(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/api/status", timeout=2) as reply:
+            return bool(reply.status == 200)  # noqa: PLR2004 - HTTP OK
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def start_dashboard(console: Console, farm: Farm) -> None:
+    """Leave `nixdist serve` running on `DASHBOARD` for the demo farm (or reuse the one there)."""
+    url = f"http://{DASHBOARD}/"
+    if not dashboard_answers(DASHBOARD):
+        log = farm.directory / "dashboard.log"
+        with log.open("ab") as out:
+            subprocess.Popen(
+                [
+                    str(NIXDIST),
+                    "serve",
+                    "--machines",
+                    str(farm.machines_file),
+                    "--listen",
+                    DASHBOARD,
+                ],
+                env=demo_env(farm),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # outlives `make demo`
+            )
+        deadline = time.monotonic() + DASHBOARD_START_S
+        while not dashboard_answers(DASHBOARD):
+            if time.monotonic() > deadline:
+                console.print(
+                    f"the dashboard did not start; see {log}", style="bold red", markup=False
+                )
+                return
+            time.sleep(0.2)
+    console.print(f"Dashboard: {url}  (nixdist serve; live running builds, /metrics, /api/status)")
+
+
 def print_hints(console: Console, farm: Farm, *, keep: bool) -> None:
     nixdist = display_path(NIXDIST)
     directory = shlex.quote(str(farm.directory))
@@ -548,7 +613,7 @@ class Settings:
             directory=Path(environ.get("DEMO_FARM_DIR") or DEFAULT_FARM_DIR),
             keep=environ.get("DEMO_KEEP_FARM", "1") != "0",
             work=environ.get("DEMO_WORK", "0.5"),
-            poll=environ.get("DEMO_POLL_INTERVAL", "1"),
+            poll=environ.get("DEMO_POLL_INTERVAL", "5"),
         )
         if not re.fullmatch(r"\d+(\.\d+)?", settings.work):
             raise ValueError(f"DEMO_WORK={settings.work!r} is not a number of seconds")
@@ -622,6 +687,9 @@ def main() -> int:
             farm.down()
     console.print()
     print_hints(console, farm, keep=settings.keep)
+    console.print()
+    print_status(console, farm)
+    start_dashboard(console, farm)
     return status
 
 

@@ -7,7 +7,7 @@
 # and is LEFT RUNNING so the next run is fast; DEMO_KEEP_FARM=0 stops it at the end instead.
 # Stop it later with: .venv/bin/nixdist farm down --dir /var/lib/nixdist/demo-farm
 # DEMO_WORK: seconds each derivation sleeps (0.5); DEMO_POLL_INTERVAL: Nix's build-poll-interval
-# (1; Nix's default is 5). Details: scripts/demo.py.
+# (5, as in Nix). Ends with `nixdist status` and a dashboard left running on 127.0.0.1:8421.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec .venv/bin/python scripts/demo.py "$@"
