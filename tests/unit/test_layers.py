@@ -167,3 +167,53 @@ def test_hook_start_imports_only_what_a_decline_needs() -> None:
     loaded = json.loads(out)
     early = [m for m in loaded if m.startswith(_NOT_AT_HOOK_START)]
     assert early == []
+
+
+_DECLINE = """
+import importlib, json, sys
+from nixdist.hook.output import HookOutput
+hook_main = importlib.import_module("nixdist.hook.main")
+
+seen = []
+real_reply = HookOutput.reply
+
+def reply(self, *args, **kwargs):
+    seen.append(sorted(sys.modules))
+    real_reply(self, *args, **kwargs)
+
+HookOutput.reply = reply
+hook_main.main(["nixdist-hook", "3"])
+print(json.dumps(seen[0]))
+"""
+
+
+def test_a_decline_is_answered_before_loading_what_only_an_accept_needs(tmp_path: Path) -> None:
+    """The whole decline, not only the import: from the settings to ``# decline``."""
+    from nixdist.protocol.hook import TryRequest, encode_settings, encode_try  # noqa: PLC0415
+
+    machines = tmp_path / "machines"
+    machines.write_text("ssh://b1 x86_64-linux - 4 1 - - -\n")  # no big-parallel
+    stdin = encode_settings({"builders": f"@{machines}", "system": "x86_64-linux"}) + encode_try(
+        TryRequest(
+            am_willing=False,
+            system="x86_64-linux",
+            drv_path="/nix/store/00000000000000000000000000000000-x.drv",
+            required_features=frozenset({"big-parallel"}),
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _DECLINE],
+        input=stdin,
+        check=True,
+        capture_output=True,
+        env={
+            "PYTHONPATH": str(SRC),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "NIXDIST_STATE_DIR": str(tmp_path / "state"),
+            "NIX_CURRENT_LOAD": str(tmp_path / "load"),
+        },
+    )
+    assert b"# decline" in done.stderr
+    loaded = json.loads(done.stdout)
+    assert [m for m in loaded if m.startswith(_NOT_AT_HOOK_START)] == []

@@ -304,16 +304,16 @@ class MachinePicker:
         When every machine that fits is busy, the slots are watched for up to the slot wait
         before answering ``postpone``: Nix would ask again only after its poll interval.
         """
-        from nixdist.hook.build import Picked  # noqa: PLC0415 - see the imports
-        from nixdist.store.serve import ServeStore  # noqa: PLC0415
-        from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
-
         wait_until = time.monotonic() + self.config.slot_wait_s
         while True:
             decision, kept = self.decide(request)
             match decision:
                 case Accept(machine=machine):
                     assert kept is not None  # noqa: S101 - an Accept always has a free slot
+                    from nixdist.hook.build import Picked  # noqa: PLC0415 - see the imports
+                    from nixdist.store.serve import ServeStore  # noqa: PLC0415
+                    from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
+
                     try:
                         remote = ServeStore.open_ssh(
                             target_for_machine(machine, self.environ), self.masters, self.environ
