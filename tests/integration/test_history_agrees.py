@@ -93,9 +93,10 @@ in node "split-top" (builtins.elemAt layers (depth - 1)) true
 CLOCKS_EPSILON_S = 1e-3
 
 
-def nixdist_json(env: dict[str, str], *args: str) -> Any:
+def run_nixdist(env: dict[str, str], *args: str) -> str:
+    """The real ``nixdist`` command's stdout; it must succeed."""
     done = subprocess.run(
-        [str(NIXDIST), *args, "--json"],
+        [str(NIXDIST), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -103,7 +104,11 @@ def nixdist_json(env: dict[str, str], *args: str) -> Any:
         timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return done.stdout
+
+
+def nixdist_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(run_nixdist(env, *args, "--json"))
 
 
 def sizes(paths: Sequence[str], farm: Farm | None = None, builder: str = "") -> dict[str, int]:
@@ -132,17 +137,9 @@ def configure_nix(env: dict[str, str], machines: Path) -> None:
     conf.parent.mkdir()
     if SYSTEM_NIX_CONF.exists():
         shutil.copyfile(SYSTEM_NIX_CONF, conf)
-    done = subprocess.run(
-        [str(NIXDIST), "setup", "--machines", str(machines)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=HANG_GUARD_S,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"+build-hook = {HOOK}\n" in done.stdout
-    assert f"+builders = @{machines}" in done.stdout
+    out = run_nixdist(env, "setup", "--machines", str(machines))
+    assert f"+build-hook = {HOOK}\n" in out
+    assert f"+builders = @{machines}" in out
     settings = parse_nix_conf(conf.read_text(), source=str(conf), read_file=read_config_file)
     assert settings.values["build-hook"] == str(HOOK)
     assert settings.values["builders"] == f"@{machines}"
