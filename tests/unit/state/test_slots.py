@@ -325,5 +325,3 @@ def test_main_lock_excludes_other_programs(slots: SlotDirectory) -> None:
     with slots.main_lock():
         assert subprocess.run([FLOCK, "-n", main, "true"], check=False).returncode == 1
     assert subprocess.run([FLOCK, "-n", main, "true"], check=False).returncode == 0
-
-
