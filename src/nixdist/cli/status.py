@@ -158,6 +158,12 @@ def status(machines_file: str | None, recent: int, as_json: bool) -> None:
 @click.command()
 @click.option("--machine", help="Only builds on this machine (its store URI).")
 @click.option(
+    "--machines",
+    "machines_file",
+    metavar="FILE",
+    help="Only builds on the machines of this machines file (default: on any machine).",
+)
+@click.option(
     "--status",
     "status_",
     type=click.Choice([s.value for s in BuildStatus]),
@@ -170,6 +176,7 @@ def status(machines_file: str | None, recent: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def history(  # noqa: PLR0917 - click passes one argument per option
     machine: str | None,
+    machines_file: str | None,
     status_: str | None,
     since: str | None,
     until: str | None,
@@ -185,6 +192,11 @@ def history(  # noqa: PLR0917 - click passes one argument per option
         try:
             builds = db.builds(
                 machine=machine,
+                machines=(
+                    None
+                    if machines_file is None
+                    else [m.uri for m in effective_machines(os.environ, machines_file)[0]]
+                ),
                 status=status_,
                 since=0.0 if since is None else parse_when(since, now),
                 until=None if until is None else parse_when(until, now),

@@ -426,13 +426,15 @@ class StateDB:
         self,
         *,
         machine: str | None = None,
+        machines: Sequence[str] | None = None,
         status: str | None = None,
         since: float = 0.0,
         until: float | None = None,
         drv_path: str | None = None,
         limit: int = 1000,
     ) -> list[BuildRow]:
-        """Build attempts, newest first, filtered. `status` matches the effective status."""
+        """Build attempts, newest first, filtered. `status` matches the effective status;
+        `machines` keeps the attempts on any of these store URIs."""
         clauses = ["started >= ?"]
         params: list[object] = [since]
         if until is not None:
@@ -441,6 +443,9 @@ class StateDB:
         if machine is not None:
             clauses.append("machine = ?")
             params.append(machine)
+        if machines is not None:
+            clauses.append(f"machine IN ({', '.join('?' * len(machines))})")
+            params.extend(machines)
         if drv_path is not None:
             clauses.append("drv_path = ?")
             params.append(drv_path)
