@@ -57,24 +57,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from nixdist.hook.output import HookOutput
+    from nixdist.hook.picked import Picked
     from nixdist.model.derivation import Derivation
     from nixdist.model.machines import Machine
     from nixdist.protocol.hook import AcceptedWork, HookSettings, TryRequest
     from nixdist.state.history import BuildRecord, History
-    from nixdist.state.slots import SlotDirectory, SlotLease
+    from nixdist.state.slots import SlotDirectory
     from nixdist.store.copy import CopyReport
 
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Picked:
-    """An accepted machine: the slot we hold on it and the open session."""
-
-    machine: Machine
-    lease: SlotLease
-    remote: ServeStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

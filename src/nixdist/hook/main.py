@@ -70,7 +70,7 @@ from nixdist.state.slots import SlotDirectory
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from nixdist.hook.build import Picked
+    from nixdist.hook.picked import Picked
     from nixdist.model.machines import Machine
     from nixdist.state.db import ProbeRow, StateDB
     from nixdist.state.health import Health
@@ -310,7 +310,7 @@ class MachinePicker:
             match decision:
                 case Accept(machine=machine):
                     assert kept is not None  # noqa: S101 - an Accept always has a free slot
-                    from nixdist.hook.build import Picked  # noqa: PLC0415 - see the imports
+                    from nixdist.hook.picked import Picked  # noqa: PLC0415 - see the imports
                     from nixdist.store.serve import ServeStore  # noqa: PLC0415
                     from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
 
