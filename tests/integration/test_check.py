@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from nixdist.cli.checks import WRITE_TEST_NAME, key_fingerprint
+from nixdist.cli.check_io import (
+    WRITE_TEST_NAME,
+)
+from nixdist.cli.check_probe import (
+    key_fingerprint,
+)
 from nixdist.farm import host_system
 from nixdist.model.machines import render_machine
 

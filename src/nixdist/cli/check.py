@@ -27,12 +27,14 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from nixdist.cli.checks import (
+from nixdist.cli.check_io import (
     DEFAULT_TIMEOUT_S,
+    run_check,
+)
+from nixdist.cli.checks import (
     Status,
     render_bytes,
     report_to_json,
-    run_check,
     verdict,
 )
 
