@@ -50,6 +50,7 @@ from nixdist.scheduler.policy import (
     Decision,
     Decline,
     LocalCapabilities,
+    MachineState,
     Postpone,
     RejectReason,
     choose,
@@ -259,26 +260,25 @@ class MachinePicker:
         """One round of Nix's selection, under the main lock: the decision and, for an
         accept, the slot it holds (already touched, like Nix does).
 
-        Health and load reports are looked up only for the machines that fit the request: for
-        the others the mismatch is the reason, whatever their state.
+        Slots, health and load reports are looked up only for the machines that fit the
+        request: for the others the mismatch is the reason, whatever their state, and the main
+        lock (which every hook of this host waits for) is held no longer than it must be.
         """
-        fitting = [m for m in self.machines if machine_fits(request, m)]
-        reports = self.refresh_loads(fitting)
-        fits = {m.uri for m in fitting}
+        fits = [machine_fits(request, m) for m in self.machines]
+        reports = self.refresh_loads([m for m, fit in zip(self.machines, fits, strict=True) if fit])
         with self.slots.main_lock():
-            probes = [self.slots.probe(machine) for machine in self.machines]
+            probes = [
+                self.slots.probe(m) if fit else None
+                for m, fit in zip(self.machines, fits, strict=True)
+            ]
             states = [
-                probe.machine_state(
-                    down_reason=self.down_reason(probe.machine.uri)
-                    if probe.machine.uri in fits
-                    else None,
-                    remote_load=(
-                        None
-                        if (row := reports.get(probe.machine.uri)) is None
-                        else row.remote_load()
-                    ),
+                MachineState(machine=m, load=0, free_slot=False)
+                if probe is None
+                else probe.machine_state(
+                    down_reason=self.down_reason(m.uri),
+                    remote_load=None if (row := reports.get(m.uri)) is None else row.remote_load(),
                 )
-                for probe in probes
+                for m, probe in zip(self.machines, probes, strict=True)
             ]
             decision = choose(
                 request,
@@ -287,9 +287,10 @@ class MachinePicker:
                 supported_schemes=SUPPORTED_SCHEMES,
                 min_free_disk=self.config.min_free_disk,
             )
-            kept = probes[decision.index].lease if isinstance(decision, Accept) else None
+            chosen = probes[decision.index] if isinstance(decision, Accept) else None
+            kept = None if chosen is None else chosen.lease
             for probe in probes:
-                if probe.lease is not None and probe.lease is not kept:
+                if probe is not None and probe.lease is not None and probe.lease is not kept:
                     probe.lease.release()
             if kept is not None:
                 kept.touch()
