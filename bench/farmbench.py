@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from common import BUILD_REMOTE, NIXDIST_HOOK, PYTHON
+from common import BUILD_REMOTE, NIXDIST_HOOK, PYTHON, nix_build_argv
 
 from nixdist.farm import Farm
 from nixdist.state.slots import default_current_load_dir, escape_uri
@@ -214,21 +214,7 @@ class FarmBench:
     ) -> tuple[float, subprocess.CompletedProcess[str]]:
         """The timed part: one ``nix-build -j0`` of `drvs` through `contender`'s hook."""
         hook, extra_env = self.hook_env(contender)
-        argv = [
-            "nix-build",
-            *drvs,
-            "--no-out-link",
-            "-j0",
-            "--option",
-            "substituters",
-            "",
-            "--builders",
-            f"@{self.farm.machines_file}",
-            "--option",
-            "build-hook",
-            str(hook),
-            *extra,
-        ]
+        argv = nix_build_argv(drvs, machines_file=self.farm.machines_file, hook=hook, extra=extra)
         env = {**self.env, **extra_env}
         start = time.perf_counter()
         result = run_cmd(argv, env=env)

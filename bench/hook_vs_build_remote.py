@@ -61,6 +61,7 @@ from common import (
     fmt_ratio,
     fmt_s,
     machine_info,
+    nix_build_argv,
     ratio,
     render_table,
     summary,
@@ -371,20 +372,7 @@ class Bench:
     def build(
         self, drvs: Sequence[str], hook: Path, extra_env: Mapping[str, str]
     ) -> tuple[float, subprocess.CompletedProcess[str]]:
-        argv = [
-            "nix-build",
-            *drvs,
-            "--no-out-link",
-            "-j0",
-            "--option",
-            "substituters",
-            "",
-            "--builders",
-            f"@{self.farm.machines_file}",
-            "--option",
-            "build-hook",
-            str(hook),
-        ]
+        argv = nix_build_argv(drvs, machines_file=self.farm.machines_file, hook=hook)
         env = {**self.env, **extra_env}
         start = time.perf_counter()
         result = _run(argv, env=env)
