@@ -2,13 +2,15 @@
 
     inputs   local serve (1, 2, 3) ──NAR stream──▶ remote serve (1, 9)    path by path, claimed
     build    remote serve 8 (BasicDerivation); the remote's stderr ──▶ fd 4, Nix's build log
-    outputs  remote serve (7, 2, 3) ──NAR stream──▶ local serve (1, 9), NIX_HELD_LOCKS = outputs
+    outputs  remote serve (7, 2, 3) ──NAR stream──▶ staged, checked, moved in place and
+             registered (`nixdist.store.outputs`: Nix holds the outputs' locks)
 
-The local store is reached through a ``nix-store --serve --write`` child started with
-``NIX_HELD_LOCKS`` set to the derivation's outputs: Nix holds their locks for the whole build,
-and importing them otherwise deadlocks. Nothing is ever written to a store except through
-``AddToStoreNar``, which the receiving Nix checks against the NAR hash and registers
-atomically: an interrupted copy leaves no partial or unregistered path.
+The local store is the one Nix builds in (its ``store`` setting: the default store or a chroot
+store), reached through a local ``nix-store --serve --write`` child for reading and uploading
+the inputs; the ``.drv`` is read at its real path in that store. Inputs reach the builder
+through ``AddToStoreNar``, which the builder checks against the NAR hash and registers
+atomically; the outputs come back into the local store whole or not at all
+(`nixdist.store.outputs`): an interrupted copy leaves no partial or unregistered path.
 
 Uploads take no per-builder lock (``build-remote`` does, NixOS/nix#11083): every hook sending
 inputs to one builder claims them path by path (`nixdist.store.claims`, files under
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import BuildError, LocalProtocolError, NixdistError
 from nixdist.hook.progress import LOCAL_STORE, CopyActivities
 from nixdist.model.derivation import parse_derivation, to_basic
+from nixdist.model.local_store import parse_local_store
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
 from nixdist.protocol.serve import BuildOptions, BuildStatus, exit_for_build_status
@@ -51,6 +54,7 @@ from nixdist.state.paths import state_dir
 from nixdist.state.slots import escape_uri
 from nixdist.store.claims import UploadClaims
 from nixdist.store.copy import copy_closure, copy_paths
+from nixdist.store.outputs import OutputImport
 from nixdist.store.serve import ServeStore
 
 if TYPE_CHECKING:
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
     from nixdist.hook.output import HookOutput
     from nixdist.hook.picked import Picked
     from nixdist.model.derivation import Derivation
+    from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.protocol.hook import AcceptedWork, HookSettings, TryRequest
     from nixdist.state.history import BuildRecord, History
@@ -105,6 +110,7 @@ class _Job:
 
     drv_path: StorePath
     drv: Derivation
+    store: LocalStore
     outputs: frozenset[StorePath]
     work: AcceptedWork
     settings: HookSettings
@@ -127,7 +133,8 @@ def build_remotely(
 ) -> int:
     """Build the accepted derivation on `first`, failing over to other builders if they fail."""
     drv_path = StorePath.parse(request.drv_path)
-    drv = parse_derivation(Path(request.drv_path).read_text(encoding="utf-8"))
+    store = parse_local_store(settings.store)
+    drv = parse_derivation(Path(store.real_path(drv_path)).read_text(encoding="utf-8"))
     outputs = frozenset(StorePath.parse(o.path) for o in drv.outputs.values() if o.path)
     if len(outputs) != len(drv.outputs):
         first.remote.close()
@@ -140,6 +147,7 @@ def build_remotely(
     job = _Job(
         drv_path=drv_path,
         drv=drv,
+        store=store,
         outputs=outputs,
         work=work,
         settings=settings,
@@ -182,11 +190,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
     local: ServeStore | None = None
     finished = False
     try:
-        local = ServeStore.open_local(
-            store=job.settings.store,
-            held_locks=sorted(map(str, job.outputs)),
-            environ=job.environ,
-        )
+        local = ServeStore.open_local(job.store, job.environ)
         # From here on the remote's stderr (its build log) is this derivation's log.
         remote.channel.forward_stderr_to(BUILD_LOG_FD)
         record.enter(Phase.UPLOAD)
@@ -265,7 +269,11 @@ def _upload(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
 def _download(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
     """The outputs' closure, as far as it is missing here."""
     shown = CopyActivities(job.out, source=picked.machine.uri, destination=LOCAL_STORE)
+    into = OutputImport(local, job.store, job.outputs, environ=job.environ)
     try:
-        return copy_closure(picked.remote, local, job.outputs, progress=shown)
+        got = copy_closure(picked.remote, into, job.outputs, progress=shown)
+        into.commit()
     finally:
+        into.discard()
         shown.close()
+    return got

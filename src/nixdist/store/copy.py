@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from nixdist.store.serve import ServeStore
 
 
+class Destination(Protocol):
+    """Where a copy goes: a `ServeStore`, or the local store taking a build's outputs
+    (`nixdist.store.outputs.OutputImport`)."""
+
+    name: str
+
+    def query_valid_paths(
+        self, paths: Iterable[StorePath], *, lock: bool = False, substitute: bool = False
+    ) -> frozenset[StorePath]: ...
+
+    def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None: ...
+
+
 class CopyProgress(Protocol):
     """Told how a copy goes, for a progress display (all calls come from the copying thread)."""
 
@@ -53,7 +66,7 @@ class CopyReport:
 
 def copy_paths(
     src: ServeStore,
-    dst: ServeStore,
+    dst: Destination,
     paths: Iterable[StorePath],
     *,
     substitute: bool = False,
@@ -104,7 +117,7 @@ def copy_paths(
 
 def copy_closure(
     src: ServeStore,
-    dst: ServeStore,
+    dst: Destination,
     paths: Iterable[StorePath],
     *,
     progress: CopyProgress | None = None,
@@ -123,7 +136,7 @@ def _counted(chunks: Iterable[bytes], info: PathInfo, progress: CopyProgress) ->
 
 def _send_claimed(
     pending: list[PathInfo],
-    dst: ServeStore,
+    dst: Destination,
     claims: UploadClaims,
     send: Callable[[PathInfo], None],
     *,

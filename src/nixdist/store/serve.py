@@ -3,9 +3,8 @@
 This is the one place where the serve protocol (`nixdist.protocol.serve`) meets a transport
 (`nixdist.transport.child.Channel`): requests are encoded and written, replies are read into a
 buffer until their decoder completes (``maybe_decode``). The same class talks to a builder over
-ssh and to the local store through a local ``nix-store --serve --write`` child — which is how
-the hook imports outputs while Nix holds their locks (``NIX_HELD_LOCKS``, nix-protocols.md
-§1.8) without linking against Nix.
+ssh and to the local store through a local ``nix-store --serve --write`` child (which reads
+and uploads the inputs; the outputs come back through `nixdist.store.outputs`).
 
 Calls are synchronous and one at a time, as the protocol is. A server that dies mid-reply
 (the protocol has no in-band errors: it prints ``error: …`` and exits) becomes a
@@ -15,7 +14,6 @@ Calls are synchronous and one at a time, as the protocol is. A server that dies 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, TypeVar
@@ -39,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from nixdist.model.derivation import BasicDerivation
+    from nixdist.model.local_store import LocalStore
     from nixdist.model.path_info import PathInfo
     from nixdist.transport.openssh import ControlMasters, SshTarget
 
@@ -104,28 +103,12 @@ class ServeStore:
             )
 
     @classmethod
-    def open_local(
-        cls,
-        *,
-        store: str | None = None,
-        held_locks: Iterable[str] = (),
-        environ: Mapping[str, str] | None = None,
-    ) -> ServeStore:
-        """A local ``nix-store --serve --write`` on the store Nix builds in.
-
-        `held_locks`: output paths whose locks our parent Nix holds; the child skips locking
-        them (``NIX_HELD_LOCKS``) or importing them would deadlock. The child must open the
-        local store directly, never through the daemon (which would not see that variable),
-        so ``NIX_REMOTE`` is dropped and an explicit `store` other than ``auto`` is passed on.
-        """
-        env = dict(os.environ if environ is None else environ)
+    def open_local(cls, store: LocalStore, environ: Mapping[str, str]) -> ServeStore:
+        """A local ``nix-store --serve --write`` on `store`, the store Nix builds in (never
+        through the daemon: ``NIX_REMOTE`` is dropped)."""
+        env = dict(environ)
         env.pop("NIX_REMOTE", None)
-        held = " ".join(held_locks)
-        if held:
-            env["NIX_HELD_LOCKS"] = held
-        argv = [NIX_STORE, "--serve", "--write"]
-        if store and store not in ("auto", "local"):
-            argv += ["--store", store]
+        argv = [NIX_STORE, "--store", store.uri, "--serve", "--write"]
         return cls(Channel(argv, description="local nix-store --serve", env=env), name="local")
 
     @classmethod
