@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import nixinfo
 from nixdist.cli.check_io import (
     WRITE_TEST_NAME,
 )
@@ -28,6 +29,8 @@ from nixdist.farm import host_system
 from nixdist.model.machines import render_machine
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from nixdist.farm import Farm
 
 pytestmark = pytest.mark.integration
@@ -50,6 +53,31 @@ def env(tmp_path: Path, farm: Farm, farm_nix_env: dict[str, str]) -> dict[str, s
         "NIX_USER_CONF_FILES": "",
         "COLUMNS": "250",
     }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BuilderNix:
+    """What a builder's own Nix says it is: its version and its serve protocol's."""
+
+    version: str
+    serve_protocol: str
+
+
+@pytest.fixture
+def builder_nix(farm: Farm) -> dict[str, BuilderNix]:
+    """Asked of each builder's Nix directly, not through nixdist."""
+
+    def ask(name: str) -> BuilderNix:
+        def run_there(argv: Sequence[str], stdin: bytes) -> bytes:
+            return farm.run_in(name, argv, input=stdin).stdout
+
+        version = farm.run_in(name, ["nix-store", "--version"]).stdout.decode()
+        return BuilderNix(
+            version=nixinfo.version_text(version),
+            serve_protocol=nixinfo.serve_protocol_version(run_there),
+        )
+
+    return {name: ask(name) for name in BUILDERS}
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -101,7 +129,7 @@ def machines_text(farm: Farm, changes: dict[str, dict[str, object]]) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def test_healthy_farm(farm: Farm, env: dict[str, str]) -> None:
+def test_healthy_farm(farm: Farm, env: dict[str, str], builder_nix: dict[str, BuilderNix]) -> None:
     data = run_json([], env, status=0)
     assert data["machines"] == f"builders = @{farm.machines_file}"
     local = data["local"]
@@ -121,8 +149,8 @@ def test_healthy_farm(farm: Farm, env: dict[str, str]) -> None:
         )
         assert builder["reach"] == "connected"
         assert builder["host_key"] == "pinned"
-        assert builder["nix_version"] == "2.8.0"
-        assert builder["serve_protocol"] == "2.7"
+        assert builder["nix_version"] == builder_nix[name].version
+        assert builder["serve_protocol"] == builder_nix[name].serve_protocol
         assert builder["system"] == host_system()
         assert isinstance(builder["connect_ms"], float)
         assert isinstance(builder["handshake_ms"], float)
@@ -137,7 +165,9 @@ def test_healthy_farm(farm: Farm, env: dict[str, str]) -> None:
         assert not [p for p in farm.builder_store_paths(name) if WRITE_TEST_NAME in p]
 
 
-def test_healthy_farm_as_a_table(farm: Farm, env: dict[str, str]) -> None:
+def test_healthy_farm_as_a_table(
+    farm: Farm, env: dict[str, str], builder_nix: dict[str, BuilderNix]
+) -> None:
     result = run([], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
@@ -148,7 +178,7 @@ def test_healthy_farm_as_a_table(farm: Farm, env: dict[str, str]) -> None:
         row = table_row(out, farm.alias(name))
         cells = [cell.strip() for cell in row.strip("│ ").split("│")]
         assert cells[1] == "ok"
-        assert cells[4:6] == ["2.8.0", "2.7"]
+        assert cells[4:6] == [builder_nix[name].version, builder_nix[name].serve_protocol]
         assert cells[2].endswith(" ms")
         assert cells[6].startswith(host_system())
 
@@ -184,7 +214,7 @@ def test_frozen_builder_times_out(farm: Farm, env: dict[str, str]) -> None:
     assert "timed out" in findings(b3)["connect"]["message"]
 
 
-def test_noisy_shell(farm: Farm, env: dict[str, str]) -> None:
+def test_noisy_shell(farm: Farm, env: dict[str, str], builder_nix: dict[str, BuilderNix]) -> None:
     farm.set_noisy("b1", noisy=True)
     data = run_json([], env, status=1)
     builders = builders_by_name(data, farm)
@@ -197,7 +227,7 @@ def test_noisy_shell(farm: Farm, env: dict[str, str]) -> None:
     assert ".bashrc" in shell["hint"]
     assert findings(b1)["serve"]["status"] == "skip"
     # The rest of the report still comes through the chatter.
-    assert b1["nix_version"] == "2.8.0"
+    assert b1["nix_version"] == builder_nix["b1"].version
     assert b1["system"] == host_system()
     assert all(builders[n]["status"] == "ok" for n in ("b2", "b3", "b4"))
     table = run([], env)
