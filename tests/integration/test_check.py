@@ -65,13 +65,15 @@ class BuilderNix:
 
 @pytest.fixture
 def builder_nix(farm: Farm) -> dict[str, BuilderNix]:
-    """Asked of each builder's Nix directly, not through nixdist."""
+    """Asked of each builder's Nix over ssh, as a user would check by hand."""
 
     def ask(name: str) -> BuilderNix:
         def run_there(argv: Sequence[str], stdin: bytes) -> bytes:
-            return farm.run_in(name, argv, input=stdin).stdout
+            return subprocess.run(
+                [*farm.ssh_argv(name), *argv], input=stdin, capture_output=True, check=True
+            ).stdout
 
-        version = farm.run_in(name, ["nix-store", "--version"]).stdout.decode()
+        version = run_there(["nix-store", "--version"], b"").decode()
         return BuilderNix(
             version=nixinfo.version_text(version),
             serve_protocol=nixinfo.serve_protocol_version(run_there),
