@@ -11,6 +11,8 @@ command -v nix-store >/dev/null 2>&1 || need+=(nix-bin)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# Root filesystems of other Nix versions for the farm (nixdist farm rootfs).
+[ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 # Headless Chromium for the dashboard's browser test.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
@@ -26,6 +28,28 @@ fi
 
 # Debian starts a system sshd and nix-daemon where systemd runs; neither is needed here.
 mkdir -p /nix/store 2>/dev/null || true
+
+# Nix run as root builds locally as the build users of `build-users-group` (default: nixbld),
+# and fails if that group is missing. Debian creates them in nix-setup-systemd, which the
+# install above leaves out (--no-install-recommends): create them as its postinst does, only
+# what is missing, 32 users as NixOS and Nix's installer have.
+if [ "$(id -u)" = 0 ]; then
+  if ! getent group nixbld >/dev/null; then
+    echo "setup: creating group nixbld"
+    groupadd --system nixbld
+  fi
+  missing=()
+  for n in $(seq 1 32); do
+    id "nixbld$n" >/dev/null 2>&1 || missing+=("nixbld$n")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: creating build users ${missing[*]}"
+    for user in "${missing[@]}"; do
+      useradd --system --comment "Nix build user ${user#nixbld}" --home-dir /var/empty \
+        --gid nixbld --groups nixbld --no-user-group --shell /usr/sbin/nologin "$user"
+    done
+  fi
+fi
 
 if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: creating .venv"

@@ -10,6 +10,8 @@
     nixdist farm env                     # shell lines for a Nix client
     nixdist farm down [--ssh-include]
     nixdist farm reset
+    nixdist farm rootfs [--nix 2.34]...     # build (once) or show the Nix root filesystems
+    nixdist farm client --nix 2.34 [--daemon] -- nix-build ...
 
 Every subcommand takes ``--dir`` (default ``$NIXDIST_FARM_DIR`` or /var/lib/nixdist/farm).
 """
@@ -17,7 +19,9 @@ Every subcommand takes ``--dir`` (default ``$NIXDIST_FARM_DIR`` or /var/lib/nixd
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -32,6 +36,8 @@ from nixdist.farm import (
     load_farm_toml,
     parse_builder_option,
 )
+from nixdist.farm.releases import KNOWN_VERSIONS
+from nixdist.farm.rootfs import ensure_rootfs_many, rootfs_info, rootfs_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,7 +47,8 @@ _R = TypeVar("_R")
 
 _BUILDER_HELP = (
     "A builder: NAME[:KEY=VALUE;...] with keys systems (comma list; first is the system,"
-    " the rest extra-platforms), features, mandatory (comma lists), jobs, speed."
+    " the rest extra-platforms), features, mandatory (comma lists), jobs, speed,"
+    f" nix ({', '.join(KNOWN_VERSIONS)}; default: the host's Nix)."
     " Repeatable; replaces a builder of the same name."
 )
 
@@ -79,6 +86,7 @@ def _table(statuses: Sequence[BuilderStatus]) -> str:
         "FEATURES",
         "JOBS",
         "SPEED",
+        "NIX",
         "PATHS",
     )
     rows = [header]
@@ -95,6 +103,7 @@ def _table(statuses: Sequence[BuilderStatus]) -> str:
                 _features(s),
                 str(s.spec.max_jobs),
                 str(s.spec.speed_factor),
+                s.spec.nix or "host",
                 str(s.store_paths),
             )
         )
@@ -118,6 +127,7 @@ def _as_json(status: BuilderStatus) -> dict[str, object]:
         "mandatory": sorted(status.spec.mandatory_features),
         "jobs": status.spec.max_jobs,
         "speed": status.spec.speed_factor,
+        "nix": status.spec.nix,
         "store_paths": status.store_paths,
         "noisy": status.noisy,
     }
@@ -283,3 +293,59 @@ def env(directory: Path | None) -> None:
     the_farm = _farm(directory)
     click.echo(f"export NIX_SSHOPTS={shlex.quote(the_farm.nix_sshopts)}")
     click.echo(f"export NIX_REMOTE_SYSTEMS={shlex.quote(str(the_farm.machines_file))}")
+
+
+_NIX_CHOICE = click.Choice(KNOWN_VERSIONS)
+
+
+@farm.command()
+@click.option(
+    "--nix",
+    "versions",
+    type=_NIX_CHOICE,
+    multiple=True,
+    help="A Nix version (repeatable) [default: every known one].",
+)
+@click.option("--check", is_flag=True, help="Only report; build nothing (exit 1 if missing).")
+def rootfs(versions: tuple[str, ...], check: bool) -> int:
+    """Build (once, side by side) or show the Debian root filesystems of Nix versions.
+
+    They are cached in $NIXDIST_ROOTFS_DIR or /var/cache/nixdist/rootfs.
+    """
+    wanted = list(versions) or list(KNOWN_VERSIONS)
+    if check:
+        missing = 0
+        for version in wanted:
+            info = rootfs_info(version)
+            if info is None:
+                missing += 1
+                click.echo(f"{version}  missing  {rootfs_path(version)}")
+            else:
+                click.echo(f"{version}  {info.nix_version}  {info.path}")
+        return 1 if missing else 0
+    for info in ensure_rootfs_many(wanted):
+        click.echo(f"{info.version}  {info.nix_version}  {info.path}")
+    return 0
+
+
+@farm.command(context_settings={"ignore_unknown_options": True})
+@_dir_option
+@click.option("--nix", "version", type=_NIX_CHOICE, required=True, help="The client's Nix.")
+@click.option("--daemon", is_flag=True, help="Run a nix-daemon for the command (build users).")
+@click.option("--reset", is_flag=True, help="Empty the client's store first.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def client(
+    *, directory: Path | None, version: str, daemon: bool, reset: bool, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND as a client of Nix --nix, chrooted in its root filesystem.
+
+    The client has a store of its own (<farm>/clients/VERSION/nix) kept between calls, sees
+    this machine's /tmp, /root, the farm, the nixdist checkout and the current directory, and
+    has nixdist-hook on PATH. Use -- before COMMAND. The exit status is COMMAND's.
+    """
+    the_farm = _farm(directory)
+    if reset:
+        the_farm.reset_client(version)
+    argv = the_farm.client_argv(version, command, daemon=daemon)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - replaced by the client, which keeps our stdio

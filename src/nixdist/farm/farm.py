@@ -8,12 +8,15 @@ Layout of a farm directory (default ``/var/lib/nixdist/farm``, or ``$NIXDIST_FAR
     known_hosts           the builders' host keys, under their aliases
     client_key(.pub)      the ed25519 key clients log in with (root, key only)
     lock                  flock'ed while the farm is changed
+    clients/<version>/    ``nixdist farm client --nix <version>``: its nix/, etc-nix/, bin/
+                          (see `nixdist.farm.client`)
     builders/<name>/
         nix/              the builder's /nix (its own store and database)
         etc-nix/          its /etc/nix: nix.conf, nixdist-builder, nixdist-speed
         etc-ssh/          its /etc/ssh: sshd_config, host key, authorized_keys, sshd.log
         home/             its /root
         tmp/              its /tmp
+        stage/            (a builder with ``nix=``) where its namespace mounts its root
         sshd.pid          written by the launcher, the pid of the builder's sshd
         launch.log        stdout/stderr of the launcher and of sshd
 
@@ -30,6 +33,11 @@ Every session and build the builder runs inherits the namespace; stopping a buil
 every process in it (found through ``/proc/PID/ns/mnt``, see `nixdist.farm.procs`). A process
 counts as the builder's only if its ``/proc/PID/root/nix`` is the builder's ``nix/`` directory,
 so a recycled pid or namespace inode is never mistaken for it.
+
+A builder with a Nix version of its own (``nix=2.34``) runs the same sshd command chrooted in
+that version's root filesystem (`nixdist.farm.rootfs`; `nixdist.farm.launch.chroot_argv`): the
+same directories are bound on the same targets under the chroot, with /proc, /dev, /sys and the
+farm directory at its own path. Its processes' ``/proc/PID/root/nix`` is still its ``nix/``.
 
 Ports are chosen once (a free loopback port) and kept across stop/start and up/down; a new one
 is chosen only when the old one is taken by something else at start.
@@ -51,8 +59,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
-from nixdist.farm import launch, procs, render
+from nixdist.farm import client, launch, procs, render
 from nixdist.farm.errors import FarmError
+from nixdist.farm.rootfs import ensure_rootfs, ensure_rootfs_many
 from nixdist.farm.spec import (
     DEFAULT_ALIAS_PREFIX,
     BuilderSpec,
@@ -72,15 +81,19 @@ DEFAULT_BUILDER_COUNT: Final = 2
 _NOISE_MARKER: Final = "# nixdist farm: noisy shell"
 
 
-def _inner_targets() -> tuple[tuple[str, str], ...]:
+def _inner_targets(*, chroot: bool = False) -> tuple[tuple[str, str], ...]:
     """(directory under builders/<name>/, the path it covers inside the builder)."""
     return (
         ("nix", "/nix"),
         ("etc-nix", "/etc/nix"),
         ("etc-ssh", "/etc/ssh"),
-        ("home", pwd.getpwuid(0).pw_dir),  # where sshd and bash look for root's files
+        # Where sshd and bash look for root's files (a root filesystem's passwd says /root).
+        ("home", "/root" if chroot else pwd.getpwuid(0).pw_dir),
         ("tmp", "/tmp"),  # noqa: S108 - the builder's own /tmp, a mount point
     )
+
+
+_CHROOT_SSHD: Final = "/usr/sbin/sshd"  # in every root filesystem (openssh-server)
 
 
 class BuilderState(StrEnum):
@@ -187,6 +200,7 @@ class Farm:
         Frozen builders stay frozen (see `heal`).
         """
         self._check_host()
+        self._ensure_rootfs(specs)
         with self._locked(create=True):
             state = self._load()
             if self._alias_prefix_arg is not None:
@@ -196,6 +210,7 @@ class Farm:
                 if specs is not None
                 else [r.spec for r in state.records] or list(plain_specs(DEFAULT_BUILDER_COUNT))
             )
+            self._ensure_rootfs(wanted)  # the farm's own builders when `specs` is None
             names = [s.name for s in wanted]
             if len(set(names)) != len(names):
                 raise ConfigError(f"builder names must be unique: {', '.join(names)}")
@@ -257,6 +272,7 @@ class Farm:
         with self._locked():
             state = self._load()
             i = state.index(name)
+            self._ensure_rootfs([state.records[i].spec])
             if self._live_pid(state.records[i]) is None:
                 self._prepare_builder(state.records[i])
                 state.records[i] = self._start(state, state.records[i])
@@ -387,8 +403,13 @@ class Farm:
         state = self._load()
         record = state.record(name)
         pid = self._live_pid(record)
-        if pid is not None:
+        if pid is not None and record.spec.nix is not None:
+            # --root and --wd without a path: those of sshd, i.e. the builder's chroot.
+            full = ["nsenter", f"--target={pid}", "--mount", "--root", "--wd", "--", *argv]
+        elif pid is not None:
             full = ["nsenter", f"--target={pid}", "--mount", "--wd=/", "--", *argv]
+        elif record.spec.nix is not None:
+            full = self._chroot_argv(record.spec, argv)
         else:
             full = launch.namespace_argv(self._mount_args(name), argv)
         result = subprocess.run(
@@ -405,6 +426,24 @@ class Farm:
                 f"builder {name}: {' '.join(argv)} exited with {result.returncode}: {stderr}"
             )
         return result
+
+    def client_argv(
+        self, version: str, command: Sequence[str], *, daemon: bool = False
+    ) -> list[str]:
+        """Run `command` as a Nix `version` client against this farm (`nixdist.farm.client`).
+
+        The client keeps its own store (`client_store_dir`) between calls; `reset_client`
+        empties it. Run the result with the environment the command should see, in the
+        directory it should run in.
+        """
+        return client.client_argv(self.directory, version, command, daemon=daemon)
+
+    def client_store_dir(self, version: str) -> Path:
+        """The host directory a Nix `version` client sees as ``/nix/store``."""
+        return client.client_store_dir(self.directory, version)
+
+    def reset_client(self, version: str) -> None:
+        client.reset_client(self.directory, version)
 
     def install_ssh_include(self, ssh_config: Path | None = None) -> bool:
         """Add ``Include <farm>/ssh_config`` at the top of ``~/.ssh/config`` (idempotent)."""
@@ -513,6 +552,7 @@ class Farm:
         base = self.builder_dir(spec.name)
         for sub, _ in _inner_targets():
             (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "stage").mkdir(exist_ok=True)
         (base / "tmp").chmod(0o1777)
         (base / "nix" / "store").mkdir(exist_ok=True)  # Nix makes the rest on first use
         etc_ssh = base / "etc-ssh"
@@ -527,6 +567,33 @@ class Farm:
         _atomic_write(etc_nix / "nix.conf", render.render_nix_conf(spec))
         _atomic_write(etc_nix / render.BUILDER_NAME_FILE, f"{spec.name}\n")
         _atomic_write(etc_nix / render.BUILDER_SPEED_FILE, render.render_speed_file(spec))
+
+    def _ensure_rootfs(self, specs: Iterable[BuilderSpec] | None) -> None:
+        """Build the root filesystems `specs` need (minutes, once), before the farm's lock."""
+        versions = sorted({s.nix for s in specs or () if s.nix is not None})
+        if versions:
+            ensure_rootfs_many(versions)
+
+    def _chroot_argv(
+        self, spec: BuilderSpec, command: Sequence[str], *, pidfile: Path | None = None
+    ) -> list[str]:
+        """`command` in a namespace of builder `spec` (which has a Nix version), chrooted."""
+        assert spec.nix is not None  # noqa: S101 - narrowing; only called for such builders
+        base = self.builder_dir(spec.name)
+        mounts = [(str(base / sub), target) for sub, target in _inner_targets(chroot=True)]
+        mounts += [
+            ("/proc", "/proc"),
+            ("rbind:/dev", "/dev"),
+            ("rbind:/sys", "/sys"),
+            (str(self.directory), str(self.directory)),
+        ]
+        return launch.chroot_argv(
+            stage=base / "stage",
+            rootfs=ensure_rootfs(spec.nix),
+            mounts=mounts,
+            command=command,
+            pidfile=pidfile,
+        )
 
     def _mount_args(self, name: str) -> list[str]:
         """Source/target pairs for the launch script, a target covering the farm dir last."""
@@ -581,18 +648,18 @@ class Farm:
             self._save(state)
         assert self.sshd is not None  # checked by _check_host  # noqa: S101 - narrowing
         base = self.builder_dir(name)
+        pidfile = base / "sshd.pid"
+        sshd_args = ["-D", "-f", render.INNER_SSHD_CONFIG, "-E", render.INNER_SSHD_LOG]
+        if record.spec.nix is not None:
+            argv = self._chroot_argv(record.spec, [_CHROOT_SSHD, *sshd_args], pidfile=pidfile)
+        else:
+            argv = launch.namespace_argv(
+                self._mount_args(name), [self.sshd, *sshd_args], pidfile=pidfile
+            )
         pid, ns = launch.start_sshd(
             name=name,
-            mounts=self._mount_args(name),
-            sshd_command=[
-                self.sshd,
-                "-D",
-                "-f",
-                render.INNER_SSHD_CONFIG,
-                "-E",
-                render.INNER_SSHD_LOG,
-            ],
-            pidfile=base / "sshd.pid",
+            argv=argv,
+            pidfile=pidfile,
             launch_log=base / "launch.log",
             sshd_log=self.sshd_log(name),
             port=record.port,

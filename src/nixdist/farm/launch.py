@@ -10,6 +10,20 @@ is ``-``, bind-mounts each source over its target in order and execs the command
 started detached (``setsid --fork`` in front, stdio on a log file), so it never holds the
 caller's pipes nor stays the caller's child; the farm learns its pid from the pidfile and that
 it is ready from its log line ``Server listening on 127.0.0.1 port <port>.``.
+
+A builder or client that runs a Nix version of its own (`nixdist.farm.rootfs`) is chrooted
+into that version's root filesystem instead::
+
+    unshare --mount --propagation private -- /bin/sh -c <CHROOT_SCRIPT> nixdist-farm-chroot \
+        <pidfile or -> <stage> <rootfs> <source> <target> [...] -- <command...>
+
+In the new namespace the script mounts a tmpfs on `stage` (an empty directory; the tmpfs is
+seen only in this namespace, so any number of namespaces can use the same stage), an overlay
+on ``<stage>/root`` with the root filesystem as its read-only lower layer and the tmpfs as the
+upper one (so nothing ever writes into the shared root filesystem, and mount points for any
+path can be made), then bind-mounts each source on ``<stage>/root/<target>`` (a source
+``rbind:PATH`` recursively, for /dev and /sys) and execs ``chroot <stage>/root <command>``.
+Targets are mounted parents first (see `order_mounts`).
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import contextlib
 import socket
 import subprocess
 import time
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Final
 
 from nixdist.farm import procs
@@ -46,6 +61,30 @@ shift
 exec "$@"
 """
 _LAUNCH_ARGV0: Final = "nixdist-farm-launch"
+
+CHROOT_SCRIPT: Final = """\
+set -e
+if [ "$1" != - ]; then echo "$$" > "$1.tmp"; mv "$1.tmp" "$1"; fi
+stage=$2
+mount -t tmpfs -o mode=0755 nixdist-stage "$stage"
+mkdir "$stage/upper" "$stage/work" "$stage/root"
+mount -t overlay nixdist-root \
+    -o "lowerdir=$3,upperdir=$stage/upper,workdir=$stage/work" "$stage/root"
+shift 3
+while [ "$1" != -- ]; do
+  mkdir -p "$stage/root$2"
+  case $1 in
+    rbind:*) mount --rbind "${1#rbind:}" "$stage/root$2" ;;
+    *) mount --bind "$1" "$stage/root$2" ;;
+  esac
+  shift 2
+done
+shift
+exec chroot "$stage/root" "$@"
+"""
+_CHROOT_ARGV0: Final = "nixdist-farm-chroot"
+#: Characters overlayfs's mount options cannot carry in a lowerdir path.
+_OVERLAY_UNSAFE: Final = frozenset(",:\\")
 _POLL_SECONDS: Final = 0.02
 
 
@@ -70,24 +109,75 @@ def namespace_argv(
     ]
 
 
+def chroot_argv(
+    *,
+    stage: Path,
+    rootfs: Path,
+    mounts: Sequence[tuple[str, str]],
+    command: Sequence[str],
+    pidfile: Path | None = None,
+) -> list[str]:
+    """The command line that runs `command` chrooted in `rootfs` (see the module docstring).
+
+    `mounts` are (source, target) pairs; a source ``rbind:PATH`` is bound recursively.
+    """
+    if _OVERLAY_UNSAFE & set(str(rootfs)):
+        raise FarmError(f"the root filesystem path {rootfs} cannot contain ',', ':' or '\\'")
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        CHROOT_SCRIPT,
+        _CHROOT_ARGV0,
+        str(pidfile) if pidfile is not None else "-",
+        str(stage),
+        str(rootfs),
+        *(item for pair in order_mounts(mounts) for item in pair),
+        "--",
+        *command,
+    ]
+
+
+def order_mounts(mounts: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`mounts` with parents before children (by target depth; stable otherwise).
+
+    A same-path bind (source == target) inside another same-path bind is dropped: the
+    outer one shows it already.
+    """
+    ordered = sorted(mounts, key=lambda pair: len(PurePosixPath(pair[1]).parts))
+    kept: list[tuple[str, str]] = []
+    for source, target in ordered:
+        covered = source == target and any(
+            s == t and PurePosixPath(target).is_relative_to(t) for s, t in kept
+        )
+        if not covered:
+            kept.append((source, target))
+    return kept
+
+
 def start_sshd(
     *,
     name: str,
-    mounts: Sequence[str],
-    sshd_command: Sequence[str],
+    argv: Sequence[str],
     pidfile: Path,
     launch_log: Path,
     sshd_log: Path,
     port: int,
     timeout: float,
 ) -> tuple[int, int]:
-    """Start sshd detached in a new namespace; wait until it listens. Returns (pid, mount ns)."""
+    """Start sshd detached in a new namespace; wait until it listens. Returns (pid, mount ns).
+
+    `argv` runs sshd in the namespace and writes `pidfile` (`namespace_argv`, `chroot_argv`).
+    """
     pidfile.unlink(missing_ok=True)
     offset = sshd_log.stat().st_size if sshd_log.exists() else 0
-    argv = ["setsid", "--fork", *namespace_argv(mounts, sshd_command, pidfile=pidfile)]
     with launch_log.open("ab") as out:
         launched = subprocess.run(
-            argv,
+            ["setsid", "--fork", *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -8,6 +8,7 @@ A builder is described on the command line by ``--builder SPEC`` (repeatable)::
     b2:features=big-parallel;jobs=2
     b3:systems=x86_64-linux,aarch64-linux;speed=2
     b4:mandatory=benchmark
+    b5:nix=2.34
 
 or in a TOML farm file (``--config farm.toml``)::
 
@@ -23,6 +24,9 @@ or in a TOML farm file (``--config farm.toml``)::
     jobs = 2
     speed = 2
 
+    [builders.b3]
+    nix = "2.26"
+
 Keys (the same in both forms; lists are comma-separated on the command line):
 
 =========  ==========================================================  ==================
@@ -35,6 +39,9 @@ features   supported system features (machines field 6)                none
 mandatory  mandatory system features (machines field 7)                none
 jobs       max jobs (machines field 4, and the builder's max-jobs)     1
 speed      speed factor (machines field 5; an integer, as in Nix 2.8)  1
+nix        the Nix the builder runs: ``2.8``, ``2.26`` or ``2.34``     the host's Nix
+           (a TOML string), in a Debian root filesystem of that
+           version (`nixdist.farm.rootfs`)
 =========  ==========================================================  ==================
 
 The builder's own ``system-features`` are ``features`` and ``mandatory`` together, so a
@@ -53,6 +60,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
+from nixdist.farm.releases import parse_nix_version
 from nixdist.state.config import host_system
 
 if TYPE_CHECKING:
@@ -65,7 +73,7 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{0,32}")
 _SYSTEM_RE: Final = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.-]+")
 _FEATURE_RE: Final = re.compile(r"[A-Za-z0-9_.+-]+")
-_KEYS: Final = ("systems", "features", "mandatory", "jobs", "speed")
+_KEYS: Final = ("systems", "features", "mandatory", "jobs", "speed", "nix")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +86,8 @@ class BuilderSpec:
     mandatory_features: frozenset[str] = frozenset()
     max_jobs: int = 1
     speed_factor: int = 1
+    #: The Nix version the builder runs (`nixdist.farm.releases`), None for the host's Nix.
+    nix: str | None = None
 
     @property
     def system(self) -> str:
@@ -109,6 +119,7 @@ def make_spec(
     mandatory: Iterable[str] = (),
     jobs: int = 1,
     speed: int = 1,
+    nix: str | None = None,
     source: str = "builder",
 ) -> BuilderSpec:
     """Check every value and build a `BuilderSpec`; `source` names the origin in errors."""
@@ -152,6 +163,7 @@ def make_spec(
         mandatory_features=required,
         max_jobs=jobs,
         speed_factor=speed,
+        nix=None if nix is None else parse_nix_version(nix, source=source),
     )
 
 
@@ -218,6 +230,7 @@ def parse_builder_option(text: str) -> BuilderSpec:
         mandatory=_split_list(values.get("mandatory", "")),
         jobs=_parse_int(name, "jobs", values["jobs"], source) if "jobs" in values else 1,
         speed=_parse_int(name, "speed", values["speed"], source) if "speed" in values else 1,
+        nix=values.get("nix"),
         source=source,
     )
 
@@ -234,6 +247,16 @@ def _int_value(value: object, *, name: str, key: str, source: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ConfigError(f"builder {name!r}: {key} must be an integer", file=source, field=key)
+
+
+def _opt_str_value(value: object, *, name: str, key: str, source: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigError(
+        f'builder {name!r}: {key} must be a string (like "2.34"), not {value!r}',
+        file=source,
+        field=key,
+    )
 
 
 def parse_farm_toml(text: str, *, source: str = "<farm.toml>") -> FarmConfig:
@@ -279,6 +302,7 @@ def _spec_from_table(name: str, table: Mapping[str, object], source: str) -> Bui
         mandatory=_str_list(table.get("mandatory", []), name=name, key="mandatory", source=source),
         jobs=_int_value(table.get("jobs", 1), name=name, key="jobs", source=source),
         speed=_int_value(table.get("speed", 1), name=name, key="speed", source=source),
+        nix=_opt_str_value(table.get("nix"), name=name, key="nix", source=source),
         source=source,
     )
 

@@ -4,11 +4,13 @@ Format (version 1)::
 
     {"version": 1, "alias_prefix": "nixdist-",
      "builders": [{"name": "b1", "systems": ["x86_64-linux"], "features": [], "mandatory": [],
-                   "jobs": 1, "speed": 1, "port": 40123, "pid": 5170,
+                   "jobs": 1, "speed": 1, "nix": null, "port": 40123, "pid": 5170,
                    "mount_ns": 4026532177}, ...]}
 
-``pid`` and ``mount_ns`` are null while a builder is stopped. The file is replaced atomically,
-so a reader never sees half of it. Every value is checked again when read (`make_spec`).
+``pid`` and ``mount_ns`` are null while a builder is stopped; ``nix`` is null for a builder
+running the host's Nix (and may be missing: files from before it existed). The file is
+replaced atomically, so a reader never sees half of it. Every value is checked again when
+read (`make_spec`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def encode_state(state: FarmState) -> str:
                 "mandatory": sorted(r.spec.mandatory_features),
                 "jobs": r.spec.max_jobs,
                 "speed": r.spec.speed_factor,
+                "nix": r.spec.nix,
                 "port": r.port,
                 "pid": r.pid,
                 "mount_ns": r.mount_ns,
@@ -110,6 +113,7 @@ def _decode(data: object, *, source: str) -> FarmState:
             mandatory=item["mandatory"],
             jobs=_int(item["jobs"]),
             speed=_int(item["speed"]),
+            nix=_opt_str(item.get("nix")),
             source=source,
         )
         records.append(
@@ -127,6 +131,12 @@ def _int(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise TypeError(f"{value!r} is not an integer")
+
+
+def _opt_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"{value!r} is not a string")
 
 
 def _opt_int(value: object) -> int | None:
