@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint unit demo bench vectors clean
+.PHONY: setup test lint unit rootfs demo bench vectors clean
 
 setup:
 	@scripts/setup.sh
@@ -16,8 +16,13 @@ lint: setup
 unit: setup
 	$(PY) -m pytest -q -m 'not integration'
 
-test: lint
+test: lint rootfs
 	$(PY) -m pytest -q
+
+# The Debian root filesystems of the Nix versions the farm tests pair (2.8, 2.26, 2.34): built
+# side by side once (~3 min), then cached in /var/cache/nixdist/rootfs. Root only, like the farm.
+rootfs: setup
+	@if [ "$$(id -u)" = 0 ]; then $(VENV)/bin/nixdist farm rootfs --nix 2.8 --nix 2.26 --nix 2.34; fi
 
 demo: setup
 	@scripts/demo.sh

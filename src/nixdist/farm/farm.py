@@ -428,15 +428,20 @@ class Farm:
         return result
 
     def client_argv(
-        self, version: str, command: Sequence[str], *, daemon: bool = False
+        self,
+        version: str,
+        command: Sequence[str],
+        *,
+        daemon: bool = False,
+        cwd: Path | None = None,
     ) -> list[str]:
         """Run `command` as a Nix `version` client against this farm (`nixdist.farm.client`).
 
-        The client keeps its own store (`client_store_dir`) between calls; `reset_client`
-        empties it. Run the result with the environment the command should see, in the
-        directory it should run in.
+        The command runs in `cwd` (default: the current directory now). The client keeps its
+        own store (`client_store_dir`) between calls; `reset_client` empties it. Run the
+        result with the environment the command should see.
         """
-        return client.client_argv(self.directory, version, command, daemon=daemon)
+        return client.client_argv(self.directory, version, command, daemon=daemon, cwd=cwd)
 
     def client_store_dir(self, version: str) -> Path:
         """The host directory a Nix `version` client sees as ``/nix/store``."""

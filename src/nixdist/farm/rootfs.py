@@ -10,6 +10,7 @@ first time it is asked for (a few minutes), and returns the cached one afterward
         .bookworm.tmp/                  being built; renamed to bookworm/ when complete
         bookworm.debootstrap.log        debootstrap's output (and its own log when it fails)
 
+The mirror is http://deb.debian.org/debian unless ``$NIXDIST_DEBIAN_MIRROR`` names another.
 A build goes into the temporary sibling and is renamed into place only when complete, so a
 finished directory is always whole; a temporary left by a killed run is removed and built
 again. Waiting for another process's build is bounded. debootstrap runs in a mount namespace
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.farm.errors import FarmError
-from nixdist.farm.launch import CLEAN_ENV, tail
+from nixdist.farm.launch import CLEAN_ENV
 from nixdist.farm.releases import NixRelease, release
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 DEFAULT_ROOTFS_DIR: Final = Path("/var/cache/nixdist/rootfs")
 ROOTFS_DIR_ENV: Final = "NIXDIST_ROOTFS_DIR"
 MIRROR: Final = "http://deb.debian.org/debian"
+MIRROR_ENV: Final = "NIXDIST_DEBIAN_MIRROR"  # another Debian mirror (a local one)
 PACKAGES: Final = ("nix-bin", "openssh-server", "openssh-client", "python3", "libdbi-perl")
 INFO_FILE: Final = "nixdist-rootfs.json"
 BUILD_USERS: Final = 8
@@ -190,7 +192,7 @@ def _debootstrap(rel: NixRelease, target: Path, log: Path) -> None:
         f"--include={','.join(PACKAGES)}",
         rel.suite,
         str(target),
-        MIRROR,
+        os.environ.get(MIRROR_ENV) or MIRROR,
     ]
     if rel.script is not None:
         argv.append(rel.script)
@@ -223,8 +225,15 @@ def _debootstrap(rel: NixRelease, target: Path, log: Path) -> None:
             with log.open("a") as out:
                 out.write(f"\n--- {inner}\n{inner.read_text(errors='replace')}")
         raise FarmError(
-            f"debootstrap of {rel.suite} failed (exit {code}): {tail(log, lines=1)}; see {log}"
+            f"debootstrap of {rel.suite} failed (exit {code}): {_last_error(log)}; see {log}"
         )
+
+
+def _last_error(log: Path) -> str:
+    """debootstrap's last ``E:`` line (its own reason), else the log's last line."""
+    lines = log.read_text(errors="replace").strip().splitlines() or ["(empty log)"]
+    errors = [line for line in lines if line.startswith("E: ")]
+    return (errors or lines)[-1].strip()
 
 
 def _add_build_users(root: Path) -> None:
