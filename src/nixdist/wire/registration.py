@@ -1,4 +1,5 @@
-"""The text ``nix-store --register-validity --hash-given`` reads (and ``--dump-db`` writes).
+"""The text ``nix-store --load-db`` and ``--register-validity --hash-given`` read (and
+``--dump-db`` writes).
 
 One record per path, every field a line (``decodeValidPathInfo`` and
 ``makeValidityRegistration`` in Nix's ``store-api.cc``, unchanged from 2.8 to 2.34)::

@@ -1,0 +1,149 @@
+"""Outputs imported the way the hook does it, against the Nix installed here.
+
+Nix holds every output's lock (``<path>.lock``) while its hook runs; since Nix 2.29 nothing
+outside Nix's own process can import through that lock. `OutputImport` stages each output,
+then moves it in place and registers it with ``nix-store --register-validity --hash-given``.
+Here the test itself holds the lock, as the parent Nix would, and checks that the paths arrive
+with exactly the path info the source store has (``nix-store --dump-db``, Nix's own rendering,
+is also the golden vector for our encoder), that their contents verify, and that a bad stream
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nixdist.errors import RemoteProtocolError
+from nixdist.model.hashes import Hash, HashAlgo
+from nixdist.model.local_store import parse_local_store
+from nixdist.model.path_info import PathInfo
+from nixdist.model.store_path import StorePath
+from nixdist.store.copy import copy_closure
+from nixdist.store.narfs import dump_path
+from nixdist.store.outputs import OutputImport
+from nixdist.store.serve import ServeStore
+from nixdist.wire.registration import encode_registration
+from nixrun import HANG_GUARD_S
+
+pytestmark = pytest.mark.integration
+
+
+def _nix_store(store: str, *args: str) -> str:
+    return subprocess.run(
+        ["nix-store", "--store", store, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=HANG_GUARD_S,
+    ).stdout
+
+
+def _add(store: ServeStore, tree: Path, path: StorePath, refs: set[StorePath]) -> PathInfo:
+    nar = b"".join(dump_path(tree))
+    info = PathInfo(
+        path=path,
+        deriver=StorePath.parse("/nix/store/" + "d" * 32 + "-import-test.drv"),
+        nar_hash=Hash.of(HashAlgo.SHA256, nar),
+        references=frozenset(refs),
+        nar_size=len(nar),
+    )
+    store.add_nar(info, [nar])
+    return info
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[str, list[PathInfo]]:
+    """A chroot store holding a dependency and two outputs (one refers to the other and to
+    itself, one is a symlink-holding directory)."""
+    uri = f"local?root={tmp_path / 'src'}"
+    dep = StorePath.parse("/nix/store/" + "1" * 32 + "-dep")
+    out = StorePath.parse("/nix/store/" + "2" * 32 + "-out")
+    dev = StorePath.parse("/nix/store/" + "3" * 32 + "-out-dev")
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "dep").write_text("a dependency\n")
+    (tmp_path / "t" / "out").write_text(f"{dep}\n{out}\n")
+    (tmp_path / "t" / "out").chmod(0o755)
+    (tmp_path / "t" / "dev" / "sub").mkdir(parents=True)
+    (tmp_path / "t" / "dev" / "sub" / "x").write_text("x")
+    (tmp_path / "t" / "dev" / "l").symlink_to(str(out))
+    src = ServeStore.open_local(parse_local_store(uri), os.environ)
+    try:
+        infos = [
+            _add(src, tmp_path / "t" / "dep", dep, set()),
+            _add(src, tmp_path / "t" / "out", out, {dep, out}),
+            _add(src, tmp_path / "t" / "dev", dev, {out}),
+        ]
+    finally:
+        src.close()
+    return uri, infos
+
+
+def test_registration_encoding_is_what_nix_dumps(source: tuple[str, list[PathInfo]]) -> None:
+    uri, infos = source
+    for info in infos:
+        assert encode_registration([info]).decode() == _nix_store(uri, "--dump-db", str(info.path))
+
+
+def test_outputs_arrive_whole_while_their_locks_are_held(
+    tmp_path: Path, source: tuple[str, list[PathInfo]]
+) -> None:
+    uri, infos = source
+    dep, out, dev = (info.path for info in infos)
+    dest = parse_local_store(f"local?root={tmp_path / 'dst'}")
+    Path(dest.real_store_dir).mkdir(parents=True)
+    # What the parent Nix does for the whole build: lock every output.
+    locks = []
+    for path in (out, dev):
+        fd = os.open(dest.real_path(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        locks.append(fd)
+    # A stale, invalid leftover at an output's path is replaced.
+    Path(dest.real_path(dev)).mkdir()
+    (Path(dest.real_path(dev)) / "stale").write_text("old")
+    src = ServeStore.open_local(parse_local_store(uri), os.environ)
+    local = ServeStore.open_local(dest, os.environ)
+    into = OutputImport(local, dest, {out, dev}, environ=os.environ)
+    try:
+        report = copy_closure(src, into, [dev])
+        into.commit()
+    finally:
+        into.discard()
+        src.close()
+        local.close()
+        for fd in locks:
+            os.close(fd)
+    assert set(report.copied) == {dep, out, dev}
+    for path in (dep, out, dev):
+        assert _nix_store(dest.uri, "--dump-db", str(path)) == _nix_store(
+            uri, "--dump-db", str(path)
+        )
+    _nix_store(dest.uri, "--verify-path", str(out), str(dev), str(dep))
+    assert not (Path(dest.real_path(dev)) / "stale").exists()
+    assert [p.name for p in Path(dest.real_store_dir).iterdir() if p.name.startswith(".nix")] == []
+
+
+def test_a_corrupt_stream_leaves_nothing(
+    tmp_path: Path, source: tuple[str, list[PathInfo]]
+) -> None:
+    uri, infos = source
+    out_info = infos[1]
+    dest = parse_local_store(f"local?root={tmp_path / 'dst'}")
+    Path(dest.real_store_dir).mkdir(parents=True)
+    src = ServeStore.open_local(parse_local_store(uri), os.environ)
+    local = ServeStore.open_local(dest, os.environ)
+    into = OutputImport(local, dest, {out_info.path}, environ=os.environ)
+    try:
+        nar = bytearray(b"".join(src.dump(out_info.path)))
+        nar[-20] ^= 0xFF  # inside the file's contents: still a well-formed NAR
+        with pytest.raises(RemoteProtocolError, match="does not match its hash"):
+            into.add_nar(out_info, [bytes(nar)])
+    finally:
+        into.discard()
+        src.close()
+        local.close()
+    assert [p.name for p in Path(dest.real_store_dir).iterdir() if p.name != ".links"] == []
