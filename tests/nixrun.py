@@ -22,6 +22,10 @@ HOOKTEST = FIXTURES / "hooktest.nix"
 HOOK = Path(sys.executable).with_name("nixdist-hook")
 # A guard against a hang, never a performance limit: a stuck run fails instead of blocking CI.
 HANG_GUARD_S = 900
+# Options for a build on this host rather than on a builder. The fixtures' builder is the
+# host's /bin/sh with tools from /usr/bin, which Nix's sandbox does not contain (Debian's Nix
+# has no sandbox shell), so local builds run unsandboxed, as the farm builders' do.
+LOCAL_BUILD = ("--option", "sandbox", "false")
 _salts = itertools.count()
 
 

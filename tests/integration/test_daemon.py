@@ -3,7 +3,7 @@
 Under a daemon the build loop runs in the daemon's per-connection child, as root, and the hook
 is that child's child with the *daemon's* environment and settings (nix-protocols.md §1.1-§1.3,
 §1.8). This test starts its own daemon on a private socket, configured only from its command
-line (``nix-daemon --option …``, Nix 2.8's legacy argument parser accepts it) and its
+line (``nix-daemon --option …``, which its legacy argument parser accepts) and its
 environment (``NIX_SSHOPTS`` for the farm, ``NIXDIST_STATE_DIR``), creates an unprivileged
 system user, and has that user run ``nix-build`` with ``NIX_REMOTE=daemon``.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import pwd
 import shutil
@@ -45,7 +44,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import nixinfo
 from nixdist.transport.openssh import ControlMasters, target_for_machine
+from nixrun import LOCAL_BUILD, nix_build_argv
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -268,6 +269,7 @@ def daemon(local_farm: FarmFixture, tmp_path_factory: pytest.TempPathFactory) ->
         "--option",
         "substituters",
         "",
+        *LOCAL_BUILD,
     ]
     with log.open("wb") as log_file:
         process = subprocess.Popen(
@@ -334,10 +336,7 @@ def graph_outputs(top: str, marker: str) -> list[str]:
 
 
 def ultimate_locally(paths: Sequence[str]) -> list[str]:
-    listing = subprocess.run(
-        [*NIX_COMMAND, "path-info", "--json", *paths], capture_output=True, text=True, check=True
-    ).stdout
-    return [info["path"] for info in json.loads(listing) if info.get("ultimate")]
+    return nixinfo.ultimate(paths)
 
 
 def public_copy(daemon: Daemon, fixture: Path) -> Path:
@@ -408,7 +407,10 @@ def test_untrusted_user_can_switch_builders_off_but_not_redirect_them(
         [str(dag), *small, "--argstr", "salt", fresh_salt("off"), "--builders", ""]
     )
     assert refused.returncode != 0
-    assert "unable to start any build" in refused.stderr, refused.stderr[-4000:]
+    # The error Nix itself gives with no builders at all, here without a daemon or nixdist.
+    alone = [str(DAG), *small, "--argstr", "salt", fresh_salt("off-alone")]
+    expected = nixinfo.reference_error(nix_build_argv(alone, builders="", hook=None))
+    assert nixinfo.last_error(refused.stderr) == expected, refused.stderr[-4000:]
 
 
 def test_the_clients_max_jobs_replaces_the_daemons(farm: Farm, daemon: Daemon) -> None:

@@ -1,4 +1,4 @@
-"""nixdist-hook driven by real Nix 2.8 against the local farm's real sshd builders.
+"""nixdist-hook driven by the installed Nix against the local farm's real sshd builders.
 
 Every fact is checked where it happens: which builder built an output is read from that
 builder's own store (a path it built itself is "ultimate" there; a path it received is not),
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import nixinfo
 from nixdist.model.machines import parse_machines
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 from nixrun import (
@@ -26,6 +27,7 @@ from nixrun import (
     HANG_GUARD_S,
     HOOK,
     HOOKTEST,
+    LOCAL_BUILD,
     derivers,
     fresh_salt,
     machines_file,
@@ -87,6 +89,7 @@ def test_dag_builds_entirely_on_builders_and_matches_local_builds(
             "",
             "--builders",
             "",
+            *LOCAL_BUILD,
         ],
         env=env,
         capture_output=True,
@@ -134,12 +137,12 @@ def test_plain_derivations_never_land_on_a_mandatory_feature_builder(
 
 def test_no_capable_builder_declines(farm: Farm, env: dict[str, str], builders: str) -> None:
     salt = fresh_salt("kvm")
-    # -j0: Nix's own error, as with build-remote.
-    refused = nix_build(
-        [str(HOOKTEST), "-A", "kvm", "--argstr", "salt", salt], env, builders=builders
-    )
+    # -j0: Nix's own error, the very one it gives with its own build-remote.
+    args = [str(HOOKTEST), "-A", "kvm", "--argstr", "salt", salt]
+    refused = nix_build(args, env, builders=builders)
     assert refused.returncode != 0
-    assert "unable to start any build" in refused.stderr
+    with_build_remote = nix_build_argv(args, builders=builders, hook=None)
+    assert nixinfo.last_error(refused.stderr) == nixinfo.reference_error(with_build_remote, env=env)
     assert "Failed to find a machine for remote build!" in refused.stderr
     # With a local slot the hook declines and Nix builds it here. Nix itself would refuse to
     # build a kvm derivation on a machine without kvm, so the machine gets the feature.
@@ -155,6 +158,7 @@ def test_no_capable_builder_declines(farm: Farm, env: dict[str, str], builders: 
                 "--option",
                 "system-features",
                 "kvm",
+                *LOCAL_BUILD,
             ],
             env,
             builders=builders,
