@@ -211,6 +211,8 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
                 Outcome.TIMED_OUT if result.status is BuildStatus.TIMED_OUT else Outcome.FAILED,
                 error=result.error_msg,
             )
+            if job.settings.keep_failed:
+                job.out.warn(_kept_failed_note(job))
             job.out.error(
                 f"build of '{job.drv_path}' on '{machine.uri}' failed: {result.error_msg}"
             )
@@ -244,6 +246,18 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             else:
                 store.abort()
     return HookExit.OK
+
+
+def _kept_failed_note(job: _Job) -> str:
+    """What Nix's own hook (2.30+) says after a failed build with ``--keep-failed``."""
+    note = "The failed build directory was kept on the remote builder due to `--keep-failed`."
+    settings = job.settings
+    if job.drv.platform == settings.system or job.drv.platform in settings.extra_platforms:
+        note += (
+            " You can re-run the command with `--builders ''` to disable remote building"
+            " for this invocation."
+        )
+    return note
 
 
 def _upload(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
