@@ -24,7 +24,7 @@ import pytest
 
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
-from nixrun import HANG_GUARD_S, fresh_salt
+from nixrun import HANG_GUARD_S, fresh_salt, nix_build_argv
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -120,24 +120,10 @@ def _client(
 def _build_argv(
     farm: Farm, builder: str, salt: str, *, hook: str, extra: Sequence[str] = ()
 ) -> list[str]:
-    return [
-        "nix-build",
-        "drvs.nix",
-        "--argstr",
-        "salt",
-        salt,
-        *extra,
-        "--no-out-link",
-        "-j0",
-        "--option",
-        "substituters",
-        "",
-        "--option",
-        "build-hook",
-        hook,
-        "--builders",
-        _line(farm, builder),
-    ]
+    """nix-build of drvs.nix on `builder` only, with `hook` as the build-hook setting."""
+    args = ["drvs.nix", "--argstr", "salt", salt, *extra]
+    argv = nix_build_argv(args, builders=_line(farm, builder), hook=None)
+    return [*argv, "--option", "build-hook", hook]
 
 
 def _names(directory: Path) -> set[str]:
