@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.farm import launch, render
+from nixdist.farm.errors import FarmError
 from nixdist.farm.rootfs import ROOTFS_PATH, ensure_rootfs
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ def client_argv(
     """
     if not command:
         raise ValueError("client_argv needs a command")
+    if os.geteuid() != 0:
+        raise FarmError("a farm client needs root (mount namespaces, chroot)")
     environ = os.environ if environ is None else environ
     rootfs = ensure_rootfs(version)
     base = client_dir(farm_dir, version)

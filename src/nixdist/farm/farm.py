@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import ConfigError
 from nixdist.farm import client, launch, procs, render
 from nixdist.farm.errors import FarmError
+from nixdist.farm.releases import KNOWN_VERSIONS
 from nixdist.farm.rootfs import ensure_rootfs, ensure_rootfs_many
 from nixdist.farm.spec import (
     DEFAULT_ALIAS_PREFIX,
@@ -254,12 +255,15 @@ class Farm:
         """`down`, then empty every builder's store, /tmp and home; remove the ssh include.
 
         Keys, ports and specs stay, so the next `up` brings back the same builders, empty.
+        The stores of `client_argv` clients are emptied too.
         """
         self.down()
         self.remove_ssh_include(ssh_config)
         if not self.state_file.exists():
             return
         with self._locked():
+            for version in KNOWN_VERSIONS:
+                client.reset_client(self.directory, version)
             for record in self._load().records:
                 base = self.builder_dir(record.spec.name)
                 for sub in ("nix", "tmp", "home"):
