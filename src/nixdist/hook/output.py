@@ -21,6 +21,7 @@ from nixdist.protocol.logjson import (
     encode_log_line,
     error_line,
     msg_line,
+    render_error,
 )
 
 
@@ -58,7 +59,7 @@ class HookOutput:
         self._write(error_line(text))
 
     def warn(self, text: str) -> None:
-        self.log(Verbosity.WARN, f"warning: {text}")
+        self.log(Verbosity.WARN, render_error("warning: ", text))
 
     def info(self, text: str) -> None:
         self.log(Verbosity.INFO, text)

@@ -373,15 +373,32 @@ def encode_log_line(event: LogEvent) -> bytes:
     return PREFIX + _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8") + b"\n"
 
 
+#: What Nix's ``chomp`` strips.
+_CHOMPED: Final = " \n\r\t"
+
+
 def msg_line(level: Verbosity | int, text: str) -> bytes:
     """A ``msg`` line: Nix shows `text` when its verbosity is at least `level`."""
     return encode_log_line(Msg(level=int(level), msg=text))
+
+
+def render_error(prefix: str, text: str) -> str:
+    """`text` as Nix renders an error or a warning (``showErrorInfo``, 2.4 to 2.34): `prefix`
+    (``error: ``) before the first line, as many spaces before the others, trailing whitespace
+    dropped from each line and from the whole."""
+    pad = " " * len(prefix)
+    lines = text.rstrip(_CHOMPED).split("\n")
+    return "\n".join(
+        ((pad if i else prefix) + line).rstrip(_CHOMPED) for i, line in enumerate(lines)
+    )
 
 
 def error_line(text: str) -> bytes:
     """The line for a user-visible error, shown by Nix as ``error: <text>``.
 
     Nix prints a ``msg`` verbatim, so the ``error: `` prefix is part of the message (as
-    build-remote writes it); the level is `Verbosity.ERROR`, which is always shown.
+    build-remote writes it), and a message of several lines is indented as Nix indents its
+    own (a remote build's error often has several); the level is `Verbosity.ERROR`, which is
+    always shown.
     """
-    return msg_line(Verbosity.ERROR, f"error: {text}")
+    return msg_line(Verbosity.ERROR, render_error("error: ", text))

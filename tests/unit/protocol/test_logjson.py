@@ -21,6 +21,7 @@ from nixdist.protocol.logjson import (
     error_line,
     msg_line,
     parse_log_line,
+    render_error,
 )
 
 U64_MAX = 2**64 - 1
@@ -226,3 +227,30 @@ def test_round_trip(event: object) -> None:
     assert line.endswith(b"\n")
     assert b"\n" not in line[:-1]
     assert parse_log_line(line) == event
+
+
+def test_multi_line_errors_are_indented_as_nix_indents_its_own() -> None:
+    # As Nix 2.34's own hook printed a failed build on a 2.34 builder (error.cc's indent()).
+    remote = (
+        "Cannot build '/nix/store/mlx-fail.drv'.\n"
+        "Reason: builder failed with exit code 3.\n"
+        "Output paths:\n"
+        "  /nix/store/3p5-fail\n"
+    )
+    assert render_error("error: ", f"build of 'x' on 'ssh://b2' failed: {remote}") == (
+        "error: build of 'x' on 'ssh://b2' failed: Cannot build '/nix/store/mlx-fail.drv'.\n"
+        "       Reason: builder failed with exit code 3.\n"
+        "       Output paths:\n"
+        "         /nix/store/3p5-fail"
+    )
+    assert render_error("warning: ", "a\n\nb  \n") == "warning: a\n\n         b"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"])))
+def test_rendered_errors_keep_every_line(text: str) -> None:
+    rendered = render_error("error: ", text).split("\n")
+    kept = text.rstrip(" \n\r\t").split("\n")
+    assert len(rendered) == len(kept)
+    assert rendered[0].startswith("error:")
+    for line, original in zip(rendered[1:], kept[1:], strict=True):
+        assert line == ("       " + original).rstrip(" \n\r\t")
