@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from nixdist.errors import ConfigError, FarmError
-from nixdist.farm import make_spec, parse_builder_option, parse_farm_toml
+from nixdist.farm import make_spec, parse_builder_option, parse_farm_toml, rootfs
 from nixdist.farm.launch import CHROOT_SCRIPT, chroot_argv, order_mounts
 from nixdist.farm.releases import KNOWN_VERSIONS, release
 from nixdist.farm.render import render_client_nix_conf, render_hook_wrapper
@@ -147,3 +149,32 @@ def test_hook_wrapper_runs_the_hook_with_the_checkout(tmp_path: Path) -> None:
     result = subprocess.run([str(wrapper), "a b", "7"], capture_output=True, text=True, check=False)
     assert result.returncode == 3, result.stderr
     assert result.stdout.strip() == "['nixdist-hook', 'a b', '7']"
+
+
+def test_a_cached_rootfs_is_returned_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIXDIST_ROOTFS_DIR", str(tmp_path))
+    assert rootfs.rootfs_info("2.26") is None
+    (tmp_path / "trixie").mkdir()
+    (tmp_path / "trixie" / rootfs.INFO_FILE).write_text(
+        '{"version": "2.26", "suite": "trixie", "nix_version": "nix (Nix) 2.26.3"}'
+    )
+    assert rootfs.ensure_rootfs("2.26") == tmp_path / "trixie"
+    info = rootfs.rootfs_info("2.26")
+    assert info is not None
+    assert info.nix_version == "nix (Nix) 2.26.3"
+    assert not (tmp_path / ".trixie.lock").exists()  # no lock taken for a finished one
+
+
+def test_waiting_for_the_lock_is_bounded_and_names_it(tmp_path: Path) -> None:
+    lock = tmp_path / ".forky.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with (
+            pytest.raises(FarmError, match=rf"waited 0 s for the lock {re.escape(str(lock))}"),
+            rootfs._flock(lock, timeout=0.1),
+        ):
+            pass
+    with rootfs._flock(lock, timeout=0.1):
+        pass
