@@ -177,6 +177,41 @@ def _output_2_8(drv_path: str, name: str, output: dict[str, object]) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------
+# Settings as Nix applies them
+
+
+def effective_settings(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Every setting's value as the installed Nix applies it in `env` (``nix config show
+    --json``, or ``nix show-config --json`` before 2.20): ``{name: value}``."""
+    out = subprocess.run(
+        [*NIX_COMMAND, "config", "show", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if out.returncode != 0 and "'config' is not a recognised command" in out.stderr:
+        out = subprocess.run(
+            [*NIX_COMMAND, "show-config", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+    if out.returncode != 0:
+        raise subprocess.CalledProcessError(out.returncode, out.args, out.stdout, out.stderr)
+    data = json.loads(out.stdout)
+    return {name: item["value"] if isinstance(item, dict) else item for name, item in data.items()}
+
+
+def effective_build_hook(env: Mapping[str, str] | None = None) -> str:
+    """The build hook command line Nix would start in `env`, space-separated (a list setting
+    from 2.17, a string before)."""
+    value = effective_settings(env)["build-hook"]
+    return " ".join(value) if isinstance(value, list) else str(value)
+
+
+# ---------------------------------------------------------------------------------------
 # Nix's errors
 
 _ERROR_START: Final = re.compile(r"^error:", re.MULTILINE)
