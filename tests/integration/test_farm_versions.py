@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,6 +167,21 @@ def test_stop_start_freeze_thaw(vfarm: Farm) -> None:
     assert vfarm.builder_status("v234").state is BuilderState.FROZEN
     vfarm.thaw("v234")
     assert _version_number(_ssh(vfarm, "v234", "nix-store", "--version")) == _expected("2.34")
+
+
+def test_up_restarts_a_builder_whose_nix_changed(vfarm: Farm) -> None:
+    specs = [status.spec for status in vfarm.status()]
+    other = [replace(spec, nix="2.34") if spec.name == "v28" else spec for spec in specs]
+    pids = {status.name: status.pid for status in vfarm.status()}
+    try:
+        after = {status.name: status for status in vfarm.up(other)}
+        assert after["v28"].pid != pids["v28"]
+        assert after["v226"].pid == pids["v226"]
+        printed = _ssh(vfarm, "v28", "nix-store", "--version")
+        assert _version_number(printed) == _expected("2.34")
+    finally:
+        vfarm.up(specs)
+    assert _version_number(_ssh(vfarm, "v28", "nix-store", "--version")) == _expected("2.8")
 
 
 def test_noisy_shell_on_a_versioned_builder(vfarm: Farm) -> None:

@@ -196,9 +196,10 @@ class Farm:
         """Make the farm consist of `specs` and have every builder running.
 
         None keeps the builders the farm has (two plain ones for a new farm). Running builders
-        are left alone (their nix.conf is rewritten if their spec changed); stopped or new ones
-        are started; builders not in `specs` are stopped and their directories removed.
-        Frozen builders stay frozen (see `heal`).
+        are left alone (their nix.conf is rewritten if their spec changed; they are restarted
+        if their Nix version changed); stopped or new ones are started; builders not in
+        `specs` are stopped and their directories removed. Frozen builders stay frozen (see
+        `heal`).
         """
         self._check_host()
         self._ensure_rootfs(specs)
@@ -229,6 +230,10 @@ class Farm:
                     port = launch.free_port(used)
                     used.add(port)
                     record = BuilderRecord(spec=spec, port=port)
+                elif previous.spec.nix != spec.nix:
+                    # Another Nix: restart it in the other root filesystem (same store;
+                    # every Nix from 2.8 to 2.34 uses store schema 10).
+                    record = replace(self._kill(previous), spec=spec)
                 else:
                     record = replace(previous, spec=spec)
                 self._prepare_builder(record)
