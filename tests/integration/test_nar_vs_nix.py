@@ -1,4 +1,4 @@
-"""`nixdist nar` against real Nix 2.8: byte-identical dumps, equal hashes, compatible restores.
+"""`nixdist nar` against the installed Nix: byte-identical dumps, equal hashes, compatible restores.
 
 Every tree is built in a temporary directory and checked three ways:
 `nixdist nar dump` == `nix-store --dump`, `nixdist nar hash` == `nix-hash --type sha256 --base32`,
