@@ -1,6 +1,6 @@
 """A busy builder is waited for inside the hook instead of answering ``postpone``.
 
-Nix retries a postponed derivation only after its ``poll-interval`` (5 s), so with more
+Nix retries a postponed derivation only after its ``build-poll-interval`` (5 s), so with more
 derivations than slots every ``# postpone`` costs seconds. Three independent derivations on a
 single one-slot builder with ``-j0``: with the slot wait (NIXDIST_SLOT_WAIT) the hook holds on
 until the slot frees and the history shows only accepts; with 0 it postpones as build-remote
