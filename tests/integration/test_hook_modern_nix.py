@@ -258,3 +258,36 @@ def test_a_multi_user_client_builds_through_its_daemon(mfarm: Farm, work: Path) 
     verify = _client(mfarm, "2.34", ["nix-store", "--verify-path", out], work)
     assert verify.returncode == 0, verify.stderr
     assert mfarm.where_built([out]) == {out: ["m226"]}
+
+
+def _report(stderr: str) -> list[str]:
+    lines = stderr.splitlines()
+    start = lines.index("Failed to find a machine for remote build!")
+    count = int(lines[start + 3].split()[0])
+    return lines[start : start + 5 + count]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_no_machine_report_is_the_one_nix_own_hook_prints(
+    mfarm: Farm, work: Path, client: str
+) -> None:
+    machines = work / "machines"
+    machines.write_text(
+        f"{_line(mfarm, 'm28')}\n"
+        "ssh://nonexistent.invalid x86_64-linux,i686-linux - 2 1 kvm bench\n"
+    )
+    (work / "feat.nix").write_text(
+        '{ salt }: derivation { name = "feat-${salt}"; system = builtins.currentSystem;'
+        ' builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; requiredSystemFeatures = [ "kvm"'
+        ' "big-parallel" ]; }\n'
+    )
+    salt = fresh_salt("report")
+    said = {}
+    for hook in ("nixdist-hook", "/usr/bin/nix __build-remote"):
+        argv = nix_build_argv(
+            ["feat.nix", "--argstr", "salt", salt], builders=f"@{machines}", hook=None
+        )
+        done = _client(mfarm, client, [*argv, "--option", "build-hook", hook], work)
+        assert done.returncode != 0
+        said[hook] = _report(done.stderr)
+    assert said["nixdist-hook"] == said["/usr/bin/nix __build-remote"]

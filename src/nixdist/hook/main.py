@@ -130,6 +130,7 @@ class MachinePicker:
         self.slots = SlotDirectory.default(environ=environ)
         self.slots.ensure()
         self.down: dict[str, str] = {}  # failed in this process: not retried here at all
+        self.bracketed_reports = settings.bracketed_reports
 
     # The state database and ssh are set up on first use (a decline needs neither).
 
@@ -332,7 +333,9 @@ class MachinePicker:
                     return Reply.POSTPONE, decision
                 case Decline(permanently=permanently, warn=warn):
                     if not permanently:
-                        report = render_no_machine_report(request, self.machines)
+                        report = render_no_machine_report(
+                            request, self.machines, bracketed=self.bracketed_reports
+                        )
                         self.out.log(Verbosity.WARN if warn else Verbosity.CHATTY, report)
                     return (Reply.DECLINE_PERMANENTLY if permanently else Reply.DECLINE), decision
                 case _:  # pragma: no cover - exhaustiveness

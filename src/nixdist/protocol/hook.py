@@ -175,6 +175,14 @@ class HookSettings:
     enforce_determinism: bool = True
     raw: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def bracketed_reports(self) -> bool:
+        """Whether the Nix that sent these settings prints its "Failed to find a machine"
+        report with bracketed lists (Nix 2.12+). The hook is not told Nix's version; the
+        settings block tells it: ``max-substitution-jobs`` is sent by 2.16 and later (so 2.12
+        to 2.15 get the older form)."""
+        return "max-substitution-jobs" in self.raw
+
     @classmethod
     def parse(cls, settings: Mapping[str, str]) -> HookSettings:
         """Type the settings Nix sent; a malformed value raises `ConfigError` naming it."""

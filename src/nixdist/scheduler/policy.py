@@ -494,17 +494,25 @@ _ANSI_NORMAL = "\x1b[0m"
 
 
 def render_no_machine_report(
-    request: BuildRequest, machines: Sequence[Machine], *, color: bool = False
+    request: BuildRequest,
+    machines: Sequence[Machine],
+    *,
+    bracketed: bool = False,
+    color: bool = False,
 ) -> str:
-    """Nix 2.8's "Failed to find a machine for remote build!" text, line for line.
+    """Nix's "Failed to find a machine for remote build!" text, line for line.
 
-    Feature sets are sorted (Nix prints `std::set`s), systems are in machine order. Nix wraps
-    each inserted value in bold magenta; `color=True` does the same. 2.18+ puts brackets around
-    the lists; this is the 2.8 form. The derivation is shown by its base name.
+    Feature sets are sorted (Nix prints `std::set`s). Nix 2.8 prints the lists bare and the
+    systems in machine order; 2.12 put brackets around the lists and 2.20 sorted the systems:
+    `bracketed` gives that later form. Nix wraps each inserted value in bold magenta;
+    `color=True` does the same. The derivation is shown by its base name.
     """
 
     def value(text: object) -> str:
         return f"{_ANSI_WARNING}{text}{_ANSI_NORMAL}" if color else str(text)
+
+    def listed(items: str) -> str:
+        return f"[{items}]" if bracketed else items
 
     drv = request.drv_path.rsplit("/", 1)[-1] or "<unknown>"
     lines = [
@@ -512,14 +520,16 @@ def render_no_machine_report(
         f"derivation: {value(drv)}",
         (
             "required (system, features): "
-            f"({value(request.system)}, {value(_words(request.required_features))})"
+            f"({value(request.system)}, {listed(value(_words(request.required_features)))})"
         ),
         f"{value(len(machines))} available machines:",
         "(systems, maxjobs, supportedFeatures, mandatoryFeatures)",
     ]
-    lines.extend(
-        f"({value(', '.join(m.systems))}, {value(m.max_jobs)}, "
-        f"{value(_words(m.supported_features))}, {value(_words(m.mandatory_features))})"
-        for m in machines
-    )
+    for m in machines:
+        systems = _words(m.systems) if bracketed else ", ".join(m.systems)
+        lines.append(
+            f"({listed(value(systems))}, {value(m.max_jobs)}, "
+            f"{listed(value(_words(m.supported_features)))}, "
+            f"{listed(value(_words(m.mandatory_features)))})"
+        )
     return "\n".join(lines)

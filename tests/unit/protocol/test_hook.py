@@ -486,3 +486,9 @@ def test_decode_a_whole_stdin_session() -> None:
     assert decode_hook_command(reader) == second
     assert decode_accepted_work(reader) == work
     reader.check_end()
+
+
+def test_the_report_form_follows_the_settings_nix_sent() -> None:
+    # Nix 2.16+ sends max-substitution-jobs (2.34.8 and 2.26.3 do); 2.8 does not.
+    assert HookSettings.parse({"max-substitution-jobs": "16"}).bracketed_reports
+    assert not HookSettings.parse({"max-jobs": "1"}).bracketed_reports

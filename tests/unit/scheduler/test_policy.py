@@ -437,6 +437,31 @@ def test_no_machine_report_matches_nix_2_8() -> None:
     )
 
 
+def test_no_machine_report_matches_nix_2_34() -> None:
+    """Recorded from nix-build (Nix 2.34.8, its own build-remote) with the same request and
+    machines: lists in brackets (2.12+), systems sorted (2.20+)."""
+    machines = [
+        Machine(
+            uri="ssh://nonexistent.invalid",
+            systems=("x86_64-linux", "i686-linux"),
+            max_jobs=2,
+            supported_features=frozenset({"kvm"}),
+            mandatory_features=frozenset({"benchmark"}),
+        ),
+        Machine(uri="ssh://b2", systems=("aarch64-linux",)),
+    ]
+    req = request(features="kvm,big-parallel", willing=False)
+    assert render_no_machine_report(req, machines, bracketed=True) == (
+        "Failed to find a machine for remote build!\n"
+        "derivation: qgzqv036py77730dbw8x8i9c0r0dgk6f-sched-probe.drv\n"
+        "required (system, features): (x86_64-linux, [big-parallel, kvm])\n"
+        "2 available machines:\n"
+        "(systems, maxjobs, supportedFeatures, mandatoryFeatures)\n"
+        "([i686-linux, x86_64-linux], 2, [kvm], [benchmark])\n"
+        "([aarch64-linux], 1, [], [])"
+    )
+
+
 def test_no_machine_report_colours_values_like_nix() -> None:
     req = BuildRequest(drv_path="", system="x86_64-linux", am_willing=True)
     text = render_no_machine_report(req, [], color=True)
