@@ -15,6 +15,11 @@ Fault switches for the tests: `Farm.stop` / `Farm.start` (SIGKILL everything / s
 on the same port), `Farm.freeze` / `Farm.thaw` (SIGSTOP / SIGCONT every process), and
 `Farm.set_noisy` (root's shell prints on stdout). `Farm.heal` undoes all of them.
 
+A builder may run another Nix than the host's (``nix=2.8|2.26|2.34``,
+`nixdist.farm.releases`): it is then chrooted in a Debian root filesystem of that version
+(`nixdist.farm.rootfs`). `Farm.client_argv` runs a command as a client of a given Nix
+(`nixdist.farm.client`).
+
 The CLI (`nixdist farm …`, `nixdist.cli.farm`) and the integration tests both use `Farm`.
 Builder specifications and the TOML farm file are described in `nixdist.farm.spec`, the files
 a builder sees in `nixdist.farm.render`, the on-disk layout and lifecycle in
