@@ -291,3 +291,41 @@ def test_no_machine_report_is_the_one_nix_own_hook_prints(
         assert done.returncode != 0
         said[hook] = _report(done.stderr)
     assert said["nixdist-hook"] == said["/usr/bin/nix __build-remote"]
+
+
+@pytest.mark.parametrize("client", ["host", "2.34"])
+def test_a_chroot_store_gets_its_outputs(mfarm: Farm, work: Path, client: str) -> None:
+    """``--store DIR``: the .drv is read from, and the outputs land in, DIR's own store."""
+    salt = fresh_salt("chroot")
+    chroot = work / "chroot"
+    argv = _build_argv(mfarm, "m234", salt, hook="nixdist-hook", extra=["--store", str(chroot)])
+    if client == "host":
+        argv[argv.index("nixdist-hook")] = str(NIXDIST.with_name("nixdist-hook"))
+        done = subprocess.run(
+            argv,
+            env=_env(mfarm, work),
+            cwd=work,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=HANG_GUARD_S,
+        )
+        nix_store = ["nix-store"]
+    else:
+        done = _client(mfarm, client, argv, work)
+        nix_store = mfarm.client_argv(client, ["nix-store"], cwd=work)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [out] = done.stdout.split()
+    assert (chroot / out.lstrip("/")).is_file()
+    verify = subprocess.run(
+        [*nix_store, "--store", str(chroot), "--verify-path", out],
+        env=_env(mfarm, work),
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert mfarm.where_built([out]) == {out: ["m234"]}
+    assert not (Path("/nix/store") / Path(out).name).exists()

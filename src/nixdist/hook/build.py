@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import BuildError, LocalProtocolError, NixdistError
 from nixdist.hook.progress import LOCAL_STORE, CopyActivities
 from nixdist.model.derivation import parse_derivation, to_basic
-from nixdist.model.local_store import parse_local_store
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
 from nixdist.protocol.serve import BuildOptions, BuildStatus, exit_for_build_status
@@ -124,6 +123,7 @@ def build_remotely(
     request: TryRequest,
     work: AcceptedWork,
     settings: HookSettings,
+    store: LocalStore,
     first: Picked,
     failover: Failover,
     history: History,
@@ -133,7 +133,6 @@ def build_remotely(
 ) -> int:
     """Build the accepted derivation on `first`, failing over to other builders if they fail."""
     drv_path = StorePath.parse(request.drv_path)
-    store = parse_local_store(settings.store)
     drv = parse_derivation(Path(store.real_path(drv_path)).read_text(encoding="utf-8"))
     outputs = frozenset(StorePath.parse(o.path) for o in drv.outputs.values() if o.path)
     if len(outputs) != len(drv.outputs):

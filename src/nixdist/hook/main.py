@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Final, assert_never
 
 from nixdist.errors import (
+    ConfigError,
     NixdistError,
     ProtocolError,
     RemoteProtocolError,
@@ -33,6 +34,7 @@ from nixdist.errors import (
 )
 from nixdist.hook.nixinput import NixInput
 from nixdist.hook.output import HookOutput
+from nixdist.model.local_store import parse_local_store
 from nixdist.protocol.hook import (
     HookExit,
     HookSettings,
@@ -385,14 +387,9 @@ class MachinePicker:
         )
 
 
-def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int:
-    out.verbosity = parse_hook_verbosity(argv)
-    nix = NixInput(0)
-    raw_settings = nix.recv(decode_settings)
-    if raw_settings is None:
-        return HookExit.OK
-    settings = HookSettings.parse(raw_settings)
-    machines = load_machines(settings.builders, environ, default_system=settings.system)
+def _warn_unsupported(
+    machines: Sequence[Machine], environ: Mapping[str, str], out: HookOutput
+) -> None:
     for machine in machines:
         if machine.scheme not in SUPPORTED_SCHEMES:
             warning = (
@@ -401,6 +398,23 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
             )
             if first_time(state_dir(environ), warning):  # once per Nix run, not per build
                 out.warn(warning)
+
+
+def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int:
+    out.verbosity = parse_hook_verbosity(argv)
+    nix = NixInput(0)
+    raw_settings = nix.recv(decode_settings)
+    if raw_settings is None:
+        return HookExit.OK
+    settings = HookSettings.parse(raw_settings)
+    try:
+        store = parse_local_store(settings.store)
+    except ConfigError as err:
+        out.warn(f"nixdist cannot build remotely for this store: {err}")
+        out.reply(Reply.DECLINE_PERMANENTLY)
+        return HookExit.OK
+    machines = load_machines(settings.builders, environ, default_system=settings.system)
+    _warn_unsupported(machines, environ, out)
     if not machines:
         out.reply(Reply.DECLINE_PERMANENTLY)
         return HookExit.OK
@@ -431,6 +445,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
             request=command,
             work=work,
             settings=settings,
+            store=store,
             first=picked,
             failover=Failover(
                 pick_again=functools.partial(picker.pick_again, request),

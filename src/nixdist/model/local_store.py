@@ -7,6 +7,8 @@ on a local store, so the values the hook can meet are::
     local?root=/x[&…]                    a chroot store: /nix/store paths kept under /x/nix/store
     local?real=/y[&…]                    the same with the real directory named directly
     /x                                   a path: Nix reads it as local?root=/x
+    local:///x[?…]                       how Nix 2.34 writes that store back (the root as the
+                                         URI's path)
 
 The hook must read the ``.drv`` and write the outputs at their *real* location, and run every
 ``nix-store`` it starts on that same store (``--store``): otherwise it reads another store's
@@ -25,7 +27,6 @@ from nixdist.model.store_path import STORE_DIR, StorePath
 
 #: Values meaning "the machine's own store"; a daemon's build loop runs on its local store.
 _DEFAULT_STORES: Final = frozenset({"", "auto", "local", "daemon"})
-_LOCAL_SCHEMES: Final = ("local", "local://")
 _HEX_PAIR: Final = re.compile(rb"[0-9a-fA-F]{2}")
 
 
@@ -53,10 +54,14 @@ def parse_local_store(value: str, *, source: str = "the 'store' setting") -> Loc
         return DEFAULT_LOCAL_STORE
     if text.startswith("/"):
         return _chroot(text, {"root": text}, source)
-    for scheme in _LOCAL_SCHEMES:
-        if text.startswith(scheme + "?"):
-            params = _query(text[len(scheme) + 1 :])
-            return _chroot(text, params, source)
+    if text.startswith("local://"):
+        root, _, query = text.removeprefix("local://").partition("?")
+        params = _query(query)
+        if root:
+            params.setdefault("root", root)
+        return _chroot(text, params, source)
+    if text.startswith("local?"):
+        return _chroot(text, _query(text.removeprefix("local?")), source)
     raise ConfigError(
         f"{source} is '{value}': a build hook runs for a local store only "
         "(auto, local, daemon, local?root=DIR or a directory)"
@@ -64,6 +69,8 @@ def parse_local_store(value: str, *, source: str = "the 'store' setting") -> Loc
 
 
 def _chroot(uri: str, params: dict[str, str], source: str) -> LocalStore:
+    if not params.get("root") and not params.get("real"):
+        return LocalStore(uri=uri, real_store_dir=STORE_DIR)
     store_dir = params.get("store", STORE_DIR)
     if store_dir != STORE_DIR:
         raise ConfigError(

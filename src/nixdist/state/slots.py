@@ -184,9 +184,11 @@ class SlotDirectory:
         return f"SlotDirectory({str(self.path)!r})"
 
     def ensure(self) -> None:
-        """Create the directory (mode 0777 less the umask) if missing; errors are ignored."""
+        """Create the directory (mode 0777 less the umask) and its parents if missing, as
+        build-remote does (a store that has never been written has no /nix/var/nix yet);
+        errors are ignored."""
         with contextlib.suppress(OSError):
-            self.path.mkdir(mode=0o777)
+            self.path.mkdir(mode=0o777, parents=True)
 
     def slot_path(self, uri: str, slot: int) -> Path:
         return self.path / f"{escape_uri(uri)}-{slot}"

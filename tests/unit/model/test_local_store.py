@@ -19,12 +19,21 @@ def test_the_machines_own_store(value: str) -> None:
     assert DEFAULT_LOCAL_STORE.real_path(OUT) == str(OUT)
 
 
+@pytest.mark.parametrize("value", ["local://", "local?a=b", "local://?state=/s"])
+def test_local_stores_with_other_settings_keep_them(value: str) -> None:
+    store = parse_local_store(value)
+    assert store.uri == value  # passed on to nix-store --store as it is
+    assert store.real_path(OUT) == str(OUT)
+
+
 @pytest.mark.parametrize(
     ("value", "real_dir"),
     [
         ("/tmp/chroot", "/tmp/chroot/nix/store"),
         ("local?root=/tmp/chroot", "/tmp/chroot/nix/store"),
         ("local://?root=/tmp/chroot", "/tmp/chroot/nix/store"),
+        ("local:///tmp/chroot", "/tmp/chroot/nix/store"),  # as Nix 2.34 sends it
+        ("local:///tmp/chroot?state=/s", "/tmp/chroot/nix/store"),
         ("local?root=/tmp/a%20b&state=/x", "/tmp/a b/nix/store"),
         ("local?root=/r&real=/elsewhere/store", "/elsewhere/store"),
         ("local?real=/elsewhere/store/", "/elsewhere/store"),
@@ -44,6 +53,7 @@ def test_chroot_stores_keep_their_files_elsewhere(value: str, real_dir: str) -> 
         ("https://cache.nixos.org", "local store only"),
         ("local?store=/gnu/store&root=/x", "/gnu/store"),
         ("local?root=relative", "absolute"),
+        ("local://relative", "absolute"),
         ("local?real=relative", "absolute"),
     ],
 )
