@@ -164,6 +164,8 @@ def test_builds_land_whole_in_the_client_store(
     # Valid, whole, and registered with the builder's own path info.
     verify = _client(mfarm, client, ["nix-store", "--verify-path", *outputs], work)
     assert verify.returncode == 0, verify.stderr
+    verify = _client(mfarm, client, ["nix-store", "--verify", "--check-contents"], work)
+    assert verify.returncode == 0, verify.stderr
     here = _client(mfarm, client, ["nix-store", "--dump-db", *outputs], work)
     there = mfarm.run_in(builder, ["nix-store", "--dump-db", *outputs]).stdout.decode()
     assert here.stdout == there

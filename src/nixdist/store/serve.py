@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 NIX_STORE: Final = "nix-store"
+#: How long the local store may go without answering (a local read never takes this long;
+#: a store stuck on a lock does, and must end in an error, not a hang).
+LOCAL_IDLE_TIMEOUT_S: Final = 300.0
 
 
 def _blames_peer(
@@ -74,12 +77,15 @@ class ServeStore:
         name: str,
         store_dir: str = STORE_DIR,
         greeting_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         """Start the session: send our greeting and read the server's (within
-        `greeting_timeout` seconds, if given)."""
+        `greeting_timeout` seconds, if given). With `idle_timeout`, every later read must
+        bring something within that many seconds or fails with `TransportTimeoutError`."""
         self.channel = channel
         self.name = name
         self.store_dir = store_dir
+        self.idle_timeout = idle_timeout
         self._buf = bytearray()
         self.channel.write(serve.encode_client_hello())
         try:
@@ -109,7 +115,8 @@ class ServeStore:
         env = dict(environ)
         env.pop("NIX_REMOTE", None)
         argv = [NIX_STORE, "--store", store.uri, "--serve", "--write"]
-        return cls(Channel(argv, description="local nix-store --serve", env=env), name="local")
+        channel = Channel(argv, description="local nix-store --serve", env=env)
+        return cls(channel, name="local", idle_timeout=LOCAL_IDLE_TIMEOUT_S)
 
     @classmethod
     def open_ssh(
@@ -138,7 +145,7 @@ class ServeStore:
                 value, used = done
                 del self._buf[:used]
                 return value
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = self.idle_timeout if deadline is None else max(0.0, deadline - time.monotonic())
             data = self.channel.read(timeout=left)
             if not data:
                 raise self.channel.closed_error("the connection closed in the middle of a reply")
@@ -201,7 +208,7 @@ class ServeStore:
         self._buf.clear()
         while True:
             if not pending:
-                pending = self.channel.read()
+                pending = self.channel.read(timeout=self.idle_timeout)
                 if not pending:
                     raise self.channel.closed_error(f"the connection closed while sending {path}")
             try:

@@ -186,6 +186,10 @@ class Channel:
         return status
 
     def kill(self) -> None:
+        """End the child at once, reap it and close our ends of its pipes."""
         with contextlib.suppress(OSError):
             self._proc.kill()
         self._proc.wait()
+        self.close_stdin()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
