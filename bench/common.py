@@ -31,6 +31,22 @@ PYTHON: Final = Path(sys.executable)
 NIXDIST_HOOK: Final = PYTHON.with_name("nixdist-hook")
 #: Stock Nix 2.8's hook: a symlink to the `nix` binary, which dispatches on argv[0].
 BUILD_REMOTE: Final = Path("/usr/libexec/nix/build-remote")
+#: Nix's own hook from 2.17 on, as a list setting (program, then arguments): Debian's 2.26 and
+#: 2.34 have no ``libexec/nix/build-remote`` any more.
+BUILD_REMOTE_LIST: Final = "/usr/bin/nix __build-remote"
+
+
+def nix_own_hook(client_nix: str | None) -> str:
+    """The ``build-hook`` setting that runs Nix's own hook in a client of Nix `client_nix`
+    (a farm client, `nixdist.farm.client`; None: the host's Nix 2.8)."""
+    if client_nix is None:
+        return str(BUILD_REMOTE)
+    return str(BUILD_REMOTE) if client_nix == "2.8" else BUILD_REMOTE_LIST
+
+
+def client_label(client_nix: str | None) -> str:
+    """How tables name the client: ``host Nix`` or ``Nix 2.34 client``."""
+    return "host Nix" if client_nix is None else f"Nix {client_nix} client"
 
 
 def timestamp() -> str:
@@ -176,6 +192,13 @@ class Row:
 ROW_HEADERS: Final = ("workload", "measure", "build-remote", "nixdist", "ratio", "goal", "")
 
 
+def row_headers(client_nix: str | None) -> tuple[str, ...]:
+    """`ROW_HEADERS`, with the client's version on Nix's own hook when it is not the host's."""
+    if client_nix is None:
+        return ROW_HEADERS
+    return tuple(f"build-remote {client_nix}" if h == "build-remote" else h for h in ROW_HEADERS)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """What one workload reports: its JSON section, its table lines and its goals."""
@@ -199,10 +222,13 @@ def median(values: Sequence[float]) -> float:
 
 
 def nix_build_argv(
-    drvs: Sequence[str], *, machines_file: Path, hook: Path, extra: Sequence[str] = ()
+    drvs: Sequence[str], *, machines_file: Path, hook: Path | str, extra: Sequence[str] = ()
 ) -> list[str]:
     """``nix-build -j0`` of `drvs` on the machines of `machines_file` through `hook`, with no
-    substituters: what every farm benchmark times, for either contender."""
+    substituters: what every farm benchmark times, for either contender.
+
+    `hook` is the ``build-hook`` setting: a path, or for Nix 2.17+ a command line (`nix_own_hook`).
+    A farm client runs this line through ``Farm.client_argv`` (`farmbench.FarmBench.nix_argv`)."""
     return [
         "nix-build",
         *drvs,

@@ -14,6 +14,14 @@ run, instantiated before the clock starts. nixdist keeps one ``NIXDIST_STATE_DIR
 the whole benchmark, as a user's machine does: its ssh control masters are started by the first
 nixdist build on each builder and reused afterwards (they outlive hook processes by design).
 
+With a `client_nix` version (``--client-nix 2.34``) every Nix command of the client side
+(nix-instantiate, nix-build, nix-store --add, the queries and deletions of the client's store)
+runs as a client of that Nix, through ``Farm.client_argv``: chrooted in its Debian root
+filesystem with a store of its own under the farm directory. Then "build-remote" is that
+version's own hook (``/usr/bin/nix __build-remote`` from 2.17 on, `common.nix_own_hook`) and
+"nixdist" the client's ``nixdist-hook`` (our hook under the root filesystem's python3). Both
+timed builds pay the same ~0.1 s for entering the chroot. The builders are unchanged.
+
 After every timed build (untimed from here on) `FarmBench.check` reads what happened from the
 stores themselves: how many outputs are valid locally, and which builder built each one (a path
 a builder built itself is "ultimate" in its database). Then `FarmBench.forget` deletes the run's
@@ -25,7 +33,8 @@ for finding where the time goes, not for timing (profiling slows the hook down).
 
 Everything is removed at the end (`FarmBench.teardown`, also on Ctrl-C): ssh masters, the farm
 (stopped, directory deleted), every local store path the runs created, and the farm's slot-lock
-files in Nix's ``current-load`` directory.
+files in Nix's ``current-load`` directory (a farm client's store and current-load directory are
+in the farm directory).
 """
 
 from __future__ import annotations
@@ -41,11 +50,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-from common import BUILD_REMOTE, NIXDIST_HOOK, PYTHON, nix_build_argv
+from common import NIXDIST_HOOK, PYTHON, nix_build_argv, nix_own_hook
 
 from nixdist.farm import Farm
+from nixdist.farm.client import client_dir, source_dirs
 from nixdist.state.slots import default_current_load_dir, escape_uri
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 
@@ -77,29 +87,22 @@ def round_order(rnd: int, names: Sequence[str] = CONTENDERS) -> list[str]:
     return list(names) if rnd % 2 == 0 else list(reversed(names))
 
 
+Run: TypeAlias = subprocess.CompletedProcess[str]
+
+
 def run_cmd(
     argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = HANG_GUARD_S
-) -> subprocess.CompletedProcess[str]:
+) -> Run:
     return subprocess.run(
         list(argv), capture_output=True, text=True, check=False, timeout=timeout, env=env
     )
 
 
-def words(result: subprocess.CompletedProcess[str], what: str) -> list[str]:
+def words(result: Run, what: str) -> list[str]:
     """The whitespace-separated words of a command's stdout; raises if it failed."""
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr[-2000:]}")
     return result.stdout.split()
-
-
-def valid_paths(paths: Iterable[str]) -> list[str]:
-    """Those of `paths` that are valid in the local store, sorted."""
-    wanted = sorted(set(paths))
-    if not wanted:
-        return []
-    result = run_cmd(["nix-store", "--check-validity", "--print-invalid", *wanted])
-    invalid = set(result.stdout.split())
-    return [p for p in wanted if p not in invalid]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -137,9 +140,11 @@ class FarmBench:
         *,
         specs: Sequence[BuilderSpec],
         profile_dir: Path | None = None,
+        client_nix: str | None = None,
     ) -> None:
         self.base = base / tag
         self.profile_dir = profile_dir
+        self.client_nix = client_nix  # None: the host's Nix, else a farm client's version
         self.specs = tuple(specs)
         self.farm = Farm(self.base / "farm", alias_prefix=f"nxb{os.getpid()}{tag}-")
         self.state_dir = self.base / "nixdist-state"
@@ -163,24 +168,48 @@ class FarmBench:
         path.write_text(text)
         return path
 
-    def hook_env(self, contender: str) -> tuple[Path, dict[str, str]]:
-        """The hook program and the extra environment of `contender`."""
+    def nix_argv(self, argv: Sequence[str]) -> list[str]:
+        """`argv`, a Nix command of the client side, as the client runs it: as is on the host,
+        else through ``Farm.client_argv`` (in the bench's directory, which it sees as is)."""
+        if self.client_nix is None:
+            return list(argv)
+        return self.farm.client_argv(self.client_nix, argv, cwd=self.base)
+
+    def run_nix(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Run:
+        """Run a Nix command of the client side (`nix_argv`), with the farm's environment."""
+        return run_cmd(self.nix_argv(argv), env=self.env if env is None else env)
+
+    def hook_env(self, contender: str) -> tuple[Path | str, dict[str, str]]:
+        """The hook (the ``build-hook`` setting) and the extra environment of `contender`."""
         if contender == "build-remote":
-            return BUILD_REMOTE, {}
+            return nix_own_hook(self.client_nix), {}
         if contender == "nixdist":
-            hook = NIXDIST_HOOK if self.profile_dir is None else self._profiling_hook()
+            if self.profile_dir is not None:
+                hook = self._profiling_hook()
+            elif self.client_nix is not None:  # written by client_argv; an absolute path for 2.8
+                hook = client_dir(self.farm.directory, self.client_nix) / "bin" / "nixdist-hook"
+            else:
+                hook = NIXDIST_HOOK
             return hook, {"NIXDIST_STATE_DIR": str(self.state_dir)}
         raise ValueError(f"unknown contender {contender!r}")
 
     def _profiling_hook(self) -> Path:
-        """A hook program that runs nixdist-hook's main under cProfile (see the docstring)."""
+        """A hook program that runs nixdist-hook's main under cProfile (see the docstring).
+
+        In a farm client it runs under the root filesystem's python3 on the checkout's src, as
+        the client's own nixdist-hook does."""
         assert self.profile_dir is not None  # noqa: S101 - only called with one
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         wrapper = self.base / "nixdist-hook-profiled"
+        python, sys_path = PYTHON, ""
+        if self.client_nix is not None:
+            src = str(source_dirs()[0])
+            python, sys_path = Path("/usr/bin/python3"), f"sys.path.insert(0, {src!r})\n"
         if not wrapper.exists():
             wrapper.write_text(
-                f"#!{PYTHON}\n"
+                f"#!{python}\n"
                 "import cProfile, os, sys\n"
+                f"{sys_path}"
                 "from nixdist.hook.main import main\n"
                 "profile = cProfile.Profile()\n"
                 "profile.enable()\n"
@@ -205,23 +234,35 @@ class FarmBench:
                 argv += ["--arg", name, str(value)]
             else:
                 argv += ["--argstr", name, value]
-        drvs = tuple(words(run_cmd(argv, env=self.env), "nix-instantiate"))
+        drvs = tuple(words(self.run_nix(argv), "nix-instantiate"))
         self.created.update(drvs)
         return drvs
 
     def build(
         self, drvs: Sequence[str], contender: str, *, extra: Sequence[str] = ()
-    ) -> tuple[float, subprocess.CompletedProcess[str]]:
+    ) -> tuple[float, Run]:
         """The timed part: one ``nix-build -j0`` of `drvs` through `contender`'s hook."""
         hook, extra_env = self.hook_env(contender)
         argv = nix_build_argv(drvs, machines_file=self.farm.machines_file, hook=hook, extra=extra)
+        argv = self.nix_argv(argv)
         env = {**self.env, **extra_env}
         start = time.perf_counter()
         result = run_cmd(argv, env=env)
         return time.perf_counter() - start, result
 
     def outputs(self, drvs: Sequence[str]) -> list[str]:
-        return words(run_cmd(["nix-store", "-q", "--outputs", *drvs]), "nix-store -q --outputs")
+        return words(
+            self.run_nix(["nix-store", "-q", "--outputs", *drvs]), "nix-store -q --outputs"
+        )
+
+    def valid_paths(self, paths: Iterable[str]) -> list[str]:
+        """Those of `paths` that are valid in the client's store, sorted."""
+        wanted = sorted(set(paths))
+        if not wanted:
+            return []
+        result = self.run_nix(["nix-store", "--check-validity", "--print-invalid", *wanted])
+        invalid = set(result.stdout.split())
+        return [p for p in wanted if p not in invalid]
 
     def check(self, drvs: Sequence[str]) -> Checked:
         """What the stores say: outputs valid here, and where each one was built."""
@@ -230,7 +271,7 @@ class FarmBench:
         placements = collections.Counter(b[0] for b in where.values() if len(b) == 1)
         return Checked(
             outputs=len(outputs),
-            valid_locally=len(valid_paths(outputs)),
+            valid_locally=len(self.valid_paths(outputs)),
             built_remotely=sum(1 for b in where.values() if len(b) == 1),
             placements=dict(sorted(placements.items())),
         )
@@ -284,19 +325,19 @@ class FarmBench:
 
     def expand(self, roots: Iterable[str]) -> set[str]:
         """`roots` (derivations and sources of ours), their closures and every output."""
-        valid = valid_paths(roots)
+        valid = self.valid_paths(roots)
         if not valid:
             return set()
-        closure = words(run_cmd(["nix-store", "-qR", *valid]), "nix-store -qR")
+        closure = words(self.run_nix(["nix-store", "-qR", *valid]), "nix-store -qR")
         drvs = [p for p in closure if p.endswith(".drv")]
         outputs = self.outputs(drvs) if drvs else []
         return set(closure) | set(outputs)
 
     def delete_local(self, paths: set[str]) -> None:
         """``nix-store --delete`` those of `paths` that are valid; a failure is only reported."""
-        local = valid_paths(paths)
+        local = self.valid_paths(paths)
         if local:
-            result = run_cmd(["nix-store", "--delete", *local])
+            result = self.run_nix(["nix-store", "--delete", *local])
             if result.returncode != 0:
                 print(
                     f"warning: could not delete {len(local)} store paths: "
@@ -314,21 +355,31 @@ class FarmBench:
             if not sock.is_relative_to(self.state_dir):  # the short-path fallback under /tmp
                 shutil.rmtree(sock.parent, ignore_errors=True)
 
+    def remove_slot_locks(self) -> None:
+        """The farm's slot-lock files in the host's Nix ``current-load`` directory."""
+        current_load = default_current_load_dir(environ=self.env)
+        for name in self.farm.names():
+            uri = escape_uri("ssh://" + self.farm.alias(name))
+            for lock in current_load.glob(f"{uri}[-.]*"):
+                lock.unlink(missing_ok=True)
+
     def teardown(self) -> None:
-        """Remove everything this farm and its runs made; never raises."""
+        """Remove everything this farm and its runs made; never raises.
+
+        A farm client's store and current-load directory are in the farm directory, removed
+        with it; the host's are cleaned path by path."""
+        host = self.client_nix is None
         if self.farm.state_file.exists():
             with contextlib.suppress(Exception):
                 self.stop_masters()
-            with contextlib.suppress(Exception):
-                current_load = default_current_load_dir(environ=self.env)
-                for name in self.farm.names():
-                    uri = escape_uri("ssh://" + self.farm.alias(name))
-                    for lock in current_load.glob(f"{uri}[-.]*"):
-                        lock.unlink(missing_ok=True)
+            if host:
+                with contextlib.suppress(Exception):
+                    self.remove_slot_locks()
             with contextlib.suppress(Exception):
                 self.farm.down()
-        with contextlib.suppress(Exception):
-            self.delete_local(self.expand(self.created | self.keep))
+        if host:
+            with contextlib.suppress(Exception):
+                self.delete_local(self.expand(self.created | self.keep))
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -20,6 +20,11 @@ import cost), ``nar`` (bench/nar_dump.py: NAR dump/hash against nix-store), ``ho
 
     .venv/bin/python bench/run.py [--rounds 3] [--only w1,w2,w3,w4,w5,startup,nar,hooks]
     .venv/bin/python bench/run.py --quick        # small sizes, 1 round: a smoke run
+    .venv/bin/python bench/run.py --client-nix 2.34 --only w1,w2,w3
+
+``--client-nix VERSION`` runs W1-W3's client side (nix-instantiate, nix-build, the client's store)
+as a farm client of that Nix (``Farm.client_argv``: its Debian root filesystem, a store of its
+own), against that version's own hook and the client's nixdist-hook. W4 and W5 do not change.
 """
 
 from __future__ import annotations
@@ -42,13 +47,19 @@ from common import (
     NIXDIST_HOOK,
     PYTHON,
     RESULTS_DIR,
-    ROW_HEADERS,
     Outcome,
+    client_label,
     machine_info,
+    nix_own_hook,
     render_table,
+    row_headers,
     timestamp,
     write_json,
 )
+
+from nixdist.errors import ConfigError
+from nixdist.farm.releases import KNOWN_VERSIONS, parse_nix_version
+from nixdist.farm.rootfs import ensure_rootfs_info
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -104,6 +115,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="pass --option NAME VALUE to every nix-build of W1-W3, for both contenders"
         " (e.g. build-poll-interval 1); Nix's defaults otherwise",
     )
+    parser.add_argument(
+        "--client-nix",
+        metavar="VERSION",
+        type=_nix_version,
+        help=f"W1-W3 as a client of this Nix ({', '.join(KNOWN_VERSIONS)}), against its own"
+        " hook: a farm client (nixdist farm client); default the host's Nix",
+    )
     w1 = parser.add_argument_group("W1")
     w1.add_argument("--w1-width", type=int, default=20, help="derivations per layer (20)")
     w1.add_argument("--w1-layers", type=int, default=10, help="layers (10)")
@@ -120,6 +138,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--w4-runs", type=int, default=40, help="W4 samples per case (40)")
     parser.add_argument("--w5-machines", type=int, default=1000, help="W5 fleet size (1000)")
     return parser.parse_args(argv)
+
+
+def _nix_version(text: str) -> str:
+    try:
+        return parse_nix_version(text, source="--client-nix", field="--client-nix")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
@@ -139,6 +164,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     w1 = w1_dag.W1Options(
         profile_dir=profile,
         nix_options=nix_options,
+        client_nix=opts.client_nix,
         rounds=rounds,
         width=min(opts.w1_width, 10) if quick else opts.w1_width,
         layers=min(opts.w1_layers, 2) if quick else opts.w1_layers,
@@ -146,6 +172,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     w2 = w2_copy.W2Options(
         profile_dir=profile,
         nix_options=nix_options,
+        client_nix=opts.client_nix,
         rounds=rounds,
         mib=min(opts.w2_mib, 32) if quick else opts.w2_mib,
         paths=min(opts.w2_paths, 40) if quick else opts.w2_paths,
@@ -154,6 +181,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     w3 = w3_hetero.W3Options(
         profile_dir=profile,
         nix_options=nix_options,
+        client_nix=opts.client_nix,
         rounds=rounds,
         drvs=min(opts.w3_drvs, 12) if quick else opts.w3_drvs,
         work_ms=min(opts.w3_work_ms, 1000) if quick else opts.w3_work_ms,
@@ -168,6 +196,27 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
         "w4": lambda base, log: w4_start.run(base, w4, log),
         "w5": lambda _base, _log: w5_choose.run(w5),
     }
+
+
+def client_info(client_nix: str | None) -> dict[str, object]:
+    """The Nix of W1-W3's client side and its own hook (a root filesystem is built if missing)."""
+    if client_nix is None:
+        return {"version": None, "nix": "host", "build_remote": nix_own_hook(None)}
+    rootfs = ensure_rootfs_info(client_nix)
+    return {
+        "version": client_nix,
+        "nix": rootfs.nix_version,
+        "rootfs": str(rootfs.path),
+        "build_remote": nix_own_hook(client_nix),
+    }
+
+
+def _client_words(client_nix: str | None) -> str:
+    if client_nix is None:
+        return f"{client_label(None)}, build-remote = {nix_own_hook(None)}"
+    return (
+        f"{client_label(client_nix)}, build-remote = '{nix_own_hook(client_nix)}' of {client_nix}"
+    )
 
 
 def nixdist_source() -> dict[str, object]:
@@ -251,8 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"missing: {', '.join(missing)}")
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    info = {**machine_info(), "nixdist": nixdist_source()}
+    info = {**machine_info(), "nixdist": nixdist_source(), "client": client_info(opts.client_nix)}
     print(f"nixdist under test: {info['nixdist']}", flush=True)
+    print(f"client: {info['client']}", flush=True)
     started = time.perf_counter()
     session = run_all(wanted, build_plan(opts), quick=opts.quick)
     total = time.perf_counter() - started
@@ -261,8 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [row.cells() for o in outcomes for row in o.rows]
     goals = [g for o in outcomes for g in o.goals]
     if rows:
-        print("\n=== results: median [best] of each contender; ratio = nixdist / build-remote")
-        print(render_table(ROW_HEADERS, rows))
+        print(
+            "\n=== results: median [best] of each contender; ratio = nixdist / build-remote;"
+            f" W1-W3 client: {_client_words(opts.client_nix)}"
+        )
+        print(render_table(row_headers(opts.client_nix), rows))
     for note in (note for o in outcomes for note in o.notes):
         print(f"note: {note}")
     problems = session.failures + [
@@ -270,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     data = {
         "benchmark": "nixdist bench (issue 5)",
+        "client_nix": opts.client_nix,
         "machine": info,
         "total_seconds": total,
         "interrupted": session.interrupted,

@@ -59,11 +59,18 @@ class W1Options:
     jobs: int = 4
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
     nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
+    client_nix: str | None = None  # the client's Nix (a farm client), None: the host's
 
 
 def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:
     specs = [make_spec(f"b{i}", jobs=opts.jobs) for i in range(1, opts.builders + 1)]
-    bench = FarmBench(base, "w1", profile_dir=profile_dir(opts.profile_dir, "w1"), specs=specs)
+    bench = FarmBench(
+        base,
+        "w1",
+        profile_dir=profile_dir(opts.profile_dir, "w1"),
+        client_nix=opts.client_nix,
+        specs=specs,
+    )
     runs: list[BuildRun] = []
     try:
         bench.up()

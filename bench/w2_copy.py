@@ -70,6 +70,7 @@ class W2Options:
     drvs: int = 4
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
     nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
+    client_nix: str | None = None  # the client's Nix (a farm client), None: the host's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +110,7 @@ def make_inputs(bench: FarmBench, opts: W2Options) -> tuple[list[str], int]:
                 out.write(chunk)
                 left -= len(chunk)
         files.append(str(file))
-    added = words(run_cmd(["nix-store", "--add", *files]), "nix-store --add")
+    added = words(bench.run_nix(["nix-store", "--add", *files]), "nix-store --add")
     bench.keep.update(added)
     for name in files:
         os.unlink(name)  # noqa: PTH108 - a plain file
@@ -153,6 +154,7 @@ def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
         base,
         "w2",
         profile_dir=profile_dir(opts.profile_dir, "w2"),
+        client_nix=opts.client_nix,
         specs=[make_spec(BUILDER, jobs=opts.drvs)],
     )
     runs: list[BuildRun] = []

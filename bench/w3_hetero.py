@@ -68,6 +68,7 @@ class W3Options:
     jobs: int = 2
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
     nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
+    client_nix: str | None = None  # the client's Nix (a farm client), None: the host's
 
 
 def specs_for(opts: W3Options) -> list[BuilderSpec]:
@@ -89,7 +90,13 @@ def lower_bound(opts: W3Options, specs: Sequence[BuilderSpec]) -> dict[str, floa
 
 def run(base: Path, opts: W3Options, log: Callable[[str], None]) -> Outcome:
     specs = specs_for(opts)
-    bench = FarmBench(base, "w3", profile_dir=profile_dir(opts.profile_dir, "w3"), specs=specs)
+    bench = FarmBench(
+        base,
+        "w3",
+        profile_dir=profile_dir(opts.profile_dir, "w3"),
+        client_nix=opts.client_nix,
+        specs=specs,
+    )
     runs: list[BuildRun] = []
     try:
         bench.up()
