@@ -179,6 +179,13 @@ class FarmBench:
         """Run a Nix command of the client side (`nix_argv`), with the farm's environment."""
         return run_cmd(self.nix_argv(argv), env=self.env if env is None else env)
 
+    def host_path(self, store_path: str) -> str:
+        """Where this machine sees a path of the client's store (a farm client's is a directory
+        of the farm, `Farm.client_store_dir`)."""
+        if self.client_nix is None:
+            return store_path
+        return str(self.farm.client_store_dir(self.client_nix) / Path(store_path).name)
+
     def hook_env(self, contender: str) -> tuple[Path | str, dict[str, str]]:
         """The hook (the ``build-hook`` setting) and the extra environment of `contender`."""
         if contender == "build-remote":

@@ -13,7 +13,8 @@ stay (the page cache holds them for every contender alike). Throughput = input b
 bytes per MB) / wall time of the whole nix-build.
 
 The ceiling, measured in the same rounds: ``cat <the 200 files> | ssh <builder> 'cat >
-/dev/null'`` over the same farm link (a new ssh connection, the farm's ssh_config), wall time
+/dev/null'`` over the same farm link (a new ssh connection, the farm's ssh_config; run on
+this machine, also with ``--client-nix``, reading the client's store directory), wall time
 from start to exit. ``ssh <builder> true`` is timed too, to show the ceiling without the
 connection set-up ("net"). Goals: nixdist >= 1.2x build-remote's throughput and >= 0.8x the
 ssh-cat ceiling (the plain command, set-up included).
@@ -135,6 +136,7 @@ def ssh_cat(bench: FarmBench, files: Sequence[str], rnd: int) -> CatRun:
     connect = run_cmd([*ssh, "true"], timeout=120)
     connect_seconds = time.perf_counter() - start
     start = time.perf_counter()
+    files = [bench.host_path(f) for f in files]
     with subprocess.Popen(["cat", *files], stdout=subprocess.PIPE) as cat:
         sink = subprocess.run(
             [*ssh, "cat > /dev/null"], stdin=cat.stdout, capture_output=True, check=False
