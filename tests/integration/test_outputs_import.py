@@ -107,7 +107,7 @@ def test_outputs_arrive_whole_while_their_locks_are_held(
     (Path(dest.real_path(dev)) / "stale").write_text("old")
     src = ServeStore.open_local(parse_local_store(uri), os.environ)
     local = ServeStore.open_local(dest, os.environ)
-    into = OutputImport(local, dest, {out, dev}, environ=os.environ)
+    into = OutputImport(local, dest, {out, dev}, source=src.name, environ=os.environ)
     try:
         report = copy_closure(src, into, [dev])
         into.commit()
@@ -136,12 +136,13 @@ def test_a_corrupt_stream_leaves_nothing(
     Path(dest.real_store_dir).mkdir(parents=True)
     src = ServeStore.open_local(parse_local_store(uri), os.environ)
     local = ServeStore.open_local(dest, os.environ)
-    into = OutputImport(local, dest, {out_info.path}, environ=os.environ)
+    into = OutputImport(local, dest, {out_info.path}, source="builder", environ=os.environ)
     try:
         nar = bytearray(b"".join(src.dump(out_info.path)))
         nar[-20] ^= 0xFF  # inside the file's contents: still a well-formed NAR
-        with pytest.raises(RemoteProtocolError, match="does not match its hash"):
+        with pytest.raises(RemoteProtocolError, match="does not match its hash") as err:
             into.add_nar(out_info, [bytes(nar)])
+        assert err.value.peer == "builder"  # the sender's fault: the hook fails over
     finally:
         into.discard()
         src.close()

@@ -28,8 +28,9 @@ upload, the build or the download, the attempt is recorded as lost, the builder 
 message naming each builder tried and why. Which side failed is known from the error's `peer`
 (set by `ServeStore`): only the builder's failures move the build, never the local store's,
 and a build that the builder ran and reported as failed is never retried — that is the
-derivation failing (100), as with build-remote. Outputs already imported from a lost builder
-stay (each path is imported whole or not at all); only the missing ones come from the next.
+derivation failing (100), as with build-remote. The outputs are registered together at the
+end of the download, so a builder lost before that leaves none of them; the next builder's
+outputs are all imported.
 
 Every attempt is a row in the history (`nixdist.state.history`): its phase as it goes, and the
 time, bytes and paths of the upload, build and download.
@@ -282,7 +283,9 @@ def _upload(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
 def _download(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
     """The outputs' closure, as far as it is missing here."""
     shown = CopyActivities(job.out, source=picked.machine.uri, destination=LOCAL_STORE)
-    into = OutputImport(local, job.store, job.outputs, environ=job.environ)
+    into = OutputImport(
+        local, job.store, job.outputs, source=picked.remote.name, environ=job.environ
+    )
     try:
         got = copy_closure(picked.remote, into, job.outputs, progress=shown)
         into.commit()

@@ -109,10 +109,14 @@ class OutputImport:
         store: LocalStore,
         outputs: Iterable[StorePath],
         *,
+        source: str,
         environ: Mapping[str, str],
         nix_store: str = "nix-store",
     ) -> None:
+        """`source` names the store the outputs come from: a NAR that does not match its path
+        info is that store's fault (the error's `peer`)."""
         self.local = local
+        self._source = source
         self.name = local.name
         self._store = store
         self._outputs = frozenset(outputs)
@@ -138,6 +142,10 @@ class OutputImport:
             _remove(staging)  # a leftover of a hook killed before its keeper could clean up
             restore(_checked(info, nar), staging)
             _canonicalise(staging)
+        except RemoteProtocolError as err:
+            if err.peer is None:
+                err.peer = self._source
+            raise
         except OSError as err:
             raise LocalProtocolError(
                 f"cannot write {info.path} into the local store: {err}"
