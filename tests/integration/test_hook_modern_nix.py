@@ -34,13 +34,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-CLIENTS = ("2.34", "2.26")
+CLIENTS = ("2.34", "2.26", "2.8")
 BUILDERS = {"m28": "2.8", "m226": "2.26", "m234": "2.34"}
 NIXDIST = Path(sys.executable).with_name("nixdist")
 # Nix 2.17+ reads build-hook as a list: program, then arguments (verbosity comes last). The
 # client's `nixdist` runs the root filesystem's Python on this checkout and on the venv's pure
 # Python packages (click, rich).
-HOOK_FORMS = {"path": "nixdist-hook", "list": "{work}/nixdist hook"}
+HOOK_FORMS = {"path": "{bin}/nixdist-hook", "list": "{work}/nixdist hook"}
 SRC = Path(__file__).resolve().parents[2] / "src"
 NIXDIST_WRAPPER = f"""#!/bin/sh
 PYTHONPATH={SRC}:{sysconfig.get_paths()["purelib"]} exec /usr/bin/python3 -c \\
@@ -117,6 +117,20 @@ def _client(
     )
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(map(int, text.split(".")))
+
+
+def _ours(farm: Farm, client: str, work: Path, form: str = "path") -> str:
+    """nixdist as the client's build-hook: one absolute path (every Nix) or a list (2.17+)."""
+    return HOOK_FORMS[form].format(work=work, bin=farm.client_store_dir(client).parents[1] / "bin")
+
+
+def _theirs(client: str) -> str:
+    """Nix's own hook in the client's root filesystem."""
+    return "/usr/libexec/nix/build-remote" if client == "2.8" else "/usr/bin/nix __build-remote"
+
+
 def _build_argv(
     farm: Farm, builder: str, salt: str, *, hook: str, extra: Sequence[str] = ()
 ) -> list[str]:
@@ -148,11 +162,11 @@ def test_builds_land_whole_in_the_client_store(
     mfarm: Farm, work: Path, client: str, builder: str
 ) -> None:
     salt = fresh_salt(f"{client}-{builder}")
-    form = "list" if builder == "m226" else "path"
+    form = "list" if builder == "m226" and _version(client) >= (2, 17) else "path"
     done = _client(
         mfarm,
         client,
-        _build_argv(mfarm, builder, salt, hook=HOOK_FORMS[form].format(work=work)),
+        _build_argv(mfarm, builder, salt, hook=_ours(mfarm, client, work, form)),
         work,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -182,18 +196,31 @@ def test_builds_land_whole_in_the_client_store(
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_nix_own_hook_builds_the_same_pairings(
+    mfarm: Farm, work: Path, client: str, builder: str
+) -> None:
+    """The reference: what nixdist is compared with works on this pairing too."""
+    argv = _build_argv(mfarm, builder, fresh_salt("theirs"), hook=_theirs(client))
+    done = _client(mfarm, client, argv, work)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [out] = done.stdout.split()
+    assert mfarm.where_built([out]) == {out: [builder]}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_failing_build_fails_as_with_nix_own_hook(mfarm: Farm, work: Path, client: str) -> None:
     results = {}
-    for hook in ("nixdist-hook", "/usr/bin/nix __build-remote"):
+    for hook in (_ours(mfarm, client, work), _theirs(client)):
         salt = fresh_salt("fail")
         argv = _build_argv(
             mfarm, "m234", salt, hook=hook, extra=["--arg", "fail", "true", "--keep-failed"]
         )
         results[hook] = _client(mfarm, client, argv, work)
-    ours, theirs = results["nixdist-hook"], results["/usr/bin/nix __build-remote"]
+    ours, theirs = results[_ours(mfarm, client, work)], results[_theirs(client)]
     # Nix 2.29+ takes any failed hook for a MiscFailure (exit 1), whatever it exits with; before,
     # it honoured 100 (the build failed) as for a local build, where build-remote exits 1.
-    honours_hook_status = tuple(map(int, client.split("."))) < (2, 29)
+    honours_hook_status = _version(client) < (2, 29)
     assert theirs.returncode == 1
     assert ours.returncode == (100 if honours_hook_status else 1)
     for said in (ours.stderr, theirs.stderr):
@@ -204,7 +231,7 @@ def test_a_failing_build_fails_as_with_nix_own_hook(mfarm: Farm, work: Path, cli
         assert "\n       Reason: builder failed with exit code 3.\n" in said
     kept = "kept on the remote builder due to `--keep-failed`"
     assert kept in ours.stderr  # said on every version (Nix's own hook says it since 2.30)
-    assert (kept in theirs.stderr) == (tuple(map(int, client.split("."))) >= (2, 30))
+    assert (kept in theirs.stderr) == (_version(client) >= (2, 30))
     store_dir = mfarm.client_store_dir(client)
     assert not [
         p
@@ -285,14 +312,14 @@ def test_no_machine_report_is_the_one_nix_own_hook_prints(
     )
     salt = fresh_salt("report")
     said = {}
-    for hook in ("nixdist-hook", "/usr/bin/nix __build-remote"):
+    for hook in (_ours(mfarm, client, work), _theirs(client)):
         argv = nix_build_argv(
             ["feat.nix", "--argstr", "salt", salt], builders=f"@{machines}", hook=None
         )
         done = _client(mfarm, client, [*argv, "--option", "build-hook", hook], work)
         assert done.returncode != 0
         said[hook] = _report(done.stderr)
-    assert said["nixdist-hook"] == said["/usr/bin/nix __build-remote"]
+    assert said[_ours(mfarm, client, work)] == said[_theirs(client)]
 
 
 @pytest.mark.parametrize("client", ["host", "2.34"])
