@@ -24,11 +24,15 @@ test: lint rootfs
 rootfs: setup
 	@if [ "$$(id -u)" = 0 ]; then $(VENV)/bin/nixdist farm rootfs --nix 2.8 --nix 2.26 --nix 2.34; fi
 
+# `make demo NIX=2.34`: the demo's client (instantiate, nix-build, queries) is a farm client of
+# that Nix (2.8, 2.26, 2.34); default: the host's Nix.
 demo: setup
-	@scripts/demo.sh
+	@$(if $(NIX),DEMO_NIX='$(NIX)' )scripts/demo.sh
 
+# `make bench CLIENT_NIX=2.34`: W1-W3 as a client of that Nix, against its own hook;
+# BENCH_ARGS: more arguments for bench/run.py (e.g. '--only w1,w2 --rounds 5').
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(CLIENT_NIX),--client-nix '$(CLIENT_NIX)') $(BENCH_ARGS)
 
 # Re-record the golden vectors from the Nix installed on this machine.
 vectors: setup

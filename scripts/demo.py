@@ -25,6 +25,12 @@ What it does, every time (as root, on Linux; `make demo` runs it through scripts
    Also: what each derivation needs, which builders could take it, a count per builder and
    the build's wall time.
 
+With ``DEMO_NIX=2.34`` (``make demo NIX=2.34``; also 2.8 and 2.26) the client side —
+``nix-instantiate``, ``nix-build`` and the queries of the client's store — runs as a client of
+that Nix (``Farm.client_argv``, as ``nixdist farm client --nix 2.34 -- …``: chrooted in its Debian
+root filesystem with a store of its own under the farm directory), with the client's
+``nixdist-hook`` (our hook under that root filesystem's python3). The builders do not change.
+
 4. Exits 0 only if nix-build succeeded, every derivation was built on exactly one builder
    that was allowed to take it, both witnesses agree, and nothing was built locally.
 
@@ -37,7 +43,8 @@ further, or stop it, with::
 
 Environment: DEMO_FARM_DIR (farm directory), DEMO_KEEP_FARM (1 = keep running, the default;
 0 = stop at the end), DEMO_WORK (seconds each derivation sleeps, default 0.5),
-DEMO_POLL_INTERVAL (Nix's build-poll-interval, default 5 as in Nix). Colours only on a terminal (and
+DEMO_POLL_INTERVAL (Nix's build-poll-interval, default 5 as in Nix), DEMO_NIX (the client's Nix
+version; default the host's). Colours only on a terminal (and
 never with NO_COLOR set); piped output is plain text, with tables 120 columns wide.
 """
 
@@ -56,7 +63,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 from rich.rule import Rule
@@ -65,6 +72,9 @@ from rich.text import Text
 
 from nixdist.errors import NixdistError
 from nixdist.farm import BuilderSpec, Farm, host_system, make_spec
+from nixdist.farm.client import client_dir
+from nixdist.farm.releases import KNOWN_VERSIONS
+from nixdist.farm.rootfs import ensure_rootfs_info
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -228,42 +238,71 @@ def ensure_farm(directory: Path) -> tuple[Farm, bool]:
     return farm, reused
 
 
-def instantiate(salt: str, work: str) -> str:
+def client_cmd(farm: Farm, nix: str | None, argv: Sequence[str]) -> list[str]:
+    """`argv`, a command of the client side, as the client runs it: as is with the host's Nix,
+    else as a farm client of Nix `nix` (in the checkout, which it sees at the same path)."""
+    return list(argv) if nix is None else farm.client_argv(nix, argv, cwd=REPO)
+
+
+def shown_cmd(farm: Farm, nix: str | None, argv: Sequence[str]) -> str:
+    """`argv` as a user would type it (``nixdist farm client … --`` for a farm client)."""
+    if nix is None:
+        return shlex.join(argv)
+    client = [display_path(NIXDIST), "farm", "client", "--dir", str(farm.directory), "--nix", nix]
+    return f"{shlex.join(client)} -- {shlex.join(argv)}"
+
+
+def instantiate(farm: Farm, nix: str | None, salt: str, work: str) -> str:
+    argv = ["nix-instantiate", str(DEMO_NIX), "--argstr", "salt", salt, "--argstr", "work", work]
     result = subprocess.run(
-        ["nix-instantiate", str(DEMO_NIX), "--argstr", "salt", salt, "--argstr", "work", work],
-        capture_output=True,
-        text=True,
-        check=False,
+        client_cmd(farm, nix, argv), capture_output=True, text=True, check=False, cwd=REPO
     )
     if result.returncode != 0:
         raise NixdistError(f"nix-instantiate {DEMO_NIX} failed:\n{result.stderr.strip()}")
     return result.stdout.strip()
 
 
-def plan(top_drv: str) -> dict[str, Planned]:
+def plan(farm: Farm, nix: str | None, top_drv: str) -> dict[str, Planned]:
     """Every derivation in `top_drv`'s closure, with what it needs."""
+    # `show-derivation` is `derivation show` since Nix 2.15, and the old name still works (a
+    # deprecation warning on stderr); Nix 2.8 knows only the old one.
+    argv = [*NIX_COMMAND, "show-derivation", "--recursive", top_drv]
     result = subprocess.run(
-        [*NIX_COMMAND, "show-derivation", "--recursive", top_drv],
-        capture_output=True,
-        text=True,
-        check=False,
+        client_cmd(farm, nix, argv), capture_output=True, text=True, check=False, cwd=REPO
     )
     if result.returncode != 0:
         raise NixdistError(f"nix show-derivation failed:\n{result.stderr.strip()}")
     planned: dict[str, Planned] = {}
-    for drv, info in json.loads(result.stdout).items():
+    for drv, info in shown_derivations(json.loads(result.stdout)).items():
         env = info.get("env", {})
         planned[drv] = Planned(
             drv=drv,
             name=env.get("name", drv.rsplit("-", 1)[-1]),
             system=info["system"],
             features=tuple(env.get("requiredSystemFeatures", "").split()),
-            outputs=tuple(out["path"] for out in info["outputs"].values()),
+            outputs=tuple(store_path(out["path"]) for out in info["outputs"].values()),
         )
     return planned
 
 
-def build_argv(farm: Farm, salt: str, work: str, poll: str) -> list[str]:
+def shown_derivations(data: dict[str, Any]) -> dict[str, Any]:
+    """`nix show-derivation`'s JSON as drv path -> derivation. Nix 2.33+ (format version 4)
+    nests them under ``derivations`` and names store paths without ``/nix/store/``."""
+    drvs = data["derivations"] if isinstance(data.get("derivations"), dict) else data
+    return {store_path(drv): info for drv, info in drvs.items()}
+
+
+def store_path(name: str) -> str:
+    return name if name.startswith("/") else f"/nix/store/{name}"
+
+
+def hook_for(farm: Farm, nix: str | None) -> Path:
+    """The nixdist-hook of the client: the venv's, or a farm client's (an absolute path, which
+    Nix 2.8 needs; the farm directory is seen at the same path inside)."""
+    return HOOK if nix is None else client_dir(farm.directory, nix) / "bin" / "nixdist-hook"
+
+
+def build_argv(farm: Farm, salt: str, work: str, poll: str, *, hook: Path) -> list[str]:
     return [
         "nix-build",
         str(DEMO_NIX),
@@ -283,7 +322,7 @@ def build_argv(farm: Farm, salt: str, work: str, poll: str) -> list[str]:
         "",
         "--option",
         "build-hook",
-        str(HOOK),
+        str(hook),
         "--builders",
         f"@{farm.machines_file}",
     ]
@@ -606,6 +645,7 @@ class Settings:
     keep: bool
     work: str
     poll: str
+    nix: str | None  # the client's Nix version (a farm client); None: the host's
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -614,7 +654,13 @@ class Settings:
             keep=environ.get("DEMO_KEEP_FARM", "1") != "0",
             work=environ.get("DEMO_WORK", "0.5"),
             poll=environ.get("DEMO_POLL_INTERVAL", "5"),
+            nix=environ.get("DEMO_NIX") or None,
         )
+        if settings.nix is not None and settings.nix not in KNOWN_VERSIONS:
+            raise ValueError(
+                f"DEMO_NIX={settings.nix!r} is not a Nix version the farm knows;"
+                f" known: {', '.join(KNOWN_VERSIONS)}"
+            )
         if not re.fullmatch(r"\d+(\.\d+)?", settings.work):
             raise ValueError(f"DEMO_WORK={settings.work!r} is not a number of seconds")
         if not re.fullmatch(r"[1-9]\d*", settings.poll):
@@ -627,19 +673,20 @@ def build_and_report(console: Console, farm: Farm, settings: Settings) -> int:
     machines = farm.machines()
     names = {m.uri: m.uri.removeprefix(f"ssh://{ALIAS_PREFIX}") for m in machines}
     salt = f"demo-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 1_000_000_000}"
-    planned = plan(instantiate(salt, settings.work))
-    argv = build_argv(farm, salt, settings.work, settings.poll)
+    nix = settings.nix
+    planned = plan(farm, nix, instantiate(farm, nix, salt, settings.work))
+    argv = build_argv(farm, salt, settings.work, settings.poll, hook=hook_for(farm, nix))
     console.print()
     console.print(
         Rule(f"nix-build {display_path(DEMO_NIX)}: {len(planned)} derivations, salt {salt}")
     )
     console.print(
-        f"$ NIX_SSHOPTS={shlex.quote(farm.nix_sshopts)} {shlex.join(argv)}",
+        f"$ NIX_SSHOPTS={shlex.quote(farm.nix_sshopts)} {shown_cmd(farm, nix, argv)}",
         style="dim",
         markup=False,
         soft_wrap=True,
     )
-    run = run_build(console, farm, argv, names)
+    run = run_build(console, farm, client_cmd(farm, nix, argv), names)
     console.print()
     console.print(Rule("Who built what"))
     rows = make_rows(planned, run, ultimate_paths(farm), machines, names)
@@ -665,7 +712,8 @@ def main() -> int:
         console.print(f"make demo: {reason}", style="bold red", markup=False)
         return 2
 
-    console.print(Rule("nixdist demo: one nix-build, three builders"))
+    client = "the host's Nix" if settings.nix is None else f"a Nix {settings.nix} client"
+    console.print(Rule(f"nixdist demo: one nix-build ({client}), three builders"))
     try:
         farm, reused = ensure_farm(settings.directory)
     except NixdistError as err:
@@ -673,6 +721,19 @@ def main() -> int:
         return 1
     state = "reused (all builders were already running)" if reused else "started"
     console.print(f"Farm in {farm.directory}: {state}", markup=False)
+    if settings.nix is not None:
+        try:  # built once (a few minutes) when missing
+            rootfs = ensure_rootfs_info(settings.nix)
+        except NixdistError as err:
+            console.print(
+                f"make demo: no Nix {settings.nix} client: {err}", style="bold red", markup=False
+            )
+            return 1
+        console.print(
+            f"Client: {rootfs.nix_version} in {rootfs.path}, its store in"
+            f" {farm.client_store_dir(settings.nix)}",
+            markup=False,
+        )
     console.print(farm_table(farm))
     try:
         status = build_and_report(console, farm, settings)

@@ -4,8 +4,9 @@ The benchmark itself is never a pass/fail test on time. This runs W1 small (a DA
 x 10 trivial derivations, both contenders, one round) through the very code `make bench` runs,
 and checks what the numbers rest on: every build succeeded, every output is valid locally and
 was built by exactly one farm builder (read from the builders' own stores), and the results
-JSON has the shape bench/README.md describes. Also: a farm builder's /etc/nix/nixdist-speed,
-which W3 scales its work by, holds its speed factor.
+JSON has the shape bench/README.md describes; once with the host's Nix as the client, once as a
+Nix 2.34 farm client (``--client-nix 2.34``: its own hook is ``nix __build-remote``). Also: a
+farm builder's /etc/nix/nixdist-speed, which W3 scales its work by, holds its speed factor.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.farm import make_spec
+from nixdist.farm.rootfs import ensure_rootfs_info
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,10 +38,14 @@ WIDTH, LAYERS = 10, 2
 
 
 @pytest.mark.usefixtures("require_farm")
-def test_w1_smoke_builds_everything_remotely(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client_nix", [None, "2.34"], ids=["host", "client-2.34"])
+def test_w1_smoke_builds_everything_remotely(tmp_path: Path, client_nix: str | None) -> None:
     results = tmp_path / "bench.json"
     argv = [sys.executable, str(RUN), "--only", "w1", "--rounds", "1"]
     argv += ["--w1-width", str(WIDTH), "--w1-layers", str(LAYERS), "--json", str(results)]
+    if client_nix is not None:
+        nix_version = ensure_rootfs_info(client_nix).nix_version
+        argv += ["--client-nix", client_nix]
     proc = subprocess.run(
         argv, capture_output=True, text=True, check=False, timeout=HANG_GUARD_S, cwd=REPO
     )
@@ -49,6 +55,11 @@ def test_w1_smoke_builds_everything_remotely(tmp_path: Path) -> None:
     assert data["failures"] == []
     assert data["interrupted"] is False
     assert set(data["machine"]) >= {"date", "cores", "nix", "python"}
+    assert data["client_nix"] == client_nix
+    if client_nix is not None:
+        assert data["machine"]["client"]["nix"] == nix_version
+        assert data["machine"]["client"]["build_remote"] == "/usr/bin/nix __build-remote"
+        assert f"build-remote {client_nix}" in proc.stdout  # the table's column
     w1 = data["workloads"]["w1"]
     assert w1["derivations"] == WIDTH * LAYERS
     runs = w1["runs"]
