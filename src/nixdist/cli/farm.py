@@ -6,6 +6,7 @@
     nixdist farm status [--json]
     nixdist farm stop|start|freeze|thaw NAME
     nixdist farm noise NAME --on|--off
+    nixdist farm noproc NAME --on|--off
     nixdist farm heal
     nixdist farm env                     # shell lines for a Nix client
     nixdist farm down [--ssh-include]
@@ -277,6 +278,15 @@ def thaw(directory: Path | None, name: str) -> None:
 def noise(directory: Path | None, name: str, noisy: bool) -> None:
     """Make root's shell on builder NAME print a line on stdout (breaks nix-store --serve)."""
     _farm(directory).set_noisy(name, noisy=noisy)
+
+
+@farm.command()
+@_dir_option
+@click.argument("name")
+@click.option("--on/--off", "hidden", default=True, help="Cover /proc's load files, or uncover.")
+def noproc(directory: Path | None, name: str, hidden: bool) -> None:
+    """Cover /proc/loadavg and /proc/meminfo on builder NAME (what macOS shows a Linux probe)."""
+    _farm(directory).hide_proc(name, hidden=hidden)
 
 
 @farm.command()

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 from rich.console import Console
@@ -32,6 +32,8 @@ from nixdist.state.report import build_json, status_report
 from nixdist.state.slots import SlotDirectory
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nixdist.state.db import BuildRow
     from nixdist.state.report import StatusReport
 
@@ -91,20 +93,31 @@ def machines_table(report: StatusReport) -> Table:
         table.add_column(name, justify="left" if name in {"machine", "state"} else "right")
     for m in report.machines:
         probe = m.probe
+        r = None if probe is None else probe.report
         if m.down is not None:
             state = Text(f"down: {m.down.describe(report.time)}", style="red")
+        elif r is not None and r.problem is not None:
+            state = Text(f"up (load report: {r.problem})", style="yellow")
         else:
             state = Text("up", style="green")
         table.add_row(
             Text(m.machine.uri),
             f"{m.slots_in_use}/{m.machine.max_jobs}",
             state,
-            "-" if probe is None else str(probe.report.running_builds),
-            "-" if probe is None else f"{probe.report.load_per_core:.2f}",
-            "-" if probe is None else format_bytes(probe.report.disk_free),
+            _unknown(None if r is None else r.running_builds, str),
+            _unknown(None if r is None else r.load_per_core, lambda v: f"{v:.2f}"),
+            _unknown(None if r is None else r.disk_free, format_bytes),
             "-" if probe is None else f"{report.time - probe.time:.0f}s ago",
         )
     return table
+
+
+_V = TypeVar("_V", int, float)
+
+
+def _unknown(value: _V | None, show: Callable[[_V], str]) -> str:
+    """`value` shown, or ``-`` when the builder did not tell it."""
+    return "-" if value is None else show(value)
 
 
 def builds_table(title: str, builds: tuple[BuildRow, ...] | list[BuildRow], now: float) -> Table:

@@ -80,6 +80,8 @@ DEFAULT_FARM_DIR: Final = Path("/var/lib/nixdist/farm")
 FARM_DIR_ENV: Final = "NIXDIST_FARM_DIR"
 DEFAULT_BUILDER_COUNT: Final = 2
 _NOISE_MARKER: Final = "# nixdist farm: noisy shell"
+#: What `Farm.hide_proc` covers.
+_HIDDEN_PROC: Final = ("/proc/loadavg", "/proc/meminfo")
 
 
 def _inner_targets(*, chroot: bool = False) -> tuple[tuple[str, str], ...]:
@@ -325,8 +327,17 @@ class Farm:
             else:
                 bashrc.unlink(missing_ok=True)
 
+    def hide_proc(self, name: str, *, hidden: bool) -> None:
+        """Cover (or uncover) ``/proc/loadavg`` and ``/proc/meminfo`` on running builder `name`
+        with empty files: what a builder without Linux's /proc (macOS, the BSDs) shows a
+        Linux-only load probe."""
+        for path in _HIDDEN_PROC:
+            argv = ["mount", "--bind", "/dev/null", path] if hidden else ["umount", path]
+            self.run_in(name, argv, check=hidden)
+
     def heal(self) -> tuple[BuilderStatus, ...]:
-        """Undo every fault switch: thaw frozen builders, start stopped ones, silence shells."""
+        """Undo every fault switch: thaw frozen builders, start stopped ones, silence shells,
+        uncover /proc."""
         if not self.state_file.exists():
             raise FarmError(f"no farm in {self.directory} (run: nixdist farm up)")
         for status in self.status():
@@ -334,6 +345,8 @@ class Farm:
                 self.set_noisy(status.name, noisy=False)
             if status.state is BuilderState.FROZEN:
                 self.thaw(status.name)
+            if status.state is BuilderState.RUNNING:
+                self.hide_proc(status.name, hidden=False)
         return self.up()
 
     def status(self) -> tuple[BuilderStatus, ...]:

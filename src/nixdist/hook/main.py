@@ -11,7 +11,7 @@ derivation, builds it remotely (`nixdist.hook.build`) and exits with the status 
 Before choosing, the builders that could take the derivation and whose load report is older
 than the probe interval are asked for a new one, in parallel, over their control masters
 (`nixdist.transport.probe`); reports live in the state database for every hook process to
-reuse. A builder that cannot be reached (connection, greeting or probe) is marked down — for
+reuse. A builder that cannot be reached (connection or greeting) is marked down — for
 the rest of this process and, with back-off, for every other hook (`nixdist.state.health`) —
 and the choice is made again without it. Every answer is recorded in the history.
 """
@@ -193,7 +193,8 @@ class MachinePicker:
         """Fresh enough load reports of `fitting` (the machines that could take the build).
 
         Reports older than the probe interval are renewed first, in parallel; a builder that
-        does not answer is marked down.
+        cannot be reached is marked down; one whose report says little or nothing is not (the
+        report is advice: the slots count for what it does not tell).
         """
         if not fitting or self.config.probe_interval_s <= 0:
             return {}
@@ -227,6 +228,10 @@ class MachinePicker:
             )
             rows[machine.uri] = row
             self.health.answered(machine.uri)
+            if result.problem is not None and self.out.wants(Verbosity.TALKATIVE):
+                note = f"no full load report from '{machine.uri}': {result.problem}"
+                if first_time(state_dir(self.environ), note):  # once per Nix run
+                    self.out.log(Verbosity.TALKATIVE, note)
             try:
                 self.db.put_probe(row)
             except StateError as err:

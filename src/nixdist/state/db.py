@@ -10,7 +10,8 @@ here decides whether a build is correct.
 Tables (``PRAGMA user_version`` = `SCHEMA_VERSION`)::
 
     health     one row per builder that failed to connect: failures, since, until, reason
-    probes     one row per builder: its last self-report (running builds, load, disk, memory)
+    probes     one row per builder: its last self-report (running builds, load, disk, memory;
+               NULL for what it did not tell, with the problem in words)
     decisions  every answer to Nix's ``try``: accept / decline / postpone, with the reasons
     builds     every remote build attempt: machine, phase, status, phase durations and bytes
 
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from pathlib import Path
 
-SCHEMA_VERSION: Final = 1
+#: 2: probes' values may be NULL (a builder that does not tell), with os and problem.
+SCHEMA_VERSION: Final = 2
+#: Tables that are caches: dropped and made anew when the schema changes.
+_CACHE_TABLES: Final = ("probes",)
 DB_NAME: Final = "nixdist.db"
 BUSY_TIMEOUT_MS: Final = 10_000
 
@@ -58,12 +62,14 @@ CREATE TABLE IF NOT EXISTS probes (
     uri TEXT PRIMARY KEY,
     time REAL NOT NULL,
     local_slots INTEGER NOT NULL,
-    running_builds INTEGER NOT NULL,
-    load1 REAL NOT NULL,
-    cores INTEGER NOT NULL,
-    disk_free INTEGER NOT NULL,
-    disk_total INTEGER NOT NULL,
-    mem_available INTEGER NOT NULL
+    running_builds INTEGER,
+    load1 REAL,
+    cores INTEGER,
+    disk_free INTEGER,
+    disk_total INTEGER,
+    mem_available INTEGER,
+    os TEXT,
+    problem TEXT
 );
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY,
@@ -156,6 +162,8 @@ class ProbeRow:
     @property
     def other_builds(self) -> int:
         """Builds running on the builder that no slot of this machine accounted for."""
+        if self.report.running_builds is None:
+            return 0  # not told: this machine's slots are all we know, as with build-remote
         return max(0, self.report.running_builds - self.local_slots)
 
     def remote_load(self) -> RemoteLoad:
@@ -269,7 +277,10 @@ class StateDB:
             if version != SCHEMA_VERSION:
                 if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     connection.execute("PRAGMA journal_mode = WAL")
-                connection.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+                drops = "".join(f"DROP TABLE IF EXISTS {t};" for t in _CACHE_TABLES)
+                connection.executescript(
+                    f"BEGIN; {drops}{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
             connection.execute("PRAGMA synchronous = NORMAL")
         except (OSError, sqlite3.Error, TransportError) as err:
             raise StateError(f"{path}: {err}") from err
@@ -325,7 +336,8 @@ class StateDB:
         report = probe.report
         self._execute(
             "INSERT OR REPLACE INTO probes (uri, time, local_slots, running_builds, load1, cores,"
-            " disk_free, disk_total, mem_available) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " disk_free, disk_total, mem_available, os, problem)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 probe.uri,
                 probe.time,
@@ -336,6 +348,8 @@ class StateDB:
                 report.disk_free,
                 report.disk_total,
                 report.mem_available,
+                report.os,
+                report.problem,
             ),
         )
 
@@ -506,7 +520,7 @@ class StateDB:
 
 _SELECT_PROBES: Final = (
     "SELECT uri, time, local_slots, running_builds, load1, cores, disk_free, disk_total, "
-    "mem_available FROM probes"
+    "mem_available, os, problem FROM probes"
 )
 _BUILD_FIELDS: Final = (
     "id",
@@ -536,14 +550,31 @@ def _down(row: tuple[str, str, int, float, float]) -> Down:
     return Down(uri=uri, reason=reason, failures=failures, since=since, until=until)
 
 
-def _probe(row: tuple[str, float, int, int, float, int, int, int, int]) -> ProbeRow:
-    uri, when, local_slots, running, load1, cores, disk_free, disk_total, mem_available = row
+_ProbeColumns = tuple[
+    str,
+    float,
+    int,
+    int | None,
+    float | None,
+    int | None,
+    int | None,
+    int | None,
+    int | None,
+    str | None,
+    str | None,
+]
+
+
+def _probe(row: _ProbeColumns) -> ProbeRow:
+    uri, when, local_slots, running, load1, cores, disk_free, disk_total, mem, os_, problem = row
     report = BuilderReport(
         running_builds=running,
         load1=load1,
         cores=cores,
         disk_free=disk_free,
         disk_total=disk_total,
-        mem_available=mem_available,
+        mem_available=mem,
+        os=os_,
+        problem=problem,
     )
     return ProbeRow(uri=uri, time=when, local_slots=local_slots, report=report)

@@ -160,4 +160,6 @@ def _probe_json(probe: ProbeRow, now: float) -> dict[str, Any]:
         "disk_free": r.disk_free,
         "disk_total": r.disk_total,
         "mem_available": r.mem_available,
+        "os": r.os,
+        "problem": r.problem,
     }

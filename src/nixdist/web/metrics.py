@@ -193,11 +193,13 @@ def _machine_families(report: StatusReport) -> Iterable[Metric]:
         max_jobs.add_metric([uri], m.machine.max_jobs)
         up.add_metric([uri], 1 if m.down is None else 0)
         if m.probe is not None:
-            r = m.probe.report
-            probe_running.add_metric([uri], r.running_builds)
-            if math.isfinite(r.load_per_core):
+            r = m.probe.report  # a builder that did not tell a value has no sample of it
+            if r.running_builds is not None:
+                probe_running.add_metric([uri], r.running_builds)
+            if r.load_per_core is not None and math.isfinite(r.load_per_core):
                 load.add_metric([uri], r.load_per_core)
-            disk.add_metric([uri], r.disk_free)
+            if r.disk_free is not None:
+                disk.add_metric([uri], r.disk_free)
             age.add_metric([uri], max(0.0, report.time - m.probe.time))
     return (running, slots, max_jobs, up, probe_running, load, disk, age)
 

@@ -207,12 +207,16 @@ function machineState(m) {
 function probeCell(m) {
   const p = m.probe;
   if (!p) return el("td", { class: "small" }, "not probed yet");
+  const known = (v, show) => (v === null || v === undefined ? "?" : show(v));
   const others = p.other_builds ? ` (${p.other_builds} from other clients)` : "";
-  return el("td", {},
-    el("div", {}, `${p.running_builds} running${others}, load ${p.load_per_core.toFixed(2)}/core`),
+  const cell = el("td", {},
+    el("div", {}, `${known(p.running_builds, String)} running${others}, ` +
+      `load ${known(p.load_per_core, (v) => v.toFixed(2))}/core`),
     el("div", { class: "small" },
-      `disk ${bytes(p.disk_free)} free of ${bytes(p.disk_total)}, ` +
-      `mem ${bytes(p.mem_available)} free, probed ${seconds(p.age)} ago`));
+      `disk ${known(p.disk_free, bytes)} free of ${known(p.disk_total, bytes)}, ` +
+      `mem ${known(p.mem_available, bytes)} free, probed ${seconds(p.age)} ago`));
+  if (p.problem) cell.append(el("div", { class: "small" }, `no full report: ${p.problem}`));
+  return cell;
 }
 
 function renderMachines(machines) {

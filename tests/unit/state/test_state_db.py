@@ -60,3 +60,29 @@ def test_history_machines_option_keeps_the_builds_of_that_file(
     ]
     everything = CliRunner().invoke(history, ["--json"])
     assert len(json.loads(everything.output)) == len(BUILDS)
+
+
+def test_a_report_of_unknowns_is_kept_and_an_old_probe_cache_is_replaced(tmp_path: Path) -> None:
+    import sqlite3  # noqa: PLC0415 - only this test writes an old database by hand
+
+    from nixdist.state.db import ProbeRow  # noqa: PLC0415
+    from nixdist.transport.probe import BuilderReport  # noqa: PLC0415
+
+    # A schema-1 database: probe values NOT NULL, one cached report.
+    old = sqlite3.connect(tmp_path / "nixdist.db")
+    old.executescript(
+        "CREATE TABLE probes (uri TEXT PRIMARY KEY, time REAL NOT NULL, local_slots INTEGER NOT"
+        " NULL, running_builds INTEGER NOT NULL, load1 REAL NOT NULL, cores INTEGER NOT NULL,"
+        " disk_free INTEGER NOT NULL, disk_total INTEGER NOT NULL, mem_available INTEGER NOT"
+        " NULL); INSERT INTO probes VALUES ('ssh://a', 1, 0, 0, 0.5, 2, 10, 20, 30);"
+        " PRAGMA user_version = 1;"
+    )
+    old.close()
+    with StateDB.open(tmp_path) as db:
+        assert db.all_probes() == []  # a cache: made anew
+        unknown = BuilderReport(os="Darwin", cores=8, problem="it did not tell its load")
+        db.put_probe(ProbeRow(uri="ssh://mac", time=2.0, local_slots=1, report=unknown))
+        [row] = db.all_probes()
+    assert row.report == unknown
+    assert row.other_builds == 0  # not told: only this machine's slots count
+    assert row.remote_load().load_per_core is None
