@@ -88,3 +88,26 @@ def test_a_builder_that_tells_little_still_builds(pfarm: Farm, tmp_path: Path, n
         assert probe["disk_free"] is None
         assert probe["problem"] == "it did not tell its free disk"
     pfarm.heal()
+
+
+def test_check_says_what_the_load_probe_cannot_see(pfarm: Farm, tmp_path: Path) -> None:
+    pfarm.heal()
+    pfarm.hide_proc("noproc", hidden=True)
+    env = {**os.environ, **pfarm.env(), "NIXDIST_STATE_DIR": str(tmp_path / "state")}
+    machines = machines_file(pfarm.machines_file, pfarm.alias, tmp_path / "machines", ["noproc"])
+    done = subprocess.run(
+        [str(NIXDIST), "check", "--machines", str(machines), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=HANG_GUARD_S,
+    )
+    [builder] = json.loads(done.stdout)["builders"]
+    assert builder["usable"], builder
+    [load] = [f for f in builder["findings"] if f["check"] == "load report"]
+    assert (load["status"], load["message"]) == (
+        "warn",
+        "no full load report (Linux): it did not tell its load, free memory",
+    )
+    pfarm.heal()

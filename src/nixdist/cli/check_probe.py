@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ParseError
 from nixdist.model.store_path import STORE_DIR
+from nixdist.transport.probe import PROBE_SCRIPT as LOAD_PROBE_SCRIPT
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -224,6 +225,8 @@ def render_probe_script(
             ),
         ),
         ("df", f"df -Pk {q(store_dir)}"),
+        # The hook's own load probe, as it sees the builder (in a subshell: its variables).
+        ("load", f"(\n{LOAD_PROBE_SCRIPT.rstrip()}\n)"),
     ]
     if delete is not None:
         sections.append(("delete", f"{q(nix_store)} --delete {q(delete)}"))

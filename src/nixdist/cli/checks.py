@@ -66,6 +66,7 @@ from nixdist.cli.check_probe import (
 )
 from nixdist.errors import ParseError
 from nixdist.model.machines import decode_host_key
+from nixdist.transport.probe import parse_report
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -104,13 +105,14 @@ class Check(enum.StrEnum):
     FEATURES = "features"
     STORE = "store"
     DISK = "disk"
+    LOAD = "load report"
     BUILD_HOOK = "build-hook"
     BUILDERS = "builders"
     CURRENT_LOAD = "current-load"
     TRUSTED = "trusted"
 
 
-BUILDER_CHECKS: Final = tuple(Check)[:9]
+BUILDER_CHECKS: Final = tuple(Check)[:10]
 
 
 class HostKey(enum.StrEnum):
@@ -381,6 +383,26 @@ def disk_finding(space: DiskSpace) -> Finding:
     return _ok(Check.DISK, text)
 
 
+def load_finding(observed: Observed) -> Finding:
+    """What the hook's load probe learns there: a warning when it cannot tell everything
+    (the hook then counts its own slots for what is missing, like build-remote)."""
+    section = observed.probe.sections.get("load")
+    report = parse_report(section.text if section is not None else "")
+    if report.problem is None:
+        assert report.load_per_core is not None  # noqa: S101 - a whole report has them all
+        assert report.mem_available is not None  # noqa: S101
+        return _ok(
+            Check.LOAD,
+            f"{report.os}: load {report.load_per_core:.2f}/core, {report.running_builds} builds"
+            f" running, {render_bytes(report.mem_available)} memory free",
+        )
+    return _warn(
+        Check.LOAD,
+        f"no full load report ({report.os or 'unknown system'}): {report.problem}",
+        "nixdist counts its own slots there for what it cannot see, as build-remote does.",
+    )
+
+
 def render_bytes(count: int) -> str:
     """``1.5 GiB``: binary units with one decimal (bytes as a whole number)."""
     if count < 1024:  # noqa: PLR2004 - one KiB
@@ -431,6 +453,7 @@ def assess_builder(
     except ParseError as err:
         why = str(err)
     findings.append(disk_finding(space) if space else _warn(Check.DISK, f"df failed: {why}"))
+    findings.append(load_finding(observed))
     return dataclasses.replace(
         report,
         connect_ms=observed.connect_ms,

@@ -7,6 +7,7 @@ ssh's messages below are what OpenSSH 9.2 printed against the local farm.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -66,6 +67,7 @@ from nixdist.cli.checks import (
 from nixdist.errors import ParseError
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import Machine
+from nixdist.transport.probe import parse_report
 from nixdist.wire.nar import Contents, Regular, decode_nar
 
 if TYPE_CHECKING:
@@ -302,6 +304,8 @@ def test_probe_script_runs_under_sh(tmp_path: Path) -> None:
     assert out.sections["df"].status == 0
     assert parse_df(out.sections["df"].text).size_bytes > 0
     assert out.sections["delete"] == Section(status=1, text="nix-store (Nix) 2.8.0")
+    assert out.sections["load"].status == 0
+    assert parse_report(out.sections["load"].text).os == "Linux"
 
 
 def test_remote_programs() -> None:
@@ -343,6 +347,15 @@ CONFIG = json.dumps(
     }
 )
 DF = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 4194304 0 4194304 0% /"
+LOAD = """\
+nixdist-probe os Linux
+nixdist-probe loadavg 0.52 0.58 0.59 1/456 7890
+nixdist-probe cores 4
+nixdist-probe mem-bytes 8589934592
+nixdist-probe builds 1
+nixdist-probe df /dev/vda1 1000000 10000 990000 1% /
+"""
+
 HEALTHY = Observed(
     connect_ms=12.3,
     handshake_ms=45.6,
@@ -353,6 +366,7 @@ HEALTHY = Observed(
             "version": Section(status=0, text="nix-store (Nix) 2.8.0"),
             "config": Section(status=0, text=CONFIG),
             "df": Section(status=0, text=DF),
+            "load": Section(status=0, text=LOAD),
             "delete": Section(status=0, text="1 store paths deleted"),
         }
     ),
@@ -691,3 +705,18 @@ def test_machines_that_cannot_be_tried() -> None:
         assert not report.usable
         assert [f.check for f in report.findings] == list(BUILDER_CHECKS)
     assert "ssh:// only" in reports[0].findings[0].message
+
+
+def test_a_builder_whose_load_probe_tells_little_is_warned_about_not_failed() -> None:
+    hidden = LOAD.replace("loadavg 0.52 0.58 0.59 1/456 7890", "loadavg ").replace(
+        "mem-bytes 8589934592", "mem-bytes "
+    )
+    sections = {**HEALTHY.probe.sections, "load": Section(status=0, text=hidden)}
+    observed = dataclasses.replace(HEALTHY, probe=ProbeOutput(sections=sections))
+    finding = _by_check(_assess(observed))[Check.LOAD]
+    assert finding.status is Status.WARN
+    assert finding.message == "no full load report (Linux): it did not tell its load, free memory"
+    assert _assess(observed).usable
+    assert _by_check(_assess(HEALTHY))[Check.LOAD].message == (
+        "Linux: load 0.13/core, 1 builds running, 8.0 GiB memory free"
+    )
