@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from nixdist.hook.picked import Picked
+    from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.state.db import ProbeRow, StateDB
     from nixdist.state.health import Health
@@ -139,6 +140,12 @@ class MachinePicker:
     @functools.cached_property
     def db(self) -> StateDB | None:
         return open_state_db(self.environ, self.out)
+
+    def close(self) -> None:
+        """Close the state database, if it was opened."""
+        db = self.__dict__.get("db")
+        if db is not None:
+            db.close()
 
     @functools.cached_property
     def health(self) -> Health:
@@ -424,6 +431,22 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
         out.reply(Reply.DECLINE_PERMANENTLY)
         return HookExit.OK
     picker = MachinePicker(machines, settings, environ, out)
+    try:
+        return _answer(nix, picker, settings=settings, store=store, environ=environ, out=out)
+    finally:
+        picker.close()
+
+
+def _answer(
+    nix: NixInput,
+    picker: MachinePicker,
+    *,
+    settings: HookSettings,
+    store: LocalStore,
+    environ: Mapping[str, str],
+    out: HookOutput,
+) -> int:
+    """Answer Nix's ``try`` requests until one is accepted (then build it) or Nix is done."""
     while True:
         command = nix.recv(decode_hook_command)
         if not isinstance(command, TryRequest):

@@ -252,6 +252,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _prepare(connection: sqlite3.Connection) -> None:
+    """Settings of every connection; the schema made or brought up to date."""
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode = WAL")
+        drops = "".join(f"DROP TABLE IF EXISTS {t};" for t in _CACHE_TABLES)
+        connection.executescript(
+            f"BEGIN; {drops}{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
+    connection.execute("PRAGMA synchronous = NORMAL")
+
+
 class StateDB:
     """The open state database. Use `StateDB.open`; close it (or use ``with``) when done."""
 
@@ -272,17 +286,12 @@ class StateDB:
                 )
             finally:
                 os.umask(old_umask)
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    connection.execute("PRAGMA journal_mode = WAL")
-                drops = "".join(f"DROP TABLE IF EXISTS {t};" for t in _CACHE_TABLES)
-                connection.executescript(
-                    f"BEGIN; {drops}{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                )
-            connection.execute("PRAGMA synchronous = NORMAL")
         except (OSError, sqlite3.Error, TransportError) as err:
+            raise StateError(f"{path}: {err}") from err
+        try:
+            _prepare(connection)
+        except sqlite3.Error as err:
+            connection.close()
             raise StateError(f"{path}: {err}") from err
         return cls(connection, path)
 

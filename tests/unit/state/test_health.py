@@ -20,27 +20,29 @@ def test_backoff_doubles_up_to_a_cap(failures: int, seconds: float) -> None:
 
 
 def test_a_failure_is_remembered_until_the_pause_ends(tmp_path: Path) -> None:
-    health = Health(StateDB.open(tmp_path))
-    assert health.down("ssh://b1", now=1000) is None
-    record = health.failed("ssh://b1", "connection refused", now=1000)
-    assert record.until == 1000 + BACKOFF_BASE_S
-    # Another process (a new Health on the same directory) sees it.
-    seen = Health(StateDB.open(tmp_path)).down("ssh://b1", now=1001)
-    assert seen == record
-    assert seen.describe(1001) == f"connection refused (retrying in {BACKOFF_BASE_S - 1:g} s)"
-    assert Health(StateDB.open(tmp_path)).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
-    assert health.down("ssh://b2", now=1001) is None
+    with StateDB.open(tmp_path) as db, StateDB.open(tmp_path) as other:
+        health = Health(db)
+        assert health.down("ssh://b1", now=1000) is None
+        record = health.failed("ssh://b1", "connection refused", now=1000)
+        assert record.until == 1000 + BACKOFF_BASE_S
+        # Another process (a new Health on the same directory) sees it.
+        seen = Health(other).down("ssh://b1", now=1001)
+        assert seen == record
+        assert seen.describe(1001) == f"connection refused (retrying in {BACKOFF_BASE_S - 1:g} s)"
+        assert Health(other).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
+        assert health.down("ssh://b2", now=1001) is None
 
 
 def test_consecutive_failures_lengthen_the_pause_and_an_answer_clears_it(tmp_path: Path) -> None:
-    health = Health(StateDB.open(tmp_path))
-    health.failed("ssh://b1", "refused", now=0)
-    second = health.failed("ssh://b1", "timed out", now=40)
-    assert (second.failures, second.since, second.until) == (2, 0, 40 + 2 * BACKOFF_BASE_S)
-    assert "2 times" in second.describe(40)
-    health.answered("ssh://b1")
-    assert health.down("ssh://b1", now=41) is None
-    assert health.failed("ssh://b1", "refused", now=50).failures == 1
+    with StateDB.open(tmp_path) as db:
+        health = Health(db)
+        health.failed("ssh://b1", "refused", now=0)
+        second = health.failed("ssh://b1", "timed out", now=40)
+        assert (second.failures, second.since, second.until) == (2, 0, 40 + 2 * BACKOFF_BASE_S)
+        assert "2 times" in second.describe(40)
+        health.answered("ssh://b1")
+        assert health.down("ssh://b1", now=41) is None
+        assert health.failed("ssh://b1", "refused", now=50).failures == 1
 
 
 def test_a_database_that_fails_means_up(tmp_path: Path) -> None:
