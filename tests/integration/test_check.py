@@ -48,11 +48,15 @@ def env(tmp_path: Path, farm: Farm, farm_nix_env: dict[str, str]) -> dict[str, s
     (conf_dir / "nix.conf").write_text(
         f"build-hook = {NIXDIST_HOOK}\nbuilders = @{farm.machines_file}\n"
     )
-    return farm_nix_env | {
+    env = farm_nix_env | {
         "NIX_CONF_DIR": str(conf_dir),
         "NIX_USER_CONF_FILES": "",
         "COLUMNS": "250",
     }
+    if nixinfo.effective_build_hook(env) != str(NIXDIST_HOOK):
+        # Nix 2.25-2.33 ignore build-hook in nix.conf (NixOS/nix#15083): the environment works.
+        env["NIX_CONFIG"] = f"build-hook = {NIXDIST_HOOK}"
+    return env
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +133,20 @@ def machines_text(farm: Farm, changes: dict[str, dict[str, object]]) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+
+
+def test_check_says_when_nix_ignores_the_build_hook(env: dict[str, str]) -> None:
+    """Asked what it uses, the installed Nix says whether nix.conf's build-hook counts."""
+    conf_only = {k: v for k, v in env.items() if k != "NIX_CONFIG"}
+    honoured = nixinfo.effective_build_hook(conf_only) == str(NIXDIST_HOOK)
+    data = run_json([], conf_only, status=0 if honoured else 1)
+    local = {f["check"]: f for f in data["local"]}  # type: ignore[union-attr]
+    if honoured:
+        assert local["build-hook"]["status"] == "ok"
+    else:
+        assert local["build-hook"]["status"] == "fail"
+        assert "NixOS/nix#15083" in local["build-hook"]["message"]
+        assert "NIX_CONFIG" in local["build-hook"]["hint"]
 
 
 def test_healthy_farm(farm: Farm, env: dict[str, str], builder_nix: dict[str, BuilderNix]) -> None:

@@ -46,7 +46,7 @@ from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.model.path_info import PathInfo
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import serve
-from nixdist.state.config import host_system, read_config_file
+from nixdist.state.config import effective_build_hook, host_system, read_config_file
 from nixdist.state.slots import default_current_load_dir
 from nixdist.store.serve import ServeStore
 from nixdist.transport.openssh import ControlMasters, ssh_environment, target_for_machine
@@ -316,6 +316,7 @@ def gather_local_facts(
     return LocalFacts(
         build_hook=hook,
         build_hook_origin=f"{origin[0]}:{origin[1]}" if origin else "",
+        effective_build_hook=effective_build_hook(environ) if hook else None,
         build_hook_runnable=posixpath.isabs(program) and os.access(program, os.X_OK),
         hook_suggestion=suggestion or "/path/to/nixdist-hook",
         builders_origin=view.origin if view is not None else "",

@@ -492,6 +492,8 @@ class LocalFacts:
 
     build_hook: str  # "" when unset
     build_hook_origin: str = ""  # file:line of the setting
+    #: The value Nix itself says it uses (``nix config show``), None when it cannot tell.
+    effective_build_hook: str | None = None
     build_hook_runnable: bool = False
     hook_suggestion: str = "/path/to/nixdist-hook"
     builders_origin: str = ""  # "builders = …" or "NIX_REMOTE_SYSTEMS=…"
@@ -542,6 +544,16 @@ def _build_hook_finding(facts: LocalFacts) -> Finding:
     if not facts.build_hook_runnable:
         message = f"{facts.build_hook}{where}: not an executable file, Nix cannot start it"
         return _fail(Check.BUILD_HOOK, message, fix)
+    effective = facts.effective_build_hook
+    if effective is not None and not hook_is_nixdist(effective):
+        return _fail(
+            Check.BUILD_HOOK,
+            f"{facts.build_hook}{where} is ignored: Nix uses {effective} (Nix 2.25 to 2.33 read"
+            " build-hook from nix.conf too early, NixOS/nix#15083)",
+            f"Give it in nix-daemon's environment: NIX_CONFIG='build-hook = {facts.build_hook}'"
+            " (a systemd drop-in: Environment=...), or pass --option build-hook; or use Nix"
+            " 2.34 or later.",
+        )
     return _ok(Check.BUILD_HOOK, f"{facts.build_hook}{where}")
 
 

@@ -45,7 +45,7 @@ from nixdist.errors import ConfigError
 from nixdist.model.machines import parse_machines
 from nixdist.model.nixconf import load_nix_conf, nix_conf_sources
 from nixdist.model.nixconf_edit import check_settings, check_value, set_setting, value_words
-from nixdist.state.config import host_system, read_config_file
+from nixdist.state.config import effective_build_hook, host_system, read_config_file
 
 BACKUP_SUFFIX: Final = ".nixdist-backup"
 NEW_FILE_MODE: Final = 0o644
@@ -219,6 +219,7 @@ def run(opts: SetupOptions) -> int:
         raise ConfigError(f"cannot write: {err.strerror or err}", file=shown) from None
     click.echo(f"wrote {shown}" + (f" (previous version: {backup})" if old is not None else ""))
     _warn_if_overridden(opts, target)
+    _warn_if_ignored(opts, target)
     click.echo(RESTART_HINT)
     return 0
 
@@ -240,6 +241,27 @@ def _warn_if_overridden(opts: SetupOptions, target: Path) -> None:
                 f"warning: for this user, {name} is overridden by {origin[0]}:{origin[1]}",
                 err=True,
             )
+
+
+def _warn_if_ignored(opts: SetupOptions, target: Path) -> None:
+    """Say so when the installed Nix ignores build-hook in nix.conf (2.25 to 2.33,
+    NixOS/nix#15083), and how to give it instead."""
+    hook = dict(opts.settings).get("build-hook")
+    if hook is None or target.name != "nix.conf":
+        return
+    env = {k: v for k, v in os.environ.items() if k != "NIX_CONFIG"}
+    env |= {"NIX_CONF_DIR": str(target.parent), "NIX_USER_CONF_FILES": ""}
+    effective = effective_build_hook(env)
+    if effective is None or effective == hook:
+        return
+    click.echo(
+        f"warning: this Nix ignores build-hook in nix.conf and uses {effective} (Nix 2.25 to"
+        " 2.33, NixOS/nix#15083). Give it to nix-daemon in its environment instead, e.g. in"
+        " /etc/systemd/system/nix-daemon.service.d/nixdist.conf:\n"
+        f'  [Service]\n  Environment="NIX_CONFIG=build-hook = {hook}"\n'
+        "or pass --option build-hook to nix-build; Nix 2.34 reads nix.conf again.",
+        err=True,
+    )
 
 
 @click.command()

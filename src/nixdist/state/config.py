@@ -29,6 +29,32 @@ def host_system() -> str:
     return f"{machine}-{kernel}"
 
 
+def effective_build_hook(environ: Mapping[str, str]) -> str | None:
+    """The build hook the local Nix says it uses (``nix config show``, ``show-config`` before
+    2.20), words joined by spaces; None when Nix cannot be asked."""
+    import json  # noqa: PLC0415 - the hook imports this module and never calls this
+    import subprocess  # noqa: PLC0415
+
+    for words in (["config", "show"], ["show-config"]):
+        argv = ["nix", "--extra-experimental-features", "nix-command", *words, "--json"]
+        try:
+            done = subprocess.run(
+                argv, env=dict(environ), capture_output=True, check=False, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode != 0:
+            continue
+        try:
+            value = json.loads(done.stdout)["build-hook"]["value"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if isinstance(value, list):
+            return " ".join(map(str, value))
+        return str(value)
+    return None
+
+
 #: Larger "configuration" is a mistake (``@/dev/zero``), not a file to read to the end.
 MAX_FILE_SIZE: Final = 16 * 1024 * 1024
 

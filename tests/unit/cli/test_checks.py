@@ -720,3 +720,24 @@ def test_a_builder_whose_load_probe_tells_little_is_warned_about_not_failed() ->
     assert _by_check(_assess(HEALTHY))[Check.LOAD].message == (
         "Linux: load 0.13/core, 1 builds running, 8.0 GiB memory free"
     )
+
+
+def test_a_build_hook_nix_ignores_is_a_failure_that_says_why() -> None:
+    facts = LocalFacts(
+        build_hook="/usr/bin/nixdist-hook",
+        build_hook_origin="/etc/nix/nix.conf:3",
+        build_hook_runnable=True,
+        effective_build_hook="/usr/bin/nix __build-remote",
+    )
+    finding = local_findings(facts)[0]
+    assert finding.status is Status.FAIL
+    assert finding.message == (
+        "/usr/bin/nixdist-hook (/etc/nix/nix.conf:3) is ignored: Nix uses /usr/bin/nix"
+        " __build-remote (Nix 2.25 to 2.33 read build-hook from nix.conf too early,"
+        " NixOS/nix#15083)"
+    )
+    assert "NIX_CONFIG='build-hook = /usr/bin/nixdist-hook'" in finding.hint
+    honoured = dataclasses.replace(facts, effective_build_hook="/usr/bin/nixdist-hook")
+    assert local_findings(honoured)[0].status is Status.OK
+    unknown = dataclasses.replace(facts, effective_build_hook=None)  # Nix could not be asked
+    assert local_findings(unknown)[0].status is Status.OK
