@@ -425,11 +425,10 @@ class Farm:
         state = self._load()
         record = state.record(name)
         pid = self._live_pid(record)
-        if pid is not None and record.spec.nix is not None:
-            # --root and --wd without a path: those of sshd, i.e. the builder's chroot.
-            full = ["nsenter", f"--target={pid}", "--mount", "--root", "--wd", "--", *argv]
-        elif pid is not None:
-            full = ["nsenter", f"--target={pid}", "--mount", "--wd=/", "--", *argv]
+        if pid is not None:
+            # --root without a path: sshd's, i.e. the builder's chroot for a versioned builder
+            # (and the host's root otherwise, even when this runs in a chroot of its own).
+            full = ["nsenter", f"--target={pid}", "--mount", "--root", "--wd=/", "--", *argv]
         elif record.spec.nix is not None:
             full = self._chroot_argv(record.spec, argv)
         else:
