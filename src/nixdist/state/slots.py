@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 DEFAULT_NIX_STATE_DIR = Path("/nix/var/nix")
 CURRENT_LOAD = "current-load"
 MAIN_LOCK = "main-lock"
+#: The longest a hook waits for ``main-lock``.
+MAIN_LOCK_TIMEOUT_S = 60.0
 
 
 def escape_uri(uri: str) -> str:
@@ -203,11 +205,18 @@ class SlotDirectory:
 
     @contextlib.contextmanager
     def main_lock(self) -> Iterator[None]:
-        """Hold ``main-lock`` (blocking) while probing slots and choosing a machine."""
+        """Hold ``main-lock`` while probing slots and choosing a machine (each hook holds it
+        for milliseconds; one that holds it for `MAIN_LOCK_TIMEOUT_S` is stuck)."""
         self.ensure()
-        fd = self._open(self.path / MAIN_LOCK)
+        path = self.path / MAIN_LOCK
+        fd = self._open(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _try_flock(fd):
+                # Another hook is choosing: wait for it, within a bound (imported only now, the
+                # decline path stays light).
+                from nixdist.transport.locks import flock_within  # noqa: PLC0415
+
+                flock_within(fd, timeout_s=MAIN_LOCK_TIMEOUT_S, what=f"{path} (Nix's slot lock)")
             yield
         finally:
             os.close(fd)

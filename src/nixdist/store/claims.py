@@ -28,11 +28,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from nixdist.transport.locks import flock_within
+
 if TYPE_CHECKING:
     from nixdist.model.store_path import StorePath
 
 #: Claim files untouched for this long are removed by `UploadClaims.prune`.
 CLAIM_MAX_AGE_S: Final = 24 * 3600.0
+#: The longest a hook waits for another to finish sending a path it needs too (a sender whose
+#: builder stopped answering gives up well before, on ssh's keep-alives).
+CLAIM_WAIT_S: Final = 3600.0
 _PRUNE_STAMP: Final = ".pruned"
 _PRUNE_EVERY_S: Final = 3600.0
 _MARKER_MAX: Final = 64
@@ -100,11 +105,13 @@ class UploadClaims:
             raise
         return Claim(fd)
 
-    def wait(self, path: StorePath) -> None:
-        """Block until nobody holds a claim on `path` (it is then not claimed by us either)."""
+    def wait(self, path: StorePath, *, timeout_s: float = CLAIM_WAIT_S) -> None:
+        """Block until nobody holds a claim on `path` (it is then not claimed by us either),
+        at most `timeout_s`."""
         fd = self._open(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            what = f"{self.directory / path.basename} (another hook sending {path})"
+            flock_within(fd, timeout_s=timeout_s, what=what, shared=True)
         finally:
             os.close(fd)
 

@@ -29,7 +29,6 @@ ssh (handy for tests together with ``?remote-store=``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shlex
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import ConfigError, TransportError
 from nixdist.model.machines import decode_host_key
 from nixdist.transport.fs import private_dir
+from nixdist.transport.locks import flock_within
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -240,7 +240,9 @@ class ControlMasters:
         sock = self.socket_path(target)
         if _is_listening(sock):
             return True
-        with _flocked(self._dir / f"{target.key()}.lock"):
+        # Another hook starting this master holds the lock for at most its connect timeout.
+        bound = 2 * self.connect_timeout_s + 5
+        with _flocked(self._dir / f"{target.key()}.lock", timeout_s=bound, what=target.host):
             if _is_listening(sock):
                 return True
             with contextlib.suppress(FileNotFoundError):
@@ -304,10 +306,10 @@ def _is_listening(sock: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
+def _flocked(path: Path, *, timeout_s: float, what: str) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        flock_within(fd, timeout_s=timeout_s, what=f"{path} (the ssh master of '{what}')")
         yield
     finally:
         os.close(fd)
