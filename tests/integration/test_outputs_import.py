@@ -64,6 +64,7 @@ def source(tmp_path: Path) -> tuple[str, list[PathInfo]]:
     dep = StorePath.parse("/nix/store/" + "1" * 32 + "-dep")
     out = StorePath.parse("/nix/store/" + "2" * 32 + "-out")
     dev = StorePath.parse("/nix/store/" + "3" * 32 + "-out-dev")
+    link = StorePath.parse("/nix/store/" + "4" * 32 + "-out-link")
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "dep").write_text("a dependency\n")
     (tmp_path / "t" / "out").write_text(f"{dep}\n{out}\n")
@@ -71,16 +72,25 @@ def source(tmp_path: Path) -> tuple[str, list[PathInfo]]:
     (tmp_path / "t" / "dev" / "sub").mkdir(parents=True)
     (tmp_path / "t" / "dev" / "sub" / "x").write_text("x")
     (tmp_path / "t" / "dev" / "l").symlink_to(str(out))
+    # An output that is itself a symlink, to a directory outside the store: never followed.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f").write_text("not ours")
+    (tmp_path / "t" / "link").symlink_to(tmp_path / "elsewhere")
     src = ServeStore.open_local(parse_local_store(uri), os.environ)
     try:
         infos = [
             _add(src, tmp_path / "t" / "dep", dep, set()),
             _add(src, tmp_path / "t" / "out", out, {dep, out}),
             _add(src, tmp_path / "t" / "dev", dev, {out}),
+            _add(src, tmp_path / "t" / "link", link, set()),
         ]
     finally:
         src.close()
     return uri, infos
+
+
+def _metadata(tree: Path) -> list[tuple[int, float]]:
+    return [(p.stat().st_mode, p.stat().st_mtime) for p in (tree, *sorted(tree.iterdir()))]
 
 
 def test_registration_encoding_is_what_nix_dumps(source: tuple[str, list[PathInfo]]) -> None:
@@ -93,12 +103,12 @@ def test_outputs_arrive_whole_while_their_locks_are_held(
     tmp_path: Path, source: tuple[str, list[PathInfo]]
 ) -> None:
     uri, infos = source
-    dep, out, dev = (info.path for info in infos)
+    dep, out, dev, link = (info.path for info in infos)
     dest = parse_local_store(f"local?root={tmp_path / 'dst'}")
     Path(dest.real_store_dir).mkdir(parents=True)
     # What the parent Nix does for the whole build: lock every output.
     locks = []
-    for path in (out, dev):
+    for path in (out, dev, link):
         fd = os.open(dest.real_path(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         locks.append(fd)
@@ -107,9 +117,15 @@ def test_outputs_arrive_whole_while_their_locks_are_held(
     (Path(dest.real_path(dev)) / "stale").write_text("old")
     src = ServeStore.open_local(parse_local_store(uri), os.environ)
     local = ServeStore.open_local(dest, os.environ)
-    into = OutputImport(local, dest, {out, dev}, source=src.name, environ=os.environ)
+    into = OutputImport(local, dest, {out, dev, link}, source=src.name, environ=os.environ)
+    outside = tmp_path / "elsewhere"  # where the symlink output points
+    before = (
+        outside.stat().st_mode,
+        (outside / "f").stat().st_mode,
+        (outside / "f").stat().st_mtime,
+    )
     try:
-        report = copy_closure(src, into, [dev])
+        report = copy_closure(src, into, [dev, link])
         into.commit()
     finally:
         into.discard()
@@ -117,8 +133,14 @@ def test_outputs_arrive_whole_while_their_locks_are_held(
         local.close()
         for fd in locks:
             os.close(fd)
-    assert set(report.copied) == {dep, out, dev}
-    for path in (dep, out, dev):
+    assert set(report.copied) == {dep, out, dev, link}
+    after = (
+        outside.stat().st_mode,
+        (outside / "f").stat().st_mode,
+        (outside / "f").stat().st_mtime,
+    )
+    assert after == before  # the link's target was not made canonical
+    for path in (dep, out, dev, link):
         assert _nix_store(dest.uri, "--dump-db", str(path)) == _nix_store(
             uri, "--dump-db", str(path)
         )

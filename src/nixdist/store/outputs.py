@@ -254,22 +254,23 @@ def _checked(info: PathInfo, nar: Iterable[bytes]) -> Iterator[bytes]:
 
 def _canonicalise(root: Path) -> None:
     """Give a restored tree the metadata Nix gives every store path (``canonicalisePathMetaData``):
-    modification time 1, no write permission, files 0444 or 0555."""
-    for where, dirs, files in os.walk(root, topdown=False):
-        for name in files + dirs:
-            path = Path(where, name)
-            st = path.lstat()
-            if stat.S_ISREG(st.st_mode):
-                path.chmod(_EXECUTABLE if st.st_mode & stat.S_IXUSR else _READ_ONLY)
-            elif stat.S_ISDIR(st.st_mode):
-                path.chmod(_EXECUTABLE)
-            os.utime(path, (1, 1), follow_symlinks=False)
+    modification time 1, no write permission, files 0444 or 0555. Symlinks are never followed
+    (an output may be one, pointing anywhere)."""
     st = root.lstat()
     if stat.S_ISDIR(st.st_mode):
-        root.chmod(_EXECUTABLE)
-    elif stat.S_ISREG(st.st_mode):
-        root.chmod(_EXECUTABLE if st.st_mode & stat.S_IXUSR else _READ_ONLY)
-    os.utime(root, (1, 1), follow_symlinks=False)
+        for where, dirs, files in os.walk(root, topdown=False):
+            for name in files + dirs:
+                _canonical_entry(Path(where, name))
+    _canonical_entry(root)
+
+
+def _canonical_entry(path: Path) -> None:
+    st = path.lstat()
+    if stat.S_ISREG(st.st_mode):
+        path.chmod(_EXECUTABLE if st.st_mode & stat.S_IXUSR else _READ_ONLY)
+    elif stat.S_ISDIR(st.st_mode):
+        path.chmod(_EXECUTABLE)
+    os.utime(path, (1, 1), follow_symlinks=False)
 
 
 def _remove(path: Path) -> None:
