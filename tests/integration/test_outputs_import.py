@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from nixdist.errors import RemoteProtocolError
+from nixdist.errors import LocalProtocolError, RemoteProtocolError
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.local_store import parse_local_store
 from nixdist.model.path_info import PathInfo
 from nixdist.model.store_path import StorePath
+from nixdist.store import outputs
 from nixdist.store.copy import copy_closure
 from nixdist.store.narfs import dump_path
 from nixdist.store.outputs import OutputImport
@@ -170,3 +171,44 @@ def test_a_corrupt_stream_leaves_nothing(
         src.close()
         local.close()
     assert [p.name for p in Path(dest.real_store_dir).iterdir() if p.name != ".links"] == []
+
+
+@pytest.mark.parametrize(
+    ("registrar", "words"),
+    [
+        ("echo 'error: database is broken' >&2; exit 1", "database is broken"),
+        ("exec sleep 600", "made no progress"),
+    ],
+)
+def test_outputs_that_cannot_be_registered_are_not_left_behind(
+    tmp_path: Path,
+    source: tuple[str, list[PathInfo]],
+    monkeypatch: pytest.MonkeyPatch,
+    registrar: str,
+    words: str,
+) -> None:
+    """The keeper's nix-store fails, or hangs past the bound: no output stays in the store."""
+    monkeypatch.setattr(outputs, "KEEPER_TIMEOUT_S", 2.0)
+    uri, infos = source
+    out_info = infos[1]
+    fake = tmp_path / "nix-store"
+    fake.write_text(f"#!/bin/sh\ncat > /dev/null\n{registrar}\n")
+    fake.chmod(0o755)
+    dest = parse_local_store(f"local?root={tmp_path / 'dst'}")
+    Path(dest.real_store_dir).mkdir(parents=True)
+    src = ServeStore.open_local(parse_local_store(uri), os.environ)
+    local = ServeStore.open_local(dest, os.environ)
+    into = OutputImport(
+        local, dest, {out_info.path}, source="b", environ=os.environ, nix_store=str(fake)
+    )
+    try:
+        into.add_nar(infos[0], src.dump(infos[0].path))  # a dependency: added the usual way
+        into.add_nar(out_info, src.dump(out_info.path))
+        with pytest.raises(LocalProtocolError, match=words):
+            into.commit()
+    finally:
+        into.discard()
+        src.close()
+        local.close()
+    left = {p.name for p in Path(dest.real_store_dir).iterdir()} - {".links"}
+    assert left == {infos[0].path.basename}

@@ -162,7 +162,15 @@ class OutputImport:
         )
         message = [f"{len(infos)}\n{pairs}".encode(), encode_registration(infos)]
         self._staged.clear()
-        said = self._finish(b"".join(message), f"registering {len(infos)} outputs")
+        try:
+            said = self._finish(b"".join(message), f"registering {len(infos)} outputs")
+        except LocalProtocolError:
+            # The keeper was stopped mid-way: remove what it placed but could not register.
+            valid = self.local.query_valid_paths(info.path for info in infos)
+            for info in infos:
+                if info.path not in valid:
+                    _remove(Path(self._store.real_path(info.path)))
+            raise
         if said is not None:
             raise LocalProtocolError(f"cannot register the outputs in the local store: {said}")
 
@@ -203,7 +211,7 @@ class OutputImport:
             _, said = keeper.communicate(message, timeout=KEEPER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(keeper.pid, signal.SIGKILL)
-            keeper.wait()
+            keeper.communicate()  # reaps it and closes the pipes
             raise LocalProtocolError(
                 f"{doing} with '{self._nix_store}' made no progress in {KEEPER_TIMEOUT_S:.0f} s"
                 " (is Nix's database locked?)"
