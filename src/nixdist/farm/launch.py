@@ -61,6 +61,8 @@ shift
 exec "$@"
 """
 _LAUNCH_ARGV0: Final = "nixdist-farm-launch"
+#: A shell script (the next argument) run in a mount namespace of its own, mounts private.
+IN_NEW_NAMESPACE: Final = ("unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c")
 
 CHROOT_SCRIPT: Final = """\
 set -e
@@ -93,13 +95,7 @@ def namespace_argv(
 ) -> list[str]:
     """The command line that runs `command` in a new mount namespace with `mounts` bound."""
     return [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "/bin/sh",
-        "-c",
+        *IN_NEW_NAMESPACE,
         LAUNCH_SCRIPT,
         _LAUNCH_ARGV0,
         str(pidfile) if pidfile is not None else "-",
@@ -124,13 +120,7 @@ def chroot_argv(
     if _OVERLAY_UNSAFE & set(str(rootfs)):
         raise FarmError(f"the root filesystem path {rootfs} cannot contain ',', ':' or '\\'")
     return [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "/bin/sh",
-        "-c",
+        *IN_NEW_NAMESPACE,
         CHROOT_SCRIPT,
         _CHROOT_ARGV0,
         str(pidfile) if pidfile is not None else "-",

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.farm.errors import FarmError
-from nixdist.farm.launch import CLEAN_ENV
+from nixdist.farm.launch import CLEAN_ENV, IN_NEW_NAMESPACE
 from nixdist.farm.releases import NixRelease, release
 
 if TYPE_CHECKING:
@@ -61,13 +61,7 @@ LOCK_TIMEOUT: Final = DEBOOTSTRAP_TIMEOUT + 300.0
 _CHROOT_TIMEOUT: Final = 120.0
 #: ``<root> <argv...>``: argv chrooted in root, with /proc (Nix reads /proc/self/exe).
 _WITH_PROC: Final = (
-    "unshare",
-    "--mount",
-    "--propagation",
-    "private",
-    "--",
-    "/bin/sh",
-    "-c",
+    *IN_NEW_NAMESPACE,
     'set -e; mount --bind /proc "$1/proc"; root=$1; shift; exec chroot "$root" "$@"',
     "nixdist-rootfs-chroot",
 )

@@ -31,6 +31,7 @@ The command is a constant: nothing from a machines file or a derivation is ever 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import select
@@ -165,20 +166,7 @@ def parse_report(text: str) -> BuilderReport:
         problem = f"its answer told nothing we understand: {said!r}" if said else "no answer"
     else:
         problem = "it did not tell its " + ", ".join(missing)
-    return _with_problem(report, problem)
-
-
-def _with_problem(report: BuilderReport, problem: str) -> BuilderReport:
-    return BuilderReport(
-        os=report.os,
-        running_builds=report.running_builds,
-        load1=report.load1,
-        cores=report.cores,
-        disk_free=report.disk_free,
-        disk_total=report.disk_total,
-        mem_available=report.mem_available,
-        problem=problem,
-    )
+    return dataclasses.replace(report, problem=problem)
 
 
 def _first(fields: dict[str, list[str]], key: str) -> str | None:
@@ -241,7 +229,7 @@ def probe_builder(
     report = parse_report(out.decode(errors="replace"))
     if proc.returncode != 0 and report.problem is not None:
         why = said[-1] if said else f"exit status {proc.returncode}"
-        return _with_problem(report, f"{report.problem} (the probe failed: {why})")
+        return dataclasses.replace(report, problem=f"{report.problem} (the probe failed: {why})")
     return report
 
 
