@@ -1,4 +1,4 @@
-# nixdist: `make demo` and `make test` work on a fresh Debian 12 machine, as root.
+# nixdist: `make demo` and `make test` work on a fresh Debian 12 or 13 machine, as root.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
