@@ -316,7 +316,8 @@ def test_claims_the_builder_cannot_honour_only_warn(
 def test_this_host_without_nixdist_or_builders(tmp_path: Path, env: dict[str, str]) -> None:
     conf_dir = tmp_path / "empty-conf"
     conf_dir.mkdir()
-    data = run_json([], env | {"NIX_CONF_DIR": str(conf_dir)}, status=1)
+    bare = {k: v for k, v in env.items() if k != "NIX_CONFIG"} | {"NIX_CONF_DIR": str(conf_dir)}
+    data = run_json([], bare, status=1)
     local = {f["check"]: f for f in data["local"]}  # type: ignore[union-attr]
     assert local["build-hook"]["status"] == "warn"
     assert "not set" in local["build-hook"]["message"]
