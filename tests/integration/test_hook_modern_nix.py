@@ -103,11 +103,10 @@ def _line(farm: Farm, name: str) -> str:
     )
 
 
-def _client(
-    farm: Farm, version: str, argv: Sequence[str], work: Path, *, daemon: bool = False
-) -> subprocess.CompletedProcess[str]:
+def _run(farm: Farm, argv: Sequence[str], work: Path) -> subprocess.CompletedProcess[str]:
+    """`argv` in `work` with the farm's environment, its output kept."""
     return subprocess.run(
-        farm.client_argv(version, argv, daemon=daemon, cwd=work),
+        argv,
         env=_env(farm, work),
         cwd=work,
         capture_output=True,
@@ -115,6 +114,12 @@ def _client(
         check=False,
         timeout=HANG_GUARD_S,
     )
+
+
+def _client(
+    farm: Farm, version: str, argv: Sequence[str], work: Path, *, daemon: bool = False
+) -> subprocess.CompletedProcess[str]:
+    return _run(farm, farm.client_argv(version, argv, daemon=daemon, cwd=work), work)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -327,18 +332,10 @@ def test_a_chroot_store_gets_its_outputs(mfarm: Farm, work: Path, client: str) -
     """``--store DIR``: the .drv is read from, and the outputs land in, DIR's own store."""
     salt = fresh_salt("chroot")
     chroot = work / "chroot"
-    argv = _build_argv(mfarm, "m234", salt, hook="nixdist-hook", extra=["--store", str(chroot)])
+    hook = str(NIXDIST.with_name("nixdist-hook")) if client == "host" else "nixdist-hook"
+    argv = _build_argv(mfarm, "m234", salt, hook=hook, extra=["--store", str(chroot)])
     if client == "host":
-        argv[argv.index("nixdist-hook")] = str(NIXDIST.with_name("nixdist-hook"))
-        done = subprocess.run(
-            argv,
-            env=_env(mfarm, work),
-            cwd=work,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=HANG_GUARD_S,
-        )
+        done = _run(mfarm, argv, work)
         nix_store = ["nix-store"]
     else:
         done = _client(mfarm, client, argv, work)
@@ -346,15 +343,7 @@ def test_a_chroot_store_gets_its_outputs(mfarm: Farm, work: Path, client: str) -
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
     assert (chroot / out.lstrip("/")).is_file()
-    verify = subprocess.run(
-        [*nix_store, "--store", str(chroot), "--verify-path", out],
-        env=_env(mfarm, work),
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=HANG_GUARD_S,
-    )
+    verify = _run(mfarm, [*nix_store, "--store", str(chroot), "--verify-path", out], work)
     assert verify.returncode == 0, verify.stderr
     assert mfarm.where_built([out]) == {out: ["m234"]}
     assert not (Path("/nix/store") / Path(out).name).exists()

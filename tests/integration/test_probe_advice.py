@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -43,16 +43,23 @@ def pfarm(
     farm.down()
 
 
-def _status(env: dict[str, str], machines: Path) -> dict[str, dict[str, object]]:
+def _env(farm: Farm, tmp_path: Path) -> dict[str, str]:
+    env = {**os.environ, **farm.env(), "NIXDIST_STATE_DIR": str(tmp_path / "state")}
+    env.pop("NIX_REMOTE_SYSTEMS", None)
+    return env
+
+
+def _nixdist_json(env: dict[str, str], *args: str) -> Any:
+    """``nixdist ARGS --json``, parsed (its exit status is the caller's to judge)."""
     done = subprocess.run(
-        [str(NIXDIST), "status", "--machines", str(machines), "--json"],
+        [str(NIXDIST), *args, "--json"],
         env=env,
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=HANG_GUARD_S,
     )
-    return {m["uri"]: m for m in json.loads(done.stdout)["machines"]}
+    return json.loads(done.stdout)
 
 
 @pytest.mark.parametrize("name", ["noproc", "noproc34", "nostore"])
@@ -62,8 +69,7 @@ def test_a_builder_that_tells_little_still_builds(pfarm: Farm, tmp_path: Path, n
         pfarm.hide_proc(name, hidden=True)
     else:
         pfarm.run_in(name, ["rm", "-rf", "/nix/store"])
-    env = {**os.environ, **pfarm.env(), "NIXDIST_STATE_DIR": str(tmp_path / "state")}
-    env.pop("NIX_REMOTE_SYSTEMS", None)
+    env = _env(pfarm, tmp_path)
     machines = machines_file(pfarm.machines_file, pfarm.alias, tmp_path / "machines", [name])
     salt = fresh_salt(name)
     done = nix_build(
@@ -76,7 +82,8 @@ def test_a_builder_that_tells_little_still_builds(pfarm: Farm, tmp_path: Path, n
     said = [line for line in done.stderr.splitlines() if "no full load report" in line]
     assert len(said) == 1, done.stderr[-4000:]
     assert uri in said[0]
-    machine = _status(env, machines)[uri]
+    status = _nixdist_json(env, "status", "--machines", str(machines))
+    [machine] = [m for m in status["machines"] if m["uri"] == uri]
     assert machine["up"]
     probe = machine["probe"]
     assert isinstance(probe, dict)
@@ -93,17 +100,10 @@ def test_a_builder_that_tells_little_still_builds(pfarm: Farm, tmp_path: Path, n
 def test_check_says_what_the_load_probe_cannot_see(pfarm: Farm, tmp_path: Path) -> None:
     pfarm.heal()
     pfarm.hide_proc("noproc", hidden=True)
-    env = {**os.environ, **pfarm.env(), "NIXDIST_STATE_DIR": str(tmp_path / "state")}
     machines = machines_file(pfarm.machines_file, pfarm.alias, tmp_path / "machines", ["noproc"])
-    done = subprocess.run(
-        [str(NIXDIST), "check", "--machines", str(machines), "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=HANG_GUARD_S,
-    )
-    [builder] = json.loads(done.stdout)["builders"]
+    [builder] = _nixdist_json(_env(pfarm, tmp_path), "check", "--machines", str(machines))[
+        "builders"
+    ]
     assert builder["usable"], builder
     [load] = [f for f in builder["findings"] if f["check"] == "load report"]
     assert (load["status"], load["message"]) == (

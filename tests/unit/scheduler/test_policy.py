@@ -411,18 +411,22 @@ def test_feature_rejection_details() -> None:
 # --- the "Failed to find a machine" report ----------------------------------------------------
 
 
+#: The machines both recorded reports were made with.
+REPORT_MACHINES = [
+    Machine(
+        uri="ssh://nonexistent.invalid",
+        systems=("x86_64-linux", "i686-linux"),
+        max_jobs=2,
+        supported_features=frozenset({"kvm"}),
+        mandatory_features=frozenset({"benchmark"}),
+    ),
+    Machine(uri="ssh://b2", systems=("aarch64-linux",)),
+]
+
+
 def test_no_machine_report_matches_nix_2_8() -> None:
     """Recorded from nix-build (Nix 2.8.0) with the same request and machines, stderr not a tty."""
-    machines = [
-        Machine(
-            uri="ssh://nonexistent.invalid",
-            systems=("x86_64-linux", "i686-linux"),
-            max_jobs=2,
-            supported_features=frozenset({"kvm"}),
-            mandatory_features=frozenset({"benchmark"}),
-        ),
-        Machine(uri="ssh://b2", systems=("aarch64-linux",)),
-    ]
+    machines = REPORT_MACHINES
     req = request(features="kvm,big-parallel", willing=False)
     decision = choose(req, LOCAL, [state(m) for m in machines])
     assert decision == Decline(warn=True)
@@ -440,16 +444,7 @@ def test_no_machine_report_matches_nix_2_8() -> None:
 def test_no_machine_report_matches_nix_2_34() -> None:
     """Recorded from nix-build (Nix 2.34.8, its own build-remote) with the same request and
     machines: lists in brackets (2.12+), systems sorted (2.20+)."""
-    machines = [
-        Machine(
-            uri="ssh://nonexistent.invalid",
-            systems=("x86_64-linux", "i686-linux"),
-            max_jobs=2,
-            supported_features=frozenset({"kvm"}),
-            mandatory_features=frozenset({"benchmark"}),
-        ),
-        Machine(uri="ssh://b2", systems=("aarch64-linux",)),
-    ]
+    machines = REPORT_MACHINES
     req = request(features="kvm,big-parallel", willing=False)
     assert render_no_machine_report(req, machines, bracketed=True) == (
         "Failed to find a machine for remote build!\n"
