@@ -12,11 +12,14 @@ Layout of a farm directory (default ``/var/lib/nixdist/farm``, or ``$NIXDIST_FAR
                           (see `nixdist.farm.client`)
     builders/<name>/
         nix/              the builder's /nix (its own store and database)
-        etc-nix/          its /etc/nix: nix.conf, nixdist-builder, nixdist-speed
+        etc-nix/          its /etc/nix: nix.conf, nixdist-builder, nixdist-speed,
+                          nix-daemon.log (a builder with ``user=``: its nix-daemon's output)
         etc-ssh/          its /etc/ssh: sshd_config, host key, authorized_keys, sshd.log
         home/             its /root
         tmp/              its /tmp
         stage/            (a builder with ``nix=``) where its namespace mounts its root
+        homes/<user>/     (a builder with ``user=``) its /home: the user's home
+        accounts/         (a builder with ``user=``) its /etc/passwd and /etc/group
         sshd.pid          written by the launcher, the pid of the builder's sshd
         launch.log        stdout/stderr of the launcher and of sshd
 
@@ -38,6 +41,13 @@ A builder with a Nix version of its own (``nix=2.34``) runs the same sshd comman
 that version's root filesystem (`nixdist.farm.rootfs`; `nixdist.farm.launch.chroot_argv`): the
 same directories are bound on the same targets under the chroot, with /proc, /dev, /sys and the
 farm directory at its own path. Its processes' ``/proc/PID/root/nix`` is still its ``nix/``.
+
+A builder with a ``user`` (an ordinary user clients log in as, see `nixdist.farm.spec`) also
+gets ``/home``, ``/etc/passwd`` and ``/etc/group`` of its own (`render.render_passwd`), and
+its sshd command is wrapped so that a ``nix-daemon`` runs beside it
+(`nixdist.farm.launch.with_daemon`): the user's ``nix-store --serve`` reaches the store (owned
+by root) through it, as on a real multi-user machine. The builder is up once the daemon's
+socket exists too.
 
 Ports are chosen once (a free loopback port) and kept across stop/start and up/down; a new one
 is chosen only when the old one is taken by something else at start.
@@ -97,6 +107,21 @@ def _inner_targets(*, chroot: bool = False) -> tuple[tuple[str, str], ...]:
 
 
 _CHROOT_SSHD: Final = "/usr/sbin/sshd"  # in every root filesystem (openssh-server)
+
+
+def _user_targets() -> tuple[tuple[str, str], ...]:
+    """What a builder with a user also covers: (path under builders/<name>/, inner path)."""
+    return (
+        ("homes", "/home"),
+        ("accounts/passwd", "/etc/passwd"),
+        ("accounts/group", "/etc/group"),
+    )
+
+
+def _restart_needed(old: BuilderSpec, new: BuilderSpec) -> bool:
+    """Whether a running builder must restart for `new`: another root filesystem, accounts,
+    or a nix-daemon that must read its trusted-users again."""
+    return (old.nix, old.user, old.trusted) != (new.nix, new.user, new.trusted)
 
 
 class BuilderState(StrEnum):
@@ -232,9 +257,10 @@ class Farm:
                     port = launch.free_port(used)
                     used.add(port)
                     record = BuilderRecord(spec=spec, port=port)
-                elif previous.spec.nix != spec.nix:
+                elif _restart_needed(previous.spec, spec):
                     # Another Nix: restart it in the other root filesystem (same store;
-                    # every Nix from 2.8 to 2.34 uses store schema 10).
+                    # every Nix from 2.8 to 2.34 uses store schema 10). Another user or
+                    # trust: new accounts, a new nix-daemon.
                     record = replace(self._kill(previous), spec=spec)
                 else:
                     record = replace(previous, spec=spec)
@@ -273,7 +299,7 @@ class Farm:
                 client.reset_client(self.directory, version)
             for record in self._load().records:
                 base = self.builder_dir(record.spec.name)
-                for sub in ("nix", "tmp", "home"):
+                for sub in ("nix", "tmp", "home", "homes"):
                     shutil.rmtree(base / sub, ignore_errors=True)
                     (base / sub).mkdir(parents=True, exist_ok=True)
 
@@ -317,15 +343,20 @@ class Farm:
         """Make root's shell on builder `name` print a line on stdout for every new session.
 
         That is what breaks ``nix-store --serve`` on real machines with a chatty ``.bashrc``.
+        The builder's user, if it has one, gets the same ``.bashrc``.
         """
         with self._locked():
-            self._load().index(name)
-            bashrc = self.builder_dir(name) / "home" / ".bashrc"
-            if noisy:
-                bashrc.parent.mkdir(parents=True, exist_ok=True)
-                bashrc.write_text(f"{_NOISE_MARKER}\necho 'welcome to farm builder {name}'\n")
-            else:
-                bashrc.unlink(missing_ok=True)
+            spec = self._load().record(name).spec
+            homes = [self.builder_dir(name) / "home"]
+            if spec.user is not None:
+                homes.append(self._user_home(name, spec.user))
+            for home in homes:
+                bashrc = home / ".bashrc"
+                if noisy:
+                    home.mkdir(parents=True, exist_ok=True)
+                    bashrc.write_text(f"{_NOISE_MARKER}\necho 'welcome to farm builder {name}'\n")
+                else:
+                    bashrc.unlink(missing_ok=True)
 
     def hide_proc(self, name: str, *, hidden: bool) -> None:
         """Cover (or uncover) ``/proc/loadavg`` and ``/proc/meminfo`` on running builder `name`
@@ -367,7 +398,7 @@ class Farm:
             spec = record.spec
             out.append(
                 Machine(
-                    uri=f"ssh://{state.alias_prefix}{spec.name}",
+                    uri=render.store_uri(spec, alias=state.alias_prefix + spec.name),
                     systems=spec.systems,
                     ssh_key=str(self.client_key),
                     max_jobs=spec.max_jobs,
@@ -432,7 +463,7 @@ class Farm:
         elif record.spec.nix is not None:
             full = self._chroot_argv(record.spec, argv)
         else:
-            full = launch.namespace_argv(self._mount_args(name), argv)
+            full = launch.namespace_argv(self._mount_args(record.spec), argv)
         result = subprocess.run(
             full,
             input=input,
@@ -565,7 +596,7 @@ class Farm:
                 raise FarmError(f"the farm directory cannot live under {inside}")
         # sshd's privilege-separation directory, and the mount points a builder covers.
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-        for _, target in _inner_targets():
+        for _, target in (*_inner_targets(), ("homes", "/home")):
             Path(target).mkdir(mode=0o755, parents=True, exist_ok=True)
 
     def _ensure_client_key(self) -> None:
@@ -587,12 +618,36 @@ class Farm:
             launch.keygen(host_key, comment=f"nixdist-farm-{spec.name}")
         client_pub = self.client_key.with_name(self.client_key.name + ".pub").read_text()
         _atomic_write(etc_ssh / Path(render.INNER_AUTHORIZED_KEYS).name, client_pub)
-        sshd_config = render.render_sshd_config(record.port)
+        sshd_config = render.render_sshd_config(record.port, user=spec.user)
         _atomic_write(etc_ssh / Path(render.INNER_SSHD_CONFIG).name, sshd_config)
+        if spec.user is not None:
+            self._prepare_user(spec, spec.user, client_pub)
         etc_nix = base / "etc-nix"
         _atomic_write(etc_nix / "nix.conf", render.render_nix_conf(spec))
         _atomic_write(etc_nix / render.BUILDER_NAME_FILE, f"{spec.name}\n")
         _atomic_write(etc_nix / render.BUILDER_SPEED_FILE, render.render_speed_file(spec))
+
+    def _user_home(self, name: str, user: str) -> Path:
+        return self.builder_dir(name) / "homes" / user
+
+    def _prepare_user(self, spec: BuilderSpec, user: str, client_pub: str) -> None:
+        """The builder's accounts (its root's passwd and group with the user and the build
+        users added) and the user's home, with the farm's key in its authorized_keys."""
+        base = self.builder_dir(spec.name)
+        root = Path("/") if spec.nix is None else ensure_rootfs(spec.nix)
+        id_base = render.account_id_base(str(base))
+        passwd = render.render_passwd((root / "etc" / "passwd").read_text(), spec, id_base=id_base)
+        group = render.render_group((root / "etc" / "group").read_text(), spec, id_base=id_base)
+        _atomic_write(base / "accounts" / "passwd", passwd)
+        _atomic_write(base / "accounts" / "group", group)
+        home = self._user_home(spec.name, user)
+        ssh_dir = home / ".ssh"
+        ssh_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(ssh_dir / "authorized_keys", client_pub, mode=0o600)
+        for path in (home, ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, id_base, id_base)
+        home.chmod(0o700)
+        ssh_dir.chmod(0o700)
 
     def _ensure_rootfs(self, specs: Iterable[BuilderSpec] | None) -> None:
         """Build the root filesystems `specs` need (minutes, once), before the farm's lock."""
@@ -607,6 +662,8 @@ class Farm:
         assert spec.nix is not None  # noqa: S101 - narrowing; only called for such builders
         base = self.builder_dir(spec.name)
         mounts = [(str(base / sub), target) for sub, target in _inner_targets(chroot=True)]
+        if spec.user is not None:
+            mounts += [(str(base / sub), target) for sub, target in _user_targets()]
         mounts += [
             ("/proc", "/proc"),
             ("rbind:/dev", "/dev"),
@@ -621,10 +678,11 @@ class Farm:
             pidfile=pidfile,
         )
 
-    def _mount_args(self, name: str) -> list[str]:
+    def _mount_args(self, spec: BuilderSpec) -> list[str]:
         """Source/target pairs for the launch script, a target covering the farm dir last."""
-        base = self.builder_dir(name)
-        pairs = [(str(base / sub), target) for sub, target in _inner_targets()]
+        base = self.builder_dir(spec.name)
+        targets = _inner_targets() + (_user_targets() if spec.user is not None else ())
+        pairs = [(str(base / sub), target) for sub, target in targets]
         covering = [p for p in pairs if self.directory.is_relative_to(p[1])]
         ordered = [p for p in pairs if p not in covering] + covering
         return [item for pair in ordered for item in pair]
@@ -676,12 +734,16 @@ class Farm:
         base = self.builder_dir(name)
         pidfile = base / "sshd.pid"
         sshd_args = ["-D", "-f", render.INNER_SSHD_CONFIG, "-E", render.INNER_SSHD_LOG]
+        command = [self.sshd if record.spec.nix is None else _CHROOT_SSHD, *sshd_args]
+        daemon_log = base / "etc-nix" / Path(render.INNER_DAEMON_LOG).name
+        socket = base / launch.DAEMON_SOCKET.removeprefix("/")
+        if record.spec.user is not None:
+            command = launch.with_daemon(command, log=render.INNER_DAEMON_LOG)
+            socket.unlink(missing_ok=True)
         if record.spec.nix is not None:
-            argv = self._chroot_argv(record.spec, [_CHROOT_SSHD, *sshd_args], pidfile=pidfile)
+            argv = self._chroot_argv(record.spec, command, pidfile=pidfile)
         else:
-            argv = launch.namespace_argv(
-                self._mount_args(name), [self.sshd, *sshd_args], pidfile=pidfile
-            )
+            argv = launch.namespace_argv(self._mount_args(record.spec), command, pidfile=pidfile)
         pid, ns = launch.start_sshd(
             name=name,
             argv=argv,
@@ -691,6 +753,8 @@ class Farm:
             port=record.port,
             timeout=self.start_timeout,
         )
+        if record.spec.user is not None:
+            launch.wait_for_socket(name, socket, daemon_log, timeout=self.start_timeout)
         return replace(record, pid=pid, mount_ns=ns)
 
     def _status(self, state: FarmState, record: BuilderRecord) -> BuilderStatus:

@@ -22,8 +22,14 @@ seen only in this namespace, so any number of namespaces can use the same stage)
 on ``<stage>/root`` with the root filesystem as its read-only lower layer and the tmpfs as the
 upper one (so nothing ever writes into the shared root filesystem, and mount points for any
 path can be made), then bind-mounts each source on ``<stage>/root/<target>`` (a source
-``rbind:PATH`` recursively, for /dev and /sys) and execs ``chroot <stage>/root <command>``.
-Targets are mounted parents first (see `order_mounts`).
+``rbind:PATH`` recursively, for /dev and /sys; a file on a file, such as /etc/passwd) and
+execs ``chroot <stage>/root <command>``. Targets are mounted parents first (see `order_mounts`).
+
+A builder with a user of its own has a ``nix-daemon`` for its store: the command is wrapped
+in `with_daemon`, a shell that starts the daemon in the background (``setpriv --pdeathsig
+KILL``, so it dies with the shell's process) and execs the command in its place. The daemon
+thus never outlives sshd, and like every process of the builder it is in its namespace, so
+stopping the builder kills it too.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ mount -t overlay nixdist-root \
     -o "lowerdir=$3,upperdir=$stage/upper,workdir=$stage/work" "$stage/root"
 shift 3
 while [ "$1" != -- ]; do
-  mkdir -p "$stage/root$2"
+  [ -e "$stage/root$2" ] || mkdir -p "$stage/root$2"
   case $1 in
     rbind:*) mount --rbind "${1#rbind:}" "$stage/root$2" ;;
     *) mount --bind "$1" "$stage/root$2" ;;
@@ -85,6 +91,17 @@ shift
 exec chroot "$stage/root" "$@"
 """
 _CHROOT_ARGV0: Final = "nixdist-farm-chroot"
+
+DAEMON_SCRIPT: Final = """\
+log=$1
+shift
+rm -f /nix/var/nix/daemon-socket/socket
+setpriv --pdeathsig KILL -- nix-daemon >>"$log" 2>&1 </dev/null &
+exec "$@"
+"""
+_DAEMON_ARGV0: Final = "nixdist-farm-daemon"
+#: Where a builder's nix-daemon listens, inside the builder.
+DAEMON_SOCKET: Final = "/nix/var/nix/daemon-socket/socket"
 #: Characters overlayfs's mount options cannot carry in a lowerdir path.
 _OVERLAY_UNSAFE: Final = frozenset(",:\\")
 _POLL_SECONDS: Final = 0.02
@@ -103,6 +120,22 @@ def namespace_argv(
         "--",
         *command,
     ]
+
+
+def with_daemon(command: Sequence[str], *, log: str) -> list[str]:
+    """`command` run after a ``nix-daemon`` is started beside it (module docstring); `log`
+    is the daemon's output file, as the builder sees it."""
+    return ["/bin/sh", "-c", DAEMON_SCRIPT, _DAEMON_ARGV0, log, *command]
+
+
+def wait_for_socket(name: str, socket_path: Path, log: Path, *, timeout: float) -> None:
+    """Wait until the builder's nix-daemon made its socket (`socket_path`, as the host sees
+    it); `timeout` bounds a daemon that never starts."""
+    deadline = time.monotonic() + timeout
+    while not socket_path.is_socket():
+        if time.monotonic() > deadline:
+            raise FarmError(f"builder {name}: nix-daemon made no socket: {tail(log)}")
+        time.sleep(_POLL_SECONDS)
 
 
 def chroot_argv(

@@ -9,6 +9,8 @@ A builder is described on the command line by ``--builder SPEC`` (repeatable)::
     b3:systems=x86_64-linux,aarch64-linux;speed=2
     b4:mandatory=benchmark
     b5:nix=2.34
+    b6:user=nix;trusted=false
+    b7:scheme=ssh-ng
 
 or in a TOML farm file (``--config farm.toml``)::
 
@@ -26,6 +28,9 @@ or in a TOML farm file (``--config farm.toml``)::
 
     [builders.b3]
     nix = "2.26"
+    user = "nix"
+    trusted = false               # a TOML boolean
+    scheme = "ssh-ng"
 
 Keys (the same in both forms; lists are comma-separated on the command line):
 
@@ -42,7 +47,22 @@ speed      speed factor (machines field 5; an integer, as in Nix 2.8)  1
 nix        the Nix the builder runs: ``2.8``, ``2.26`` or ``2.34``     the host's Nix
            (a TOML string), in a Debian root filesystem of that
            version (`nixdist.farm.rootfs`)
+user       clients log in as this ordinary user (not root): the farm   root
+           makes it on the builder (home ``/home/NAME`` with the
+           farm's key, shell ``/bin/bash``), runs a ``nix-daemon``
+           (build users in group ``nixbld``) that owns the store, and
+           lists the machine as ``ssh://NAME@<alias>``
+trusted    whether ``user`` is in the builder's ``trusted-users``      true
+           (``true``/``false``; false needs ``user``): an untrusted
+           user cannot add unsigned paths, so builds cannot go there
+scheme     ``ssh`` (``nix-store --serve``) or ``ssh-ng``                ssh
+           (``nix-daemon --stdio``): the machines file's URI scheme
 =========  ==========================================================  ==================
+
+Builders with a ``user`` get accounts of their own: the farm binds generated ``/etc/passwd``
+and ``/etc/group`` into the builder (its root's files with ``NAME`` and the build users
+``nixbld1`` … added, on user and group ids unique to the builder, since Nix kills every process
+of a build user before it uses one) and ``/home`` (``builders/<name>/homes``).
 
 The builder's own ``system-features`` are ``features`` and ``mandatory`` together, so a
 derivation that needs a feature the builder lacks fails there too, as on a real machine.
@@ -57,6 +77,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
@@ -73,7 +94,27 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_.-]{0,32}")
 _SYSTEM_RE: Final = re.compile(r"[A-Za-z0-9_.]+-[A-Za-z0-9_.-]+")
 _FEATURE_RE: Final = re.compile(r"[A-Za-z0-9_.+-]+")
-_KEYS: Final = ("systems", "features", "mandatory", "jobs", "speed", "nix")
+_USER_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
+_RESERVED_USERS: Final = frozenset({"root", "sshd", "nobody", "daemon", "nixbld"})
+_KEYS: Final = (
+    "systems",
+    "features",
+    "mandatory",
+    "jobs",
+    "speed",
+    "nix",
+    "user",
+    "trusted",
+    "scheme",
+)
+_BOOLEANS: Final = {"true": True, "false": False}
+
+
+class Scheme(StrEnum):
+    """How clients reach a builder: the scheme of its store URI in the machines file."""
+
+    SSH = "ssh"  # nix-store --serve
+    SSH_NG = "ssh-ng"  # nix-daemon --stdio (the worker protocol)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +129,16 @@ class BuilderSpec:
     speed_factor: int = 1
     #: The Nix version the builder runs (`nixdist.farm.releases`), None for the host's Nix.
     nix: str | None = None
+    #: The ordinary user clients log in as; None for root.
+    user: str | None = None
+    #: Whether `user` is in the builder's trusted-users (always true for root).
+    trusted: bool = True
+    scheme: Scheme = Scheme.SSH
+
+    @property
+    def login(self) -> str:
+        """The user clients log in as."""
+        return self.user or "root"
 
     @property
     def system(self) -> str:
@@ -120,6 +171,9 @@ def make_spec(
     jobs: int = 1,
     speed: int = 1,
     nix: str | None = None,
+    user: str | None = None,
+    trusted: bool = True,
+    scheme: str = "ssh",
     source: str = "builder",
 ) -> BuilderSpec:
     """Check every value and build a `BuilderSpec`; `source` names the origin in errors."""
@@ -156,6 +210,7 @@ def make_spec(
             file=source,
             field="speed",
         )
+    scheme_v = _check_login(name, user=user, trusted=trusted, scheme=scheme, source=source)
     return BuilderSpec(
         name=name,
         systems=systems_t,
@@ -164,7 +219,35 @@ def make_spec(
         max_jobs=jobs,
         speed_factor=speed,
         nix=None if nix is None else parse_nix_version(nix, source=source),
+        user=user,
+        trusted=trusted,
+        scheme=scheme_v,
     )
+
+
+def _check_login(name: str, *, user: str | None, trusted: bool, scheme: str, source: str) -> Scheme:
+    """Check the keys of how clients log in; returns the scheme."""
+    if user is not None and (not _USER_RE.fullmatch(user) or user in _RESERVED_USERS):
+        raise ConfigError(
+            f"builder {name!r}: {user!r} is not a user name the farm can make (lower-case"
+            " letters, digits, '_', '-'; at most 31; not root, sshd, nobody, daemon, nixbld)",
+            file=source,
+            field="user",
+        )
+    if not trusted and user is None:
+        raise ConfigError(
+            f"builder {name!r}: trusted=false needs user=NAME (root is always trusted)",
+            file=source,
+            field="trusted",
+        )
+    try:
+        return Scheme(scheme)
+    except ValueError:
+        raise ConfigError(
+            f"builder {name!r}: scheme must be ssh or ssh-ng, not {scheme!r}",
+            file=source,
+            field="scheme",
+        ) from None
 
 
 def check_name(name: object, *, source: str = "builder") -> None:
@@ -204,6 +287,15 @@ def _parse_int(name: str, key: str, value: str, source: str) -> int:
         ) from None
 
 
+def _parse_bool(name: str, key: str, value: str, source: str) -> bool:
+    try:
+        return _BOOLEANS[value.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"builder {name!r}: {key} must be true or false, not {value!r}", file=source, field=key
+        ) from None
+
+
 def parse_builder_option(text: str) -> BuilderSpec:
     """Parse one ``--builder`` value: ``NAME[:KEY=VALUE[;KEY=VALUE...]]``."""
     source = f"--builder {text!r}"
@@ -231,6 +323,11 @@ def parse_builder_option(text: str) -> BuilderSpec:
         jobs=_parse_int(name, "jobs", values["jobs"], source) if "jobs" in values else 1,
         speed=_parse_int(name, "speed", values["speed"], source) if "speed" in values else 1,
         nix=values.get("nix"),
+        user=values.get("user") or None,
+        trusted=_parse_bool(name, "trusted", values["trusted"], source)
+        if "trusted" in values
+        else True,
+        scheme=values.get("scheme", "ssh"),
         source=source,
     )
 
@@ -249,11 +346,24 @@ def _int_value(value: object, *, name: str, key: str, source: str) -> int:
     raise ConfigError(f"builder {name!r}: {key} must be an integer", file=source, field=key)
 
 
+_STR_EXAMPLES: Final = {"nix": "2.34", "user": "nix", "scheme": "ssh-ng"}
+
+
 def _opt_str_value(value: object, *, name: str, key: str, source: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise ConfigError(
-        f'builder {name!r}: {key} must be a string (like "2.34"), not {value!r}',
+        f'builder {name!r}: {key} must be a string (like "{_STR_EXAMPLES[key]}"), not {value!r}',
+        file=source,
+        field=key,
+    )
+
+
+def _bool_value(value: object, *, name: str, key: str, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(
+        f"builder {name!r}: {key} must be true or false (a TOML boolean), not {value!r}",
         file=source,
         field=key,
     )
@@ -303,6 +413,9 @@ def _spec_from_table(name: str, table: Mapping[str, object], source: str) -> Bui
         jobs=_int_value(table.get("jobs", 1), name=name, key="jobs", source=source),
         speed=_int_value(table.get("speed", 1), name=name, key="speed", source=source),
         nix=_opt_str_value(table.get("nix"), name=name, key="nix", source=source),
+        user=_opt_str_value(table.get("user"), name=name, key="user", source=source),
+        trusted=_bool_value(table.get("trusted", True), name=name, key="trusted", source=source),
+        scheme=_opt_str_value(table.get("scheme"), name=name, key="scheme", source=source) or "ssh",
         source=source,
     )
 

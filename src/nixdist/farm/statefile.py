@@ -4,11 +4,13 @@ Format (version 1)::
 
     {"version": 1, "alias_prefix": "nixdist-",
      "builders": [{"name": "b1", "systems": ["x86_64-linux"], "features": [], "mandatory": [],
-                   "jobs": 1, "speed": 1, "nix": null, "port": 40123, "pid": 5170,
-                   "mount_ns": 4026532177}, ...]}
+                   "jobs": 1, "speed": 1, "nix": null, "user": null, "trusted": true,
+                   "scheme": "ssh", "port": 40123, "pid": 5170, "mount_ns": 4026532177},
+                  ...]}
 
 ``pid`` and ``mount_ns`` are null while a builder is stopped; ``nix`` is null for a builder
-running the host's Nix (and may be missing: files from before it existed). The file is
+running the host's Nix; ``user`` null for root. ``nix``, ``user``, ``trusted`` and ``scheme``
+may be missing (files from before they existed: the defaults). The file is
 replaced atomically, so a reader never sees half of it. Every value is checked again when
 read (`make_spec`).
 """
@@ -70,6 +72,9 @@ def encode_state(state: FarmState) -> str:
                 "jobs": r.spec.max_jobs,
                 "speed": r.spec.speed_factor,
                 "nix": r.spec.nix,
+                "user": r.spec.user,
+                "trusted": r.spec.trusted,
+                "scheme": str(r.spec.scheme),
                 "port": r.port,
                 "pid": r.pid,
                 "mount_ns": r.mount_ns,
@@ -114,6 +119,9 @@ def _decode(data: object, *, source: str) -> FarmState:
             jobs=_int(item["jobs"]),
             speed=_int(item["speed"]),
             nix=_opt_str(item.get("nix")),
+            user=_opt_str(item.get("user")),
+            trusted=_bool(item.get("trusted", True)),
+            scheme=_opt_str(item.get("scheme")) or "ssh",
             source=source,
         )
         records.append(
@@ -131,6 +139,12 @@ def _int(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise TypeError(f"{value!r} is not an integer")
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{value!r} is not a boolean")
 
 
 def _opt_str(value: object) -> str | None:
