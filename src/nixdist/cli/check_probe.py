@@ -63,6 +63,8 @@ class RemoteSettings:
     system: str
     extra_platforms: frozenset[str]
     system_features: frozenset[str]
+    #: Its ``trusted-users``, in order; None when show-config did not say.
+    trusted_users: tuple[str, ...] | None = None
 
     @property
     def platforms(self) -> frozenset[str]:
@@ -91,6 +93,12 @@ def parse_show_config(text: str) -> RemoteSettings:
             return frozenset(item.split())
         return frozenset(str(x) for x in item) if isinstance(item, list) else frozenset()
 
+    def listed(name: str) -> tuple[str, ...] | None:
+        item = value(name)
+        if isinstance(item, str):
+            return tuple(item.split())
+        return tuple(str(x) for x in item) if isinstance(item, list) else None
+
     system = value("system")
     if not isinstance(system, str) or not system:
         raise ParseError("show-config has no 'system'")
@@ -98,6 +106,7 @@ def parse_show_config(text: str) -> RemoteSettings:
         system=system,
         extra_platforms=words("extra-platforms"),
         system_features=words("system-features"),
+        trusted_users=listed("trusted-users"),
     )
 
 

@@ -356,19 +356,39 @@ def _names(items: Iterable[str]) -> str:
     return ", ".join(sorted(items)) or "none"
 
 
-def _store_finding(observed: Observed) -> Finding:
+def _store_finding(observed: Observed, host: str, settings: RemoteSettings | None) -> Finding:
     error = observed.write_error
     if not observed.write_tried:
         return _skip(Check.STORE, "no serve session")
     if error is None:
         return _ok(Check.STORE, "writable: a test path was added and deleted")
     if any(word in error for word in _UNTRUSTED):
-        return _fail(
-            Check.STORE,
-            f"the builder refuses unsigned paths from this user: {error}",
-            "Add the ssh user to trusted-users in the builder's nix.conf (or log in as root).",
-        )
+        return untrusted_finding(host, error, settings.trusted_users if settings else None)
     return _fail(Check.STORE, f"cannot add a path to the store: {error}")
+
+
+def untrusted_finding(host: str, error: str, trusted_users: tuple[str, ...] | None) -> Finding:
+    """The builder refuses unsigned paths: the ssh user (``user@`` of `host`, if given) is
+    not in its ``trusted-users`` (`trusted_users`, as the builder's Nix says, if known). Nix's
+    own hook then fails the build too: inputs are copied unsigned, and an untrusted user may
+    not build input-addressed derivations."""
+    user, at, hostname = host.rpartition("@")
+    now = f" (now: trusted-users = {' '.join(trusted_users)})" if trusted_users else ""
+    if at:
+        message = f"the builder refuses unsigned paths from {user}, who is not in its trusted-users"
+        wanted = " ".join(dict.fromkeys((*(trusted_users or ("root",)), user)))
+        hint = (
+            f"On {hostname}, set trusted-users = {wanted} in /etc/nix/nix.conf{now} and"
+            " restart its nix-daemon; or log in as root."
+        )
+    else:
+        message = "the builder refuses unsigned paths from the ssh user (not in trusted-users)"
+        hint = (
+            f"On {hostname}, add the user ssh logs in as (see: ssh -G {hostname} | grep '^user')"
+            f" to trusted-users in /etc/nix/nix.conf{now} and restart its nix-daemon; or log in"
+            " as root."
+        )
+    return _fail(Check.STORE, f"{message}: {error}", hint)
 
 
 def disk_finding(space: DiskSpace) -> Finding:
@@ -446,7 +466,7 @@ def assess_builder(
         findings += [_warn(Check.SYSTEMS, why), _skip(Check.FEATURES, "settings unknown")]
     else:
         findings += [systems_finding(machine, settings), features_finding(machine, settings)]
-    findings.append(_store_finding(observed))
+    findings.append(_store_finding(observed, host, settings))
     text, why = _section(observed, "df")
     try:
         space = parse_df(text) if text is not None else None

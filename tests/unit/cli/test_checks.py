@@ -61,6 +61,7 @@ from nixdist.cli.checks import (
     render_bytes,
     report_to_json,
     systems_finding,
+    untrusted_finding,
     verdict,
     worst,
 )
@@ -156,6 +157,7 @@ def test_parse_show_config_nix_2_8() -> None:
         system="x86_64-linux",
         extra_platforms=frozenset({"aarch64-linux", "i686-linux"}),
         system_features=frozenset({"big-parallel", "kvm"}),
+        trusted_users=("root",),
     )
 
 
@@ -529,6 +531,43 @@ def test_store_not_writable(error: str, words: str) -> None:
     finding = _by_check(_assess(replace(HEALTHY, write_error=error)))[Check.STORE]
     assert finding.status is Status.FAIL
     assert words in finding.message
+
+
+@pytest.mark.parametrize(
+    ("host", "trusted", "message", "hint"),
+    [
+        (
+            "nix@b3.example",
+            ("root", "@wheel"),
+            "refuses unsigned paths from nix, who is not in its trusted-users",
+            (
+                "On b3.example, set trusted-users = root @wheel nix in /etc/nix/nix.conf (now:"
+                " trusted-users = root @wheel) and restart its nix-daemon; or log in as root."
+            ),
+        ),
+        (
+            "nix@b3.example",
+            None,
+            "refuses unsigned paths from nix",
+            "On b3.example, set trusted-users = root nix in /etc/nix/nix.conf and restart",
+        ),
+        (
+            "b3.example",
+            ("root",),
+            "refuses unsigned paths from the ssh user",
+            "ssh -G b3.example",
+        ),
+    ],
+)
+def test_untrusted_user_is_named_with_the_line_to_add(
+    host: str, trusted: tuple[str, ...] | None, message: str, hint: str
+) -> None:
+    error = "error: cannot add path '/nix/store/…' because it lacks a valid signature"
+    finding = untrusted_finding(host, error, trusted)
+    assert finding.status is Status.FAIL
+    assert message in finding.message
+    assert error in finding.message
+    assert hint in finding.hint
 
 
 @pytest.mark.parametrize(
