@@ -39,6 +39,12 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something illegal (bad magic, unknown reply, unexpected data)."""
 
 
+class StoreRefusedError(NixdistError):
+    """A store answered a request with an error of its own (a daemon's ``STDERR_ERROR``:
+    a path without a trusted signature, a build it may not run). The store is reachable and
+    speaks the protocol, so it is not lost: nothing fails over because of it."""
+
+
 class TransportError(NixdistError):
     """Could not connect, authenticate, or the connection ended early."""
 

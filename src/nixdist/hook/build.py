@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from nixdist.errors import BuildError, LocalProtocolError, NixdistError
-from nixdist.hook.progress import LOCAL_STORE, CopyActivities
+from nixdist.errors import BuildError, LocalProtocolError, NixdistError, StoreRefusedError
+from nixdist.hook.progress import LOCAL_STORE, CopyActivities, RemoteLog
 from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
@@ -54,6 +54,7 @@ from nixdist.state.paths import state_dir
 from nixdist.state.slots import escape_uri
 from nixdist.store.claims import UploadClaims
 from nixdist.store.copy import copy_closure, copy_paths
+from nixdist.store.daemon import DaemonStore
 from nixdist.store.outputs import OutputImport
 from nixdist.store.serve import ServeStore
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.protocol.hook import AcceptedWork, HookSettings, TryRequest
+    from nixdist.protocol.serve import BuildResult
     from nixdist.state.history import BuildRecord, History
     from nixdist.state.slots import SlotDirectory
     from nixdist.store.copy import CopyReport
@@ -191,8 +193,11 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
     finished = False
     try:
         local = ServeStore.open_local(job.store, job.environ)
-        # From here on the remote's stderr (its build log) is this derivation's log.
+        # From here on the remote's stderr (its build log) is this derivation's log; a
+        # daemon's log stream goes to Nix as the hook's own (its build lines to the log).
         remote.channel.forward_stderr_to(BUILD_LOG_FD)
+        if isinstance(remote, DaemonStore):
+            remote.on_log = RemoteLog(job.out, BUILD_LOG_FD)
         record.enter(Phase.UPLOAD)
         sent = _upload(job, local, picked)
         record.note(
@@ -203,8 +208,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             f"{sent.already_valid} already there"
         )
         record.enter(Phase.BUILD)
-        basic = to_basic(job.drv, str(job.drv_path), job.work.inputs)
-        result = remote.build_derivation(job.drv_path, basic, build_options(job.settings))
+        result = _build(job, local, picked)
         record.note(build_s=record.elapsed())
         if not result.is_success:
             record.finish(
@@ -228,7 +232,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
         record.finish(Outcome.BUILT)
         finished = True
     except NixdistError as err:
-        if err.peer == remote.name and not isinstance(err, LocalProtocolError):
+        if err.peer == remote.name and not isinstance(err, LocalProtocolError | StoreRefusedError):
             record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
             raise _BuilderLost(record.phase, str(err)) from err
         record.finish(Outcome.ERROR, error=str(err))
@@ -246,6 +250,26 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             else:
                 store.abort()
     return HookExit.OK
+
+
+def _build(job: _Job, local: ServeStore, picked: Picked) -> BuildResult:
+    """Run the build on the builder: the derivation as a `BasicDerivation`, as Nix's hook
+    does, or — for a daemon that does not trust us, which builds only content-addressed ones
+    that way — the ``.drv``'s closure copied over and the derivation built by its path (what
+    Nix's own hook does there since 2.18)."""
+    remote = picked.remote
+    if isinstance(remote, DaemonStore) and not remote.trusted and not job.drv.is_fixed_output:
+        shown = CopyActivities(job.out, source=LOCAL_STORE, destination=picked.machine.uri)
+        try:
+            copy_closure(local, remote, [job.drv_path], progress=shown)
+        finally:
+            shown.close()
+        results = remote.build_paths([job.drv_path])
+        if job.drv_path not in results:
+            raise StoreRefusedError(f"'{remote.name}' returned no result for {job.drv_path}")
+        return results[job.drv_path]
+    basic = to_basic(job.drv, str(job.drv_path), job.work.inputs)
+    return remote.build_derivation(job.drv_path, basic, build_options(job.settings))
 
 
 def _kept_failed_note(job: _Job) -> str:

@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from nixdist.transport.probe import BuilderReport
 
 #: Store URI schemes nixdist can open; other machines are skipped with a warning.
-SUPPORTED_SCHEMES: Final = frozenset({"ssh"})
+SUPPORTED_SCHEMES: Final = frozenset({"ssh", "ssh-ng"})
 #: A load report older than this many probe intervals is not used at all.
 PROBE_MAX_AGE_INTERVALS: Final = 6
 #: While failing over, how often to look for a free slot again, and for how long at most.
@@ -327,11 +327,11 @@ class MachinePicker:
                 case Accept(machine=machine):
                     assert kept is not None  # noqa: S101 - an Accept always has a free slot
                     from nixdist.hook.picked import Picked  # noqa: PLC0415 - see the imports
-                    from nixdist.store.serve import ServeStore  # noqa: PLC0415
+                    from nixdist.store.remote import open_remote  # noqa: PLC0415
                     from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
 
                     try:
-                        remote = ServeStore.open_ssh(
+                        remote = open_remote(
                             target_for_machine(machine, self.environ), self.masters, self.environ
                         )
                     except (TransportError, ProtocolError) as err:
@@ -406,7 +406,7 @@ def _warn_unsupported(
         if machine.scheme not in SUPPORTED_SCHEMES:
             warning = (
                 f"{machine.source}: skipping builder '{machine.uri}': "
-                "nixdist speaks only ssh:// stores so far"
+                "nixdist speaks only ssh:// and ssh-ng:// stores so far"
             )
             if first_time(state_dir(environ), warning):  # once per Nix run, not per build
                 out.warn(warning)

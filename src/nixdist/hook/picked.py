@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nixdist.model.machines import Machine
     from nixdist.state.slots import SlotLease
-    from nixdist.store.serve import ServeStore
+    from nixdist.store.remote import RemoteStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -18,4 +18,4 @@ class Picked:
 
     machine: Machine
     lease: SlotLease
-    remote: ServeStore
+    remote: RemoteStore

@@ -13,16 +13,26 @@ the same activities ``build-remote`` produces through Nix's ``copyPaths``:
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from typing import TYPE_CHECKING, Final
 
-from nixdist.protocol.logjson import ActivityType, Result, ResultType, Start, Stop, Verbosity
+from nixdist.protocol.logjson import (
+    LOG_FILE_TYPE,
+    ActivityType,
+    Result,
+    ResultType,
+    Start,
+    Stop,
+    Verbosity,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from nixdist.hook.output import HookOutput
     from nixdist.model.path_info import PathInfo
+    from nixdist.protocol.logjson import LogMessage
 
 #: Nix's name for the local store in copy messages.
 LOCAL_STORE: Final = "local"
@@ -121,3 +131,25 @@ class CopyActivities:
             if activity is not None:
                 self._out.event(Stop(id=activity))
         self._path = self._all = None
+
+
+class RemoteLog:
+    """Where a daemon builder's log stream goes (``ssh-ng://``): its build log lines (results
+    of type 101) to the build-log pipe, as an ``ssh://`` builder's stderr goes, so Nix keeps
+    them for ``nix log``; its other activities, results and messages to Nix as the hook's own
+    ``@nix`` lines, as ``build-remote`` forwards them. The daemon's activity ids (its pid in
+    the high 32 bits) do not meet ours (small counters)."""
+
+    def __init__(self, out: HookOutput, log_fd: int) -> None:
+        self._out = out
+        self._log_fd = log_fd
+
+    def __call__(self, message: LogMessage) -> None:
+        if isinstance(message, Result) and message.type == LOG_FILE_TYPE:
+            line = message.fields[0] if message.fields else ""
+            data = f"{line}\n".encode("utf-8", "surrogateescape")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._log_fd, view) :]
+            return
+        self._out.event(message)

@@ -96,12 +96,12 @@ BUILD_PATHS_OK: Final = 0
 _EXPORT_PATHS_OBSOLETE: Final = 0
 
 
-def _read_optional_path(reader: Reader, store_dir: str) -> StorePath | None:
+def read_optional_path(reader: Reader, store_dir: str) -> StorePath | None:
     text = reader.read_text(LIMIT_PATH)
     return parse_peer_store_path(text, store_dir) if text else None
 
 
-def _read_hash(reader: Reader) -> Hash:
+def read_path_info_hash(reader: Reader) -> Hash:
     text = reader.read_text(LIMIT_PATH)
     try:
         return Hash.parse(text, HashAlgo.SHA256)
@@ -288,8 +288,8 @@ class AddToStoreNarRequest:
     @classmethod
     def decode_args(cls, reader: Reader, version: int, store_dir: str) -> AddToStoreNarRequest:  # noqa: ARG003 - same in every version
         path = read_store_path(reader, store_dir)
-        deriver = _read_optional_path(reader, store_dir)
-        nar_hash = _read_hash(reader)
+        deriver = read_optional_path(reader, store_dir)
+        nar_hash = read_path_info_hash(reader)
         references = read_store_paths(reader, store_dir)
         registration_time = reader.read_u64()
         nar_size = reader.read_u64()
@@ -416,11 +416,11 @@ def decode_query_path_infos_reply(
         if len(infos) >= LIMIT_COUNT:
             raise WireError(f"more than {LIMIT_COUNT} path infos in one reply")
         path = parse_peer_store_path(text, store_dir)
-        deriver = _read_optional_path(reader, store_dir)
+        deriver = read_optional_path(reader, store_dir)
         references = read_store_paths(reader, store_dir)
         reader.read_u64()  # download size, always the NAR size
         nar_size = reader.read_u64()
-        nar_hash = _read_hash(reader)
+        nar_hash = read_path_info_hash(reader)
         ca = reader.read_text(LIMIT_PATH)
         sigs = tuple(reader.read_texts(LIMIT_TEXT, LIMIT_COUNT))
         infos.append(

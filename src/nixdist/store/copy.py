@@ -1,4 +1,4 @@
-"""Copying store paths between two `ServeStore`s, streamed: no temporary files, no NAR in memory.
+"""Copying store paths between two stores, streamed: no temporary files, no NAR in memory.
 
 Only the paths missing at the destination move, references first, each NAR flowing from the
 source's ``DumpStorePath`` reply straight into the destination's ``AddToStoreNar`` request.
@@ -25,12 +25,24 @@ if TYPE_CHECKING:
     from nixdist.model.path_info import PathInfo
     from nixdist.model.store_path import StorePath
     from nixdist.store.claims import UploadClaims
-    from nixdist.store.serve import ServeStore
+
+
+class Source(Protocol):
+    """Where a copy comes from: a `ServeStore` (the local store, an ``ssh://`` builder) or a
+    `nixdist.store.daemon.DaemonStore` (an ``ssh-ng://`` builder)."""
+
+    name: str
+
+    def query_path_infos(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]: ...
+
+    def query_closure(self, paths: Iterable[StorePath]) -> frozenset[StorePath]: ...
+
+    def dump(self, path: StorePath) -> Iterator[bytes]: ...
 
 
 class Destination(Protocol):
-    """Where a copy goes: a `ServeStore`, or the local store taking a build's outputs
-    (`nixdist.store.outputs.OutputImport`)."""
+    """Where a copy goes: a builder's store (either protocol), or the local store taking a
+    build's outputs (`nixdist.store.outputs.OutputImport`)."""
 
     name: str
 
@@ -65,7 +77,7 @@ class CopyReport:
 
 
 def copy_paths(
-    src: ServeStore,
+    src: Source,
     dst: Destination,
     paths: Iterable[StorePath],
     *,
@@ -116,7 +128,7 @@ def copy_paths(
 
 
 def copy_closure(
-    src: ServeStore,
+    src: Source,
     dst: Destination,
     paths: Iterable[StorePath],
     *,

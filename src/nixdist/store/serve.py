@@ -1,8 +1,8 @@
 """`ServeStore`: a Nix store reached over the ``nix-store --serve --write`` protocol.
 
 This is the one place where the serve protocol (`nixdist.protocol.serve`) meets a transport
-(`nixdist.transport.child.Channel`): requests are encoded and written, replies are read into a
-buffer until their decoder completes (``maybe_decode``). The same class talks to a builder over
+(`nixdist.transport.child.Channel`, through `nixdist.store.session.WireSession`): requests are
+encoded and written, replies decoded as they arrive. The same class talks to a builder over
 ssh and to the local store through a local ``nix-store --serve --write`` child (which reads
 and uploads the inputs; the outputs come back through `nixdist.store.outputs`).
 
@@ -13,25 +13,21 @@ Calls are synchronous and one at a time, as the protocol is. A server that dies 
 
 from __future__ import annotations
 
-import functools
-import time
 from functools import partial
-from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from nixdist.errors import (
     NixdistError,
     RemoteProtocolError,
     TransportError,
     TransportTimeoutError,
-    WireError,
 )
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import serve
 from nixdist.protocol import serve_messages as msg
+from nixdist.store.session import WireSession, blames_peer
 from nixdist.transport.child import Channel
 from nixdist.transport.openssh import ssh_environment
-from nixdist.wire.nar import NarReader
-from nixdist.wire.primitives import Reader, maybe_decode
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,31 +36,13 @@ if TYPE_CHECKING:
     from nixdist.model.local_store import LocalStore
     from nixdist.model.path_info import PathInfo
     from nixdist.transport.openssh import ControlMasters, SshTarget
+    from nixdist.wire.primitives import Reader
 
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
 NIX_STORE: Final = "nix-store"
 #: How long the local store may go without answering (a local read never takes this long;
 #: a store stuck on a lock does, and must end in an error, not a hang).
 LOCAL_IDLE_TIMEOUT_S: Final = 300.0
-
-
-def _blames_peer(
-    method: Callable[Concatenate[ServeStore, _P], _T],
-) -> Callable[Concatenate[ServeStore, _P], _T]:
-    """Errors escaping `method` name this store as their `peer`, unless one is already named
-    (an error from the source store of a copy passes through the destination's method)."""
-
-    @functools.wraps(method)
-    def wrapper(self: ServeStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(self, *args, **kwargs)
-        except NixdistError as err:
-            if err.peer is None:
-                err.peer = self.name
-            raise
-
-    return wrapper
 
 
 class ServeStore:
@@ -85,8 +63,7 @@ class ServeStore:
         self.channel = channel
         self.name = name
         self.store_dir = store_dir
-        self.idle_timeout = idle_timeout
-        self._buf = bytearray()
+        self._session = WireSession(channel, name=name, idle_timeout=idle_timeout)
         self.channel.write(serve.encode_client_hello())
         try:
             server_version = self._recv(serve.decode_server_hello, timeout=greeting_timeout)
@@ -95,7 +72,7 @@ class ServeStore:
         except TransportTimeoutError:
             raise
         except TransportError as err:
-            if self._buf:
+            if self._session.buffer:
                 raise
             # Closed before saying anything: ssh refused, or nix-store is missing remotely.
             raise serve.ServeGreetingError(
@@ -138,25 +115,14 @@ class ServeStore:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _recv(self, decode: Callable[[Reader], _T], *, timeout: float | None = None) -> _T:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            done = maybe_decode(decode, self._buf)
-            if done is not None:
-                value, used = done
-                del self._buf[:used]
-                return value
-            left = self.idle_timeout if deadline is None else max(0.0, deadline - time.monotonic())
-            data = self.channel.read(timeout=left)
-            if not data:
-                raise self.channel.closed_error("the connection closed in the middle of a reply")
-            self._buf += data
+        return self._session.recv(decode, timeout=timeout)
 
     def _request(self, request: msg.ServeRequest) -> None:
         self.channel.write(msg.encode_request(request, self.version))
 
     # -- commands -------------------------------------------------------------------------------
 
-    @_blames_peer
+    @blames_peer
     def query_valid_paths(
         self, paths: Iterable[StorePath], *, lock: bool = False, substitute: bool = False
     ) -> frozenset[StorePath]:
@@ -166,7 +132,7 @@ class ServeStore:
         self._request(msg.QueryValidPathsRequest(paths=paths, lock=lock, substitute=substitute))
         return self._recv(partial(msg.decode_query_valid_paths_reply, store_dir=self.store_dir))
 
-    @_blames_peer
+    @blames_peer
     def query_path_infos(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
         paths = frozenset(paths)
         if not paths:
@@ -179,7 +145,7 @@ class ServeStore:
         )
         return {info.path: info for info in infos}
 
-    @_blames_peer
+    @blames_peer
     def query_closure(
         self, paths: Iterable[StorePath], *, include_outputs: bool = False
     ) -> frozenset[StorePath]:
@@ -195,37 +161,14 @@ class ServeStore:
         The generator must be consumed to the end before the next command.
         """
         try:
-            yield from self._dump(path)
+            self._request(msg.DumpStorePathRequest(path=path))
+            yield from self._session.stream_nar(path)
         except NixdistError as err:
             if err.peer is None:
                 err.peer = self.name
             raise
 
-    def _dump(self, path: StorePath) -> Iterator[bytes]:
-        self._request(msg.DumpStorePathRequest(path=path))
-        reader = NarReader(contents=False)
-        pending = bytes(self._buf)
-        self._buf.clear()
-        while True:
-            if not pending:
-                pending = self.channel.read(timeout=self.idle_timeout)
-                if not pending:
-                    raise self.channel.closed_error(f"the connection closed while sending {path}")
-            try:
-                reader.feed(pending)
-            except WireError as err:
-                raise RemoteProtocolError(
-                    f"'{self.name}' sent a bad NAR for {path}: {err}"
-                ) from err
-            if reader.done:
-                unused = reader.unused_data
-                yield pending[: len(pending) - len(unused)]
-                self._buf += unused
-                return
-            yield pending
-            pending = b""
-
-    @_blames_peer
+    @blames_peer
     def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None:
         """Add a path with its metadata; `nar` must total exactly ``info.nar_size`` bytes."""
         self.channel.write(msg.encode_add_to_store_nar_header(info, self.version))
@@ -243,7 +186,7 @@ class ServeStore:
             )
         self._recv(msg.decode_success_reply)
 
-    @_blames_peer
+    @blames_peer
     def build_derivation(
         self, drv_path: StorePath, drv: BasicDerivation, options: serve.BuildOptions
     ) -> serve.BuildResult:

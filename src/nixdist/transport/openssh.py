@@ -61,13 +61,15 @@ _MAX_SOCKET_PATH: Final = 107 - 17
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SshTarget:
-    """Where and how to reach one builder's ``nix-store --serve``."""
+    """Where and how to reach one builder's store: ``nix-store --serve`` (``ssh://``) or
+    ``nix-daemon --stdio`` (``ssh-ng://``)."""
 
     host: str  # the URI authority, verbatim: ``user@host`` or an ssh-config alias
+    scheme: str = "ssh"  # or "ssh-ng"
     ssh_key: str | None = None
     public_host_key: str | None = None  # base64 of an OpenSSH public key line
     compress: bool = False
-    remote_program: str = "nix-store"
+    remote_program: str = "nix-store"  # a shell word list, as Nix takes it
     remote_store: str | None = None
     extra_opts: tuple[str, ...] = field(default=())  # NIX_SSHOPTS words
 
@@ -75,11 +77,19 @@ class SshTarget:
     def is_local(self) -> bool:
         return self.host == "localhost"
 
+    @property
+    def speaks_daemon(self) -> bool:
+        """Whether the store speaks the worker protocol (``ssh-ng://``), not serve."""
+        return self.scheme == "ssh-ng"
+
     def remote_command(self) -> str:
-        words = [self.remote_program, "--serve", "--write"]
+        """What runs on the builder, as Nix runs it: the program's words as given (Nix splits
+        ``remote-program`` on spaces), then the arguments, quoted."""
+        words = ["--stdio"] if self.speaks_daemon else ["--serve", "--write"]
         if self.remote_store:
             words += ["--store", self.remote_store]
-        return " ".join(shlex.quote(word) for word in words)
+        program = " ".join(shlex.quote(word) for word in self.remote_program.split())
+        return " ".join([program, *(shlex.quote(word) for word in words)])
 
     def key(self) -> str:
         """A short stable name for this target, for socket and file names."""
@@ -89,11 +99,18 @@ class SshTarget:
         return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
+#: The program each scheme runs on the builder unless ``remote-program`` says otherwise.
+DEFAULT_PROGRAM: Final = {"ssh": "nix-store", "ssh-ng": "nix-daemon"}
+
+
 def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarget:
-    """The ssh target of an ``ssh://`` machine, with its URI parameters applied."""
+    """The ssh target of an ``ssh://`` or ``ssh-ng://`` machine, with its URI parameters."""
     parsed = urllib.parse.urlsplit(machine.uri)
-    if parsed.scheme != "ssh":
-        raise ConfigError(f"store URI {machine.uri!r} is not ssh://", file=machine.source or None)
+    if parsed.scheme not in DEFAULT_PROGRAM:
+        raise ConfigError(
+            f"store URI {machine.uri!r} is neither ssh:// nor ssh-ng://",
+            file=machine.source or None,
+        )
     params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
     host = parsed.netloc
     if not host:
@@ -101,10 +118,11 @@ def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarge
     check_host(host, uri=machine.uri, source=machine.source)
     return SshTarget(
         host=host,
+        scheme=parsed.scheme,
         ssh_key=machine.ssh_key or params.get("ssh-key") or None,
         public_host_key=machine.public_host_key or params.get("base64-ssh-public-host-key"),
         compress=params.get("compress", "false") == "true",
-        remote_program=params.get("remote-program", "nix-store"),
+        remote_program=params.get("remote-program") or DEFAULT_PROGRAM[parsed.scheme],
         remote_store=params.get("remote-store") or None,
         extra_opts=tuple(environ.get("NIX_SSHOPTS", "").split()),
     )

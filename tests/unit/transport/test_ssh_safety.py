@@ -65,12 +65,22 @@ def test_a_host_ssh_would_read_as_an_option_is_refused(uri: str) -> None:
 
 
 def test_uri_parameters_reach_the_remote_shell_quoted(tmp_path: Path) -> None:
-    program = "nix-store;touch /tmp/pwned"
+    # remote-program is a list of words (Nix 2.34 reads it as a list setting), each quoted.
+    program = ["nix-store;touch", "/tmp/pwned"]
     store = "$(touch /tmp/pwned)"
     uri = "ssh://b1?remote-program=nix-store%3Btouch%20/tmp/pwned&remote-store=%24(touch%20/tmp/pwned)"
     target = target_for_machine(machine(uri), {})
     command = ControlMasters(tmp_path).serve_argv(target, use_master=False)[-1]
-    assert shlex.split(command) == [program, "--serve", "--write", "--store", store]
+    assert shlex.split(command) == [*program, "--serve", "--write", "--store", store]
+
+
+def test_an_ssh_ng_machine_runs_the_daemon_on_stdio(tmp_path: Path) -> None:
+    uri = "ssh-ng://b1?remote-program=nix-daemon%20--force-untrusted&remote-store=/s%20x"
+    target = target_for_machine(machine(uri), {})
+    command = ControlMasters(tmp_path).serve_argv(target, use_master=False)[-1]
+    assert shlex.split(command) == ["nix-daemon", "--force-untrusted", "--stdio", "--store", "/s x"]
+    plain = target_for_machine(machine("ssh-ng://b1"), {})
+    assert ControlMasters(tmp_path).serve_argv(plain, use_master=False)[-1] == "nix-daemon --stdio"
 
 
 def test_feature_names_and_keys_never_reach_the_command_line(tmp_path: Path) -> None:
