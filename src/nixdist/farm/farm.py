@@ -32,10 +32,11 @@ The script writes its pid, bind-mounts the builder's directories over ``/nix``, 
 ``/etc/ssh``, ``/root`` and ``/tmp`` (a target that contains the farm directory itself goes
 last, so every source is still reachable when it is mounted) and execs sshd, which keeps the
 pid. The builder is up when its sshd logs ``Server listening on 127.0.0.1 port <port>``.
-Every session and build the builder runs inherits the namespace; stopping a builder SIGKILLs
-every process in it (found through ``/proc/PID/ns/mnt``, see `nixdist.farm.procs`). A process
-counts as the builder's only if its ``/proc/PID/root/nix`` is the builder's ``nix/`` directory,
-so a recycled pid or namespace inode is never mistaken for it.
+Every session and build the builder runs inherits the namespace (or a copy of it: Nix run as
+root unshares one for itself); stopping a builder SIGKILLs every process in it. A process
+counts as the builder's if it is in a mount namespace other than the farm's own and its
+``/proc/PID/root/nix`` is the builder's ``nix/`` directory (`nixdist.farm.procs`), so a
+recycled pid or namespace inode is never mistaken for it.
 
 A builder with a Nix version of its own (``nix=2.34``) runs the same sshd command chrooted in
 that version's root filesystem (`nixdist.farm.rootfs`; `nixdist.farm.launch.chroot_argv`): the
@@ -688,7 +689,8 @@ class Farm:
         return [item for pair in ordered for item in pair]
 
     def _pids(self, record: BuilderRecord) -> list[int]:
-        """Live processes in the builder's namespace whose /nix is the builder's own."""
+        """Live processes in the builder's namespace (or a copy Nix made of it) whose /nix is
+        the builder's own."""
         if record.mount_ns is None or record.mount_ns == procs.own_mount_ns():
             return []
         try:
@@ -696,7 +698,9 @@ class Farm:
         except FileNotFoundError:
             return []
         found: list[int] = []
-        for pid in procs.pids_in_ns(record.mount_ns):
+        # Not only its namespace: Nix as root (its nix-daemon, a root login's nix-store)
+        # unshares a copy of it, so any process outside this one's namespace may be its.
+        for pid in procs.pids_outside_own_ns():
             try:
                 theirs = Path(f"/proc/{pid}/root/nix").stat()
             except OSError:

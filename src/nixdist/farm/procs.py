@@ -2,7 +2,9 @@
 
 Every process of a builder — its ``sshd`` listener, the per-connection ``sshd`` children,
 the ``nix-store --serve`` sessions, the builds they start, anything `Farm.run_in` entered —
-lives in the builder's mount namespace, so ``/proc/PID/ns/mnt`` names them all. A namespace
+lives in the builder's mount namespace, so ``/proc/PID/ns/mnt`` names them all; except that
+Nix run as root unshares a copy of that namespace for itself (`pids_outside_own_ns`), so the
+farm finds a builder's processes by their ``/nix`` (see `nixdist.farm.farm`). A namespace
 is identified by the inode number of that link (``mnt:[4026532177]``). Zombies have no
 namespace link any more and count as gone.
 
@@ -78,6 +80,27 @@ def pids_in_ns(ns: int) -> list[int]:
         if pid == os.getpid():
             continue
         if mount_ns(pid) == ns and is_alive(pid):
+            found.append(pid)
+    return sorted(found)
+
+
+def pids_outside_own_ns() -> list[int]:
+    """Live processes in any mount namespace but this process's own, in pid order.
+
+    A builder's processes are not all in its namespace: Nix run as root (``nix-daemon``,
+    ``nix-store --serve`` of a root login) unshares a mount namespace of its own at start,
+    a copy of the builder's, and its children stay in it.
+    """
+    own = own_mount_ns()
+    found: list[int] = []
+    for entry in _PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        ns = mount_ns(pid)
+        if ns is not None and ns != own and is_alive(pid):
             found.append(pid)
     return sorted(found)
 
