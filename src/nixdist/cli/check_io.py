@@ -38,17 +38,19 @@ from nixdist.cli.checks import (
     local_findings,
     unusable,
 )
-from nixdist.errors import ConfigError, ProtocolError, TransportError
+from nixdist.errors import ConfigError, ProtocolError, StoreRefusedError, TransportError
+from nixdist.hook.main import SUPPORTED_SCHEMES
 from nixdist.model import nixbase32
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import decode_host_key, machines_from_env_and_setting, parse_machines
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.model.path_info import PathInfo
 from nixdist.model.store_path import STORE_DIR, StorePath
-from nixdist.protocol import serve
+from nixdist.protocol import serve, worker
 from nixdist.state.config import effective_build_hook, host_system, read_config_file
 from nixdist.state.slots import default_current_load_dir
-from nixdist.store.serve import ServeStore
+from nixdist.store.daemon import DaemonStore
+from nixdist.store.remote import RemoteStore, open_remote
 from nixdist.transport.openssh import ControlMasters, ssh_environment, target_for_machine
 from nixdist.wire.nar import Contents, Regular, encode_nar
 from nixdist.wire.primitives import encode_u64
@@ -69,7 +71,7 @@ _MASTER_PERSIST_S: Final = 60  # a master orphaned by a killed check ends on its
 
 
 @contextlib.contextmanager
-def _watchdog(store: ServeStore, seconds: float) -> Iterator[threading.Event]:
+def _watchdog(store: RemoteStore, seconds: float) -> Iterator[threading.Event]:
     """Kill `store`'s session when the block lasts longer than `seconds`; the event says so."""
     fired = threading.Event()
 
@@ -109,11 +111,11 @@ def _serve_session(
     """The handshake and the write test; also the test path to delete, if it was added."""
     started = time.monotonic()
     try:
-        store = ServeStore.open_ssh(target, masters, environ)
+        store = open_remote(target, masters, environ)
     except serve.ServeGreetingError as err:
-        worker = err.received.startswith(encode_u64(serve.WORKER_MAGIC_2))
+        daemon = err.received.startswith(encode_u64(serve.WORKER_MAGIC_2))
         return Observed(
-            serve_error=str(err), noisy_greeting=bool(err.received) and not worker
+            serve_error=str(err), noisy_greeting=bool(err.received) and not daemon
         ), None
     except (TransportError, ProtocolError) as err:
         return Observed(serve_error=str(err)), None
@@ -124,13 +126,17 @@ def _serve_session(
         with _watchdog(store, timeout) as fired:
             try:
                 store.add_nar(info, [nar])
-            except (TransportError, ProtocolError) as err:
+            except (TransportError, ProtocolError, StoreRefusedError) as err:
                 error = f"no answer within {timeout:g} s" if fired.is_set() else str(err)
     finally:
         store.close()
     observed = Observed(
         handshake_ms=handshake_ms,
-        serve_protocol=serve.format_version(store.version),
+        serve_protocol=(
+            worker.format_version(store.version)
+            if isinstance(store, DaemonStore)
+            else serve.format_version(store.version)
+        ),
         write_tried=True,
         write_error=error,
     )
@@ -187,9 +193,11 @@ def observe_builder(
 
 def _target(machine: Machine, environ: Mapping[str, str]) -> SshTarget | BuilderReport:
     """The ssh target of `machine`, or the report on a machine that cannot be tried."""
-    if machine.scheme != "ssh":
-        message = f"nixdist speaks ssh:// only; the hook skips {machine.uri}"
-        return unusable(machine, Reach.UNSUPPORTED, message, "Use an ssh:// URI.")
+    if machine.scheme not in SUPPORTED_SCHEMES:
+        message = (
+            f"nixdist cannot build on {machine.scheme}:// stores; the hook skips {machine.uri}"
+        )
+        return unusable(machine, Reach.UNSUPPORTED, message, "Use an ssh:// or ssh-ng:// URI.")
     try:
         target = target_for_machine(machine, environ)
         decode_host_key(target.public_host_key or "").decode()

@@ -212,10 +212,13 @@ class ProbeOutput:
 
 
 def remote_programs(remote_program: str) -> tuple[str, str]:
-    """``nix-store`` and ``nix`` on the builder: beside ``remote-program`` if it is a path."""
-    if "/" in remote_program:
-        return remote_program, posixpath.join(posixpath.dirname(remote_program), "nix")
-    return remote_program, "nix"
+    """``nix-store`` and ``nix`` on the builder: beside ``remote-program`` (its first word:
+    ``nix-store`` for ``ssh://``, ``nix-daemon`` for ``ssh-ng://``) if it is a path."""
+    program = (remote_program.split() or ["nix-store"])[0]
+    if "/" in program:
+        directory = posixpath.dirname(program)
+        return posixpath.join(directory, "nix-store"), posixpath.join(directory, "nix")
+    return "nix-store", "nix"
 
 
 def render_probe_script(

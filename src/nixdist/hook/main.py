@@ -83,8 +83,9 @@ if TYPE_CHECKING:
     from nixdist.transport.openssh import ControlMasters
     from nixdist.transport.probe import BuilderReport
 
-#: Store URI schemes nixdist can open; other machines are skipped with a warning.
-SUPPORTED_SCHEMES: Final = frozenset({"ssh", "ssh-ng"})
+#: Store URI schemes nixdist can build on ("": a local store, by path or as ``local?…``);
+#: other machines are skipped with a warning.
+SUPPORTED_SCHEMES: Final = frozenset({"ssh", "ssh-ng", ""})
 #: A load report older than this many probe intervals is not used at all.
 PROBE_MAX_AGE_INTERVALS: Final = 6
 #: While failing over, how often to look for a free slot again, and for how long at most.
@@ -406,7 +407,7 @@ def _warn_unsupported(
         if machine.scheme not in SUPPORTED_SCHEMES:
             warning = (
                 f"{machine.source}: skipping builder '{machine.uri}': "
-                "nixdist speaks only ssh:// and ssh-ng:// stores so far"
+                f"nixdist cannot build on {machine.scheme}:// stores"
             )
             if first_time(state_dir(environ), warning):  # once per Nix run, not per build
                 out.warn(warning)

@@ -104,7 +104,15 @@ DEFAULT_PROGRAM: Final = {"ssh": "nix-store", "ssh-ng": "nix-daemon"}
 
 
 def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarget:
-    """The ssh target of an ``ssh://`` or ``ssh-ng://`` machine, with its URI parameters."""
+    """The ssh target of an ``ssh://`` or ``ssh-ng://`` machine, with its URI parameters.
+
+    A machine that is a local store (a path, ``local?root=…``: Nix builds in it in-process)
+    is a ``nix-store --serve --write --store URI`` run here without ssh, the store told the
+    machine's features as its ``system-features`` (as Nix tells it), so that it builds what
+    the machines line says it can.
+    """
+    if not machine.scheme:
+        return SshTarget(host="localhost", remote_store=_with_system_features(machine))
     parsed = urllib.parse.urlsplit(machine.uri)
     if parsed.scheme not in DEFAULT_PROGRAM:
         raise ConfigError(
@@ -126,6 +134,14 @@ def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarge
         remote_store=params.get("remote-store") or None,
         extra_opts=tuple(environ.get("NIX_SSHOPTS", "").split()),
     )
+
+
+def _with_system_features(machine: Machine) -> str:
+    features = " ".join(sorted(machine.system_features))
+    if not features or "system-features=" in machine.uri:
+        return machine.uri
+    joiner = "&" if "?" in machine.uri else "?"
+    return f"{machine.uri}{joiner}{urllib.parse.urlencode({'system-features': features})}"
 
 
 def check_host(host: str, *, uri: str, source: str = "") -> None:

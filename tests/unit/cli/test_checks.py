@@ -726,10 +726,11 @@ def test_is_trusted() -> None:
 
 
 def test_machines_that_cannot_be_tried() -> None:
-    """Judged without any connection: not ssh://, no host, a host key that is not text."""
+    """Judged without any connection: a store type builds cannot go to, no host, a host key
+    that is not text."""
     bad_key = base64.b64encode(b"\xff\xfe").decode()
     machines = [
-        Machine(uri="ssh-ng://b1", systems=("x86_64-linux",)),
+        Machine(uri="s3://bucket", systems=("x86_64-linux",)),
         Machine(uri="ssh://", systems=("x86_64-linux",)),
         Machine(uri="ssh://b1", systems=("x86_64-linux",), public_host_key=bad_key),
     ]
@@ -743,7 +744,7 @@ def test_machines_that_cannot_be_tried() -> None:
     for report in reports:
         assert not report.usable
         assert [f.check for f in report.findings] == list(BUILDER_CHECKS)
-    assert "ssh:// only" in reports[0].findings[0].message
+    assert "cannot build on s3:// stores" in reports[0].findings[0].message
 
 
 def test_a_builder_whose_load_probe_tells_little_is_warned_about_not_failed() -> None:
