@@ -254,3 +254,14 @@ def test_ssh_ng_reaches_the_builders_daemon(
     assert there.returncode == 0, there.stderr
     assert there.stdout == here.stdout
     assert path in ufarm.builder_store_paths(name)
+
+
+def test_a_noisy_shell_is_the_users_too(ufarm: Farm) -> None:
+    name = "t28"
+    ufarm.set_noisy(name, noisy=True)
+    try:
+        assert ufarm.builder_status(name).noisy
+        assert _ssh(ufarm, name, "true") == f"welcome to farm builder {name}\n"
+    finally:
+        ufarm.set_noisy(name, noisy=False)
+    assert _ssh(ufarm, name, "true") == ""
