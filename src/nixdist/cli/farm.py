@@ -49,7 +49,9 @@ _R = TypeVar("_R")
 _BUILDER_HELP = (
     "A builder: NAME[:KEY=VALUE;...] with keys systems (comma list; first is the system,"
     " the rest extra-platforms), features, mandatory (comma lists), jobs, speed,"
-    f" nix ({', '.join(KNOWN_VERSIONS)}; default: the host's Nix)."
+    f" nix ({', '.join(KNOWN_VERSIONS)}; default: the host's Nix), user (an ordinary user"
+    " to log in as, with a nix-daemon owning the store; default root), trusted (true/false:"
+    " user in trusted-users; default true), scheme (ssh or ssh-ng; default ssh)."
     " Repeatable; replaces a builder of the same name."
 )
 
@@ -129,6 +131,9 @@ def _as_json(status: BuilderStatus) -> dict[str, object]:
         "jobs": status.spec.max_jobs,
         "speed": status.spec.speed_factor,
         "nix": status.spec.nix,
+        "user": status.spec.user,
+        "trusted": status.spec.trusted,
+        "scheme": str(status.spec.scheme),
         "store_paths": status.store_paths,
         "noisy": status.noisy,
     }
