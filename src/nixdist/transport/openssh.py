@@ -119,7 +119,7 @@ def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarge
             f"store URI {machine.uri!r} is neither ssh:// nor ssh-ng://",
             file=machine.source or None,
         )
-    params = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
+    params = store_uri_params(parsed.query)
     host = parsed.netloc
     if not host:
         raise ConfigError(f"store URI {machine.uri!r} has no host", file=machine.source or None)
@@ -136,12 +136,23 @@ def target_for_machine(machine: Machine, environ: Mapping[str, str]) -> SshTarge
     )
 
 
+def store_uri_params(query: str) -> dict[str, str]:
+    """A store URI's parameters as Nix decodes them: ``&``-separated ``name=value``, each
+    percent-decoded (``+`` stays a plus: Nix is not decoding a form)."""
+    params: dict[str, str] = {}
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name:
+            params[urllib.parse.unquote(name)] = urllib.parse.unquote(value)
+    return params
+
+
 def _with_system_features(machine: Machine) -> str:
     features = " ".join(sorted(machine.system_features))
     if not features or "system-features=" in machine.uri:
         return machine.uri
     joiner = "&" if "?" in machine.uri else "?"
-    return f"{machine.uri}{joiner}{urllib.parse.urlencode({'system-features': features})}"
+    return f"{machine.uri}{joiner}system-features={urllib.parse.quote(features)}"
 
 
 def check_host(host: str, *, uri: str, source: str = "") -> None:

@@ -79,6 +79,9 @@ def test_an_ssh_ng_machine_runs_the_daemon_on_stdio(tmp_path: Path) -> None:
     target = target_for_machine(machine(uri), {})
     command = ControlMasters(tmp_path).serve_argv(target, use_master=False)[-1]
     assert shlex.split(command) == ["nix-daemon", "--force-untrusted", "--stdio", "--store", "/s x"]
+    # A plus is a plus: Nix percent-decodes store URI parameters, it does not decode a form.
+    plus = target_for_machine(machine("ssh-ng://b1?remote-program=/opt/nix+2/nix-daemon"), {})
+    assert plus.remote_program == "/opt/nix+2/nix-daemon"
     plain = target_for_machine(machine("ssh-ng://b1"), {})
     assert ControlMasters(tmp_path).serve_argv(plain, use_master=False)[-1] == "nix-daemon --stdio"
 
