@@ -104,6 +104,7 @@ def _big_file(path: Path, mib: int) -> Path:
     return path
 
 
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
 @pytest.mark.parametrize("phase", ["upload", "build", "download"])
 def test_a_builder_killed_mid_build_moves_the_build_to_another(
     farm: Farm,
@@ -111,9 +112,13 @@ def test_a_builder_killed_mid_build_moves_the_build_to_another(
     setup: tuple[dict[str, str], Path, Path],
     tmp_path: Path,
     phase: str,
+    scheme: str,
 ) -> None:
     env, machines, state = setup
-    victim_uri = f"ssh://{local_farm.alias(VICTIM)}"
+    if scheme != "ssh":  # the same builders, reached through nix-daemon --stdio
+        lines = machines.read_text().splitlines()
+        machines.write_text("".join(f"{scheme}://{line[len('ssh://') :]}\n" for line in lines))
+    victim_uri = f"{scheme}://{local_farm.alias(VICTIM)}"
     salt = fresh_salt(f"killed-{phase}")
     args = ["--argstr", "salt", salt, "--argstr", "victim", VICTIM]
     attr = {"upload": "bigInput", "build": "stuck", "download": "bigOutput"}[phase]
@@ -144,7 +149,7 @@ def test_a_builder_killed_mid_build_moves_the_build_to_another(
     assert (first.machine, first.status, first.phase) == (victim_uri, "lost", phase)
     assert first.error
     assert (second.machine, second.status, second.attempt) == (
-        f"ssh://{local_farm.alias(SPARE)}",
+        f"{scheme}://{local_farm.alias(SPARE)}",
         "built",
         2,
     )
