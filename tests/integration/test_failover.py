@@ -106,7 +106,7 @@ def _big_file(path: Path, mib: int) -> Path:
 
 @pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
 @pytest.mark.parametrize("phase", ["upload", "build", "download"])
-def test_a_builder_killed_mid_build_moves_the_build_to_another(
+def test_a_builder_killed_mid_build_moves_the_build_to_another(  # noqa: PLR0917 - fixtures
     farm: Farm,
     local_farm: FarmFixture,
     setup: tuple[dict[str, str], Path, Path],
