@@ -169,6 +169,9 @@ def test_an_untrusted_user_fails_as_with_nixs_own_hook(
     for done in (ours, theirs):
         assert REFUSED.search(done.stderr), done.stderr[-4000:]
         assert not done.stdout.strip()
+    # A refusal is the store answering: the builder is not taken for lost, nor given up.
+    assert "connection closed" not in ours.stderr, ours.stderr[-4000:]
+    assert "on another builder" not in ours.stderr
     assert ufarm.built_paths(name) == ()
 
     machines = tmp_path / "machines"

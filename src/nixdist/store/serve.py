@@ -8,7 +8,9 @@ and uploads the inputs; the outputs come back through `nixdist.store.outputs`).
 
 Calls are synchronous and one at a time, as the protocol is. A server that dies mid-reply
 (the protocol has no in-band errors: it prints ``error: …`` and exits) becomes a
-`TransportError` carrying what it printed.
+`TransportError` carrying what it printed — or a `StoreRefusedError` when what it printed is
+a refusal to trust us (an unsigned path, an input-addressed build for a user not in
+``trusted-users``), which is no reason to give the builder up.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 from nixdist.errors import (
     NixdistError,
     RemoteProtocolError,
+    StoreRefusedError,
     TransportError,
     TransportTimeoutError,
 )
@@ -43,6 +46,24 @@ NIX_STORE: Final = "nix-store"
 #: How long the local store may go without answering (a local read never takes this long;
 #: a store stuck on a lock does, and must end in an error, not a hang).
 LOCAL_IDLE_TIMEOUT_S: Final = 300.0
+
+
+#: What a store says when it refuses a client it does not trust (Nix 2.8 and 2.34 wordings).
+_TRUST_REFUSALS: Final = (
+    "not privileged to build",
+    "lacks a signature by a trusted key",
+    "lacks a valid signature",
+)
+
+
+def trust_refusal(said: str) -> str | None:
+    """The ``error: …`` line of a server that ended because it does not trust us (the ssh
+    user is not in the builder's ``trusted-users``), if that is why it ended: the store was
+    reached and answered, so the builder is not lost."""
+    for line in reversed(said.splitlines()):
+        if line.startswith("error:") and any(words in line for words in _TRUST_REFUSALS):
+            return line.removeprefix("error:").strip()
+    return None
 
 
 class ServeStore:
@@ -115,7 +136,13 @@ class ServeStore:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _recv(self, decode: Callable[[Reader], _T], *, timeout: float | None = None) -> _T:
-        return self._session.recv(decode, timeout=timeout)
+        try:
+            return self._session.recv(decode, timeout=timeout)
+        except TransportError as err:
+            refusal = trust_refusal(self.channel.stderr_tail())
+            if refusal is None:
+                raise
+            raise StoreRefusedError(refusal) from err
 
     def _request(self, request: msg.ServeRequest) -> None:
         self.channel.write(msg.encode_request(request, self.version))
