@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint unit rootfs demo bench vectors clean
+.PHONY: setup test lint unit rootfs demo bench vectors worker-vectors clean
 
 setup:
 	@scripts/setup.sh
@@ -34,9 +34,13 @@ demo: setup
 bench: setup
 	$(PY) bench/run.py $(if $(CLIENT_NIX),--client-nix '$(CLIENT_NIX)') $(BENCH_ARGS)
 
-# Re-record the golden vectors from the Nix installed on this machine.
+# Re-record the golden vectors from the Nix installed on this machine; worker-vectors: the
+# nix-daemon --stdio sessions of Nix 2.8 and 2.34 (a farm with those builders, their own hooks).
 vectors: setup
 	$(PY) tests/record_vectors.py
+
+worker-vectors: setup rootfs
+	$(PY) tests/record_worker_vectors.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
