@@ -365,8 +365,8 @@ class FarmBench:
     def remove_slot_locks(self) -> None:
         """The farm's slot-lock files in the host's Nix ``current-load`` directory."""
         current_load = default_current_load_dir(environ=self.env)
-        for name in self.farm.names():
-            uri = escape_uri("ssh://" + self.farm.alias(name))
+        for spec in self.specs:
+            uri = escape_uri(f"{spec.scheme}://{self.farm.alias(spec.name)}")
             for lock in current_load.glob(f"{uri}[-.]*"):
                 lock.unlink(missing_ok=True)
 

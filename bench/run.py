@@ -2,6 +2,7 @@
 
     W1  overhead-bound   200 trivial derivations (DAG 10 x 20), 3 builders x 4 slots, -j0
     W2  copy-bound       512 MiB of inputs over 200 store paths, one builder; ssh-cat ceiling
+    W1-ng, W2-ng         W1 and W2 with the builders listed as ssh-ng:// (nix-daemon --stdio)
     W3  heterogeneous    60 derivations of fixed work, builders of speed 1, 2, 4 (2 jobs each)
     W4  hook start       process start to the first reply, the same recorded settings and try
     W5  scheduler        one choose() over 1000 machines (in process; no build-remote here)
@@ -18,7 +19,7 @@ Other benchmarks, not in the default run: ``startup`` (bench/hook_startup.py: th
 import cost), ``nar`` (bench/nar_dump.py: NAR dump/hash against nix-store), ``hooks``
 (bench/hook_vs_build_remote.py: chain, wide, 150 MB in and out, cold and warm masters).
 
-    .venv/bin/python bench/run.py [--rounds 3] [--only w1,w2,w3,w4,w5,startup,nar,hooks]
+    .venv/bin/python bench/run.py [--rounds 3] [--only w1,w2,w1-ng,w2-ng,w3,w4,w5,startup,nar,hooks]
     .venv/bin/python bench/run.py --quick        # small sizes, 1 round: a smoke run
     .venv/bin/python bench/run.py --client-nix 2.34 --only w1,w2,w3
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import shutil
 import signal
 import subprocess
@@ -67,7 +69,7 @@ if TYPE_CHECKING:
 
     Workload: TypeAlias = Callable[[Path, Callable[[str], None]], Outcome]
 
-DEFAULT: Final = ("w1", "w2", "w3", "w4", "w5")
+DEFAULT: Final = ("w1", "w2", "w1-ng", "w2-ng", "w3", "w4", "w5")
 #: Older benchmarks, run as subprocesses: key -> (script, quick arguments).
 EXTRA: Final = {
     "startup": ("hook_startup.py", ("--runs", "5")),
@@ -189,9 +191,13 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     )
     w4 = w4_start.W4Options(runs=min(opts.w4_runs, 5) if quick else opts.w4_runs)
     w5 = w5_choose.W5Options(machines=opts.w5_machines, repeat=5 if quick else 15)
+    w1ng = dataclasses.replace(w1, scheme="ssh-ng")
+    w2ng = dataclasses.replace(w2, scheme="ssh-ng")
     return {
         "w1": lambda base, log: w1_dag.run(base, w1, log),
         "w2": lambda base, log: w2_copy.run(base, w2, log),
+        "w1-ng": lambda base, log: w1_dag.run(base, w1ng, log),
+        "w2-ng": lambda base, log: w2_copy.run(base, w2ng, log),
         "w3": lambda base, log: w3_hetero.run(base, w3, log),
         "w4": lambda base, log: w4_start.run(base, w4, log),
         "w5": lambda _base, _log: w5_choose.run(w5),

@@ -60,14 +60,26 @@ class W1Options:
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
     nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
     client_nix: str | None = None  # the client's Nix (a farm client), None: the host's
+    scheme: str = "ssh"  # how the machines file lists the builders: ssh or ssh-ng
+
+    @property
+    def key(self) -> str:
+        """The workload's name: ``w1``, or ``w1-ng`` over ssh-ng."""
+        return "w1" if self.scheme == "ssh" else "w1-ng"
+
+    @property
+    def label(self) -> str:
+        return "W1" if self.scheme == "ssh" else "W1 ssh-ng"
 
 
 def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:
-    specs = [make_spec(f"b{i}", jobs=opts.jobs) for i in range(1, opts.builders + 1)]
+    specs = [
+        make_spec(f"b{i}", jobs=opts.jobs, scheme=opts.scheme) for i in range(1, opts.builders + 1)
+    ]
     bench = FarmBench(
         base,
-        "w1",
-        profile_dir=profile_dir(opts.profile_dir, "w1"),
+        opts.key,
+        profile_dir=profile_dir(opts.profile_dir, opts.key),
         client_nix=opts.client_nix,
         specs=specs,
     )
@@ -78,10 +90,13 @@ def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:
         for rnd in range(opts.rounds):
             for contender in round_order(rnd):
                 drvs = bench.instantiate(
-                    expr, fresh_salt(f"w1-{contender}-r{rnd}"), width=opts.width, layers=opts.layers
+                    expr,
+                    fresh_salt(f"{opts.key}-{contender}-r{rnd}"),
+                    width=opts.width,
+                    layers=opts.layers,
                 )
                 run_ = bench.timed_run(
-                    workload="w1",
+                    workload=opts.key,
                     contender=contender,
                     rnd=rnd,
                     drvs=drvs,
@@ -112,13 +127,15 @@ def outcome(opts: W1Options, runs: list[BuildRun]) -> Outcome:
     theirs, ours = median(times["build-remote"]), median(times["nixdist"])
     value = ratio(ours, theirs)
     count = runs[0].derivations if runs else opts.width * opts.layers
-    goal = Goal(workload="W1", measure="wall nixdist / build-remote", value=value, target=GOAL)
+    goal = Goal(
+        workload=opts.label, measure="wall nixdist / build-remote", value=value, target=GOAL
+    )
     per_drv = {
         c: (f"{1000 * median(t) / count:.0f} ms/drv" if t else "-") for c, t in times.items()
     }
     rows = (
         Row(
-            workload="W1",
+            workload=opts.label,
             measure=f"{count} trivial drvs, {opts.builders}x{opts.jobs} slots: wall s",
             build_remote=med_best(times["build-remote"]),
             nixdist=med_best(times["nixdist"]),
@@ -126,7 +143,7 @@ def outcome(opts: W1Options, runs: list[BuildRun]) -> Outcome:
             goal=goal,
         ),
         Row(
-            workload="W1",
+            workload=opts.label,
             measure="  per derivation",
             build_remote=per_drv["build-remote"],
             nixdist=per_drv["nixdist"],
@@ -141,4 +158,4 @@ def outcome(opts: W1Options, runs: list[BuildRun]) -> Outcome:
         "ratio": value,
         "runs": [asdict(r) for r in runs],
     }
-    return Outcome(key="w1", data=data, rows=rows, goals=(goal,))
+    return Outcome(key=opts.key, data=data, rows=rows, goals=(goal,))

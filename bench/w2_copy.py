@@ -72,6 +72,16 @@ class W2Options:
     profile_dir: str | None = None  # run nixdist-hook under cProfile, see farmbench
     nix_options: tuple[str, ...] = ()  # extra nix-build arguments, e.g. --option k v
     client_nix: str | None = None  # the client's Nix (a farm client), None: the host's
+    scheme: str = "ssh"  # how the machines file lists the builders: ssh or ssh-ng
+
+    @property
+    def key(self) -> str:
+        """The workload's name: ``w2``, or ``w2-ng`` over ssh-ng."""
+        return "w2" if self.scheme == "ssh" else "w2-ng"
+
+    @property
+    def label(self) -> str:
+        return "W2" if self.scheme == "ssh" else "W2 ssh-ng"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,10 +164,10 @@ def ssh_cat(bench: FarmBench, files: Sequence[str], rnd: int) -> CatRun:
 def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
     bench = FarmBench(
         base,
-        "w2",
-        profile_dir=profile_dir(opts.profile_dir, "w2"),
+        opts.key,
+        profile_dir=profile_dir(opts.profile_dir, opts.key),
         client_nix=opts.client_nix,
-        specs=[make_spec(BUILDER, jobs=opts.drvs)],
+        specs=[make_spec(BUILDER, jobs=opts.drvs, scheme=opts.scheme)],
     )
     runs: list[BuildRun] = []
     cats: list[CatRun] = []
@@ -182,9 +192,9 @@ def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
                         f"{'ok' if cat.ok else 'FAILED'}  (ssh true {cat.connect_seconds:.2f} s)"
                     )
                     continue
-                drvs = bench.instantiate(expr, fresh_salt(f"w2-{contender}-r{rnd}"))
+                drvs = bench.instantiate(expr, fresh_salt(f"{opts.key}-{contender}-r{rnd}"))
                 run_ = bench.timed_run(
-                    workload="w2",
+                    workload=opts.key,
                     contender=contender,
                     rnd=rnd,
                     drvs=drvs,
@@ -224,14 +234,14 @@ def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: 
     vs_ceiling = ratio(rate["nixdist"], ceiling)
     goals = (
         Goal(
-            workload="W2",
+            workload=opts.label,
             measure="throughput nixdist / build-remote",
             value=vs_br,
             target=GOAL_VS_BUILD_REMOTE,
             at_most=False,
         ),
         Goal(
-            workload="W2",
+            workload=opts.label,
             measure="throughput nixdist / ssh-cat ceiling",
             value=vs_ceiling,
             target=GOAL_VS_CEILING,
@@ -241,7 +251,7 @@ def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: 
     mib = payload / MIB
     rows = (
         Row(
-            workload="W2",
+            workload=opts.label,
             measure=f"{mib:.0f} MiB in {opts.paths} paths, {opts.drvs} drvs, 1 builder: MB/s",
             build_remote=_rates(payload, times["build-remote"]),
             nixdist=_rates(payload, times["nixdist"]),
@@ -249,7 +259,7 @@ def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: 
             goal=goals[0],
         ),
         Row(
-            workload="W2",
+            workload=opts.label,
             measure=f"  vs ssh-cat ceiling {_rates(payload, cat_times)}",
             build_remote=fmt_ratio(ratio(rate["build-remote"], ceiling)),
             nixdist=fmt_ratio(vs_ceiling),
@@ -257,7 +267,7 @@ def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: 
             goal=goals[1],
         ),
         Row(
-            workload="W2",
+            workload=opts.label,
             measure="  wall s, median",
             build_remote=f"{median(times['build-remote']):.2f}",
             nixdist=f"{median(times['nixdist']):.2f}",
@@ -281,4 +291,4 @@ def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: 
         f"W2 ssh-cat ceiling without the connection set-up (ssh true, median): "
         f"{ceiling_net:.0f} MB/s; nixdist reaches {net_ratio} of it"
     )
-    return Outcome(key="w2", data=data, rows=rows, goals=goals, notes=(note,))
+    return Outcome(key=opts.key, data=data, rows=rows, goals=goals, notes=(note,))

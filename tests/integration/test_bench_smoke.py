@@ -38,10 +38,16 @@ WIDTH, LAYERS = 10, 2
 
 
 @pytest.mark.usefixtures("require_farm")
-@pytest.mark.parametrize("client_nix", [None, "2.34"], ids=["host", "client-2.34"])
-def test_w1_smoke_builds_everything_remotely(tmp_path: Path, client_nix: str | None) -> None:
+@pytest.mark.parametrize(
+    ("workload", "client_nix"),
+    [("w1", None), ("w1", "2.34"), ("w1-ng", None)],
+    ids=["host", "client-2.34", "ssh-ng"],
+)
+def test_w1_smoke_builds_everything_remotely(
+    tmp_path: Path, workload: str, client_nix: str | None
+) -> None:
     results = tmp_path / "bench.json"
-    argv = [sys.executable, str(RUN), "--only", "w1", "--rounds", "1"]
+    argv = [sys.executable, str(RUN), "--only", workload, "--rounds", "1"]
     argv += ["--w1-width", str(WIDTH), "--w1-layers", str(LAYERS), "--json", str(results)]
     if client_nix is not None:
         nix_version = ensure_rootfs_info(client_nix).nix_version
@@ -60,7 +66,7 @@ def test_w1_smoke_builds_everything_remotely(tmp_path: Path, client_nix: str | N
         assert data["machine"]["client"]["nix"] == nix_version
         assert data["machine"]["client"]["build_remote"] == "/usr/bin/nix __build-remote"
         assert f"build-remote {client_nix}" in proc.stdout  # the table's column
-    w1 = data["workloads"]["w1"]
+    w1 = data["workloads"][workload]
     assert w1["derivations"] == WIDTH * LAYERS
     runs = w1["runs"]
     assert sorted(r["contender"] for r in runs) == ["build-remote", "nixdist"]
@@ -77,10 +83,11 @@ def test_w1_smoke_builds_everything_remotely(tmp_path: Path, client_nix: str | N
         assert len(w1["seconds"][contender]) == 1
         assert math.isfinite(w1["median_s"][contender])
     [goal] = data["goals"]
-    assert goal["workload"] == "W1"
+    label = "W1" if workload == "w1" else "W1 ssh-ng"
+    assert goal["workload"] == label
     assert goal["goal"] == "<= 0.35x"
     assert isinstance(goal["met"], bool)
-    assert "W1" in proc.stdout  # the table was printed
+    assert label in proc.stdout  # the table was printed
 
 
 def test_builder_knows_its_speed(farm_factory: Callable[[tuple[BuilderSpec, ...]], Farm]) -> None:
