@@ -56,7 +56,8 @@ def _ms(value: float | None) -> str:
 
 def _builder_table(builders: tuple[BuilderReport, ...]) -> Table:
     table = Table()
-    for name in ("builder", "status", "connect", "handshake", "nix", "serve", "systems", "free"):
+    # protocol: the serve protocol's version (2.x, ssh://) or the daemon's (1.x, ssh-ng://)
+    for name in ("builder", "status", "connect", "handshake", "nix", "protocol", "systems", "free"):
         numeric = name in {"connect", "handshake", "free"}
         table.add_column(name, justify="right" if numeric else "left", no_wrap=name != "systems")
     for b in builders:

@@ -45,6 +45,7 @@ the log stream as Nix's own activities: they are decoded into the ``@nix`` messa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Final
@@ -92,6 +93,8 @@ SINCE_NIX_VERSION: Final = 0x121
 SINCE_TRUST: Final = 0x123
 SINCE_CPU_TIMES: Final = 0x125
 SINCE_FEATURES: Final = 0x126
+
+_ANSI_SGR: Final = re.compile(r"\x1b\[[0-9;]*m")
 
 #: Frames of a framed stream (the NAR of AddToStoreNar) are at most this long.
 FRAME_SIZE: Final = 64 << 10
@@ -214,8 +217,10 @@ class DaemonFailure:
     traces: tuple[str, ...] = ()
 
     def render(self) -> str:
-        """The message with its traces, one per line (as Nix shows them)."""
-        return self.message + "".join(f"\n  … {trace}" for trace in self.traces)
+        """The message with its traces, one per line, as plain text: the daemon marks up
+        parts for a terminal (ANSI colours), which Nix drops when not on one."""
+        text = self.message + "".join(f"\n  … {trace}" for trace in self.traces)
+        return _ANSI_SGR.sub("", text)
 
 
 StderrMessage = Last | DaemonFailure | Msg | Start | Stop | Result

@@ -8,7 +8,9 @@ so a copy or a build does not know which protocol carries it:
     query_path_infos     QueryPathInfo per path, sent in batches ahead of the replies
     query_closure        QueryPathInfo, breadth first (the protocol has no closure request)
     dump                 NarFromPath
-    add_nar              AddToStoreNar, the NAR as a framed stream
+    add_nar              AddToStoreNar, the NAR as a framed stream (one path per request, not
+                         AddMultipleToStore: hooks sharing a builder claim uploads path by path,
+                         and a path counts as there once its own request is answered)
     build_derivation     BuildDerivation (the BasicDerivation, as over ``ssh://``)
     build_paths          BuildPathsWithResults (``drv!*``): what an untrusted user may run
 
