@@ -28,7 +28,9 @@ upload, the build or the download, the attempt is recorded as lost, the builder 
 message naming each builder tried and why. Which side failed is known from the error's `peer`
 (set by `ServeStore`): only the builder's failures move the build, never the local store's,
 and a build that the builder ran and reported as failed is never retried — that is the
-derivation failing (100), as with build-remote. The outputs are registered together at the
+derivation failing (exit 100; build-remote exits 1, which Nix 2.29+ does not tell apart), nor
+is a store's refusal (`StoreRefusedError`: it does not trust us), which no other builder's
+attempt would explain better. The outputs are registered together at the
 end of the download, so a builder lost before that leaves none of them; the next builder's
 outputs are all imported.
 

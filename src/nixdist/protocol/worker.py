@@ -26,6 +26,8 @@ stream* of messages that ends with ``STDERR_LAST`` (then the result) or ``STDERR
 Versions are ``major << 8 | minor``, major 1; both sides use the minimum of the two. We
 announce 1.38 (Nix 2.24 - 2.35) with no features, and need 1.32 (Nix 2.4) or newer: every
 field older than that is always present here, and the ``SINCE_*`` constants gate the rest.
+Announcing no features keeps 2.35 daemons on the 1.38 formats (their
+``realisation-with-path-not-hash`` feature changes BuildResult's built outputs).
 
 =====  ===========  =======================================================================
 minor  Nix          adds (as used here)
