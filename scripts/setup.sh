@@ -13,6 +13,11 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # Root filesystems of other Nix versions for the farm (nixdist farm rootfs).
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# A static busybox (/bin/busybox): the builder of the derivations that tests build in Nix's
+# sandbox, which holds nothing but store paths (tests/integration/test_remote_build_behaviours.py).
+# (Debian's busybox package is linked dynamically; busybox-static replaces it.)
+dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
+  need+=(busybox-static)
 # Headless Chromium for the dashboard's browser test.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
