@@ -12,7 +12,7 @@
     nixdist farm down [--ssh-include]
     nixdist farm reset
     nixdist farm rootfs [--nix 2.34]...     # build (once) or show the Nix root filesystems
-    nixdist farm client --nix 2.34 [--daemon] -- nix-build ...
+    nixdist farm client --nix 2.34 [--daemon] [--sandbox] -- nix-build ...
 
 Every subcommand takes ``--dir`` (default ``$NIXDIST_FARM_DIR`` or /var/lib/nixdist/farm).
 """
@@ -348,9 +348,21 @@ def rootfs(versions: tuple[str, ...], check: bool) -> int:
 @click.option("--nix", "version", type=_NIX_CHOICE, required=True, help="The client's Nix.")
 @click.option("--daemon", is_flag=True, help="Run a nix-daemon for the command (build users).")
 @click.option("--reset", is_flag=True, help="Empty the client's store first.")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Enter the root filesystem with pivot_root, not chroot, so that Nix may sandbox"
+    " builds (needed to build in a chroot store such as --store /tmp/x).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def client(
-    *, directory: Path | None, version: str, daemon: bool, reset: bool, command: tuple[str, ...]
+    *,
+    directory: Path | None,
+    version: str,
+    daemon: bool,
+    reset: bool,
+    sandbox: bool,
+    command: tuple[str, ...],
 ) -> None:
     """Run COMMAND as a client of Nix --nix, chrooted in its root filesystem.
 
@@ -361,6 +373,6 @@ def client(
     the_farm = _farm(directory)
     if reset:
         the_farm.reset_client(version)
-    argv = the_farm.client_argv(version, command, daemon=daemon)
+    argv = the_farm.client_argv(version, command, daemon=daemon, sandbox=sandbox)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # noqa: S606 - replaced by the client, which keeps our stdio

@@ -21,6 +21,20 @@ since they share one store. The exit status is the command's; 125 when the clien
 be set up. The command is exec'ed, so stdin/stdout/stderr and signals reach it directly
 (with --daemon a shell waits for it, and a Ctrl-C still reaches it through the terminal's
 process group).
+
+**Sandbox-capable clients** (``--sandbox``, ``client_argv(sandbox=True)``). A chrooted
+process may not create user namespaces, so a plain client's Nix cannot sandbox a build; and
+Nix builds in a chroot store (``--store /tmp/x``, or a builder given as
+``ssh://localhost?remote-store=/tmp/x``) only sandboxed, as root without build users in a user
+namespace of its own. With `sandbox` the client's root is made with ``pivot_root`` instead
+(`nixdist.farm.launch.PIVOT_SCRIPT`), with the same mounts, so such builds run. Its
+``nix.conf`` is the same (``sandbox = false`` concerns the client's own store only: Nix
+sandboxes chroot stores regardless). Only what is in a build's closure is in its sandbox, so
+its builder must be a store path, e.g. a static busybox added to the store.
+
+`client_argv`'s `conf` appends lines to the client's ``nix.conf`` (a ``post-build-hook``,
+say). The file is rewritten by every call, so clients of one farm directory and version that
+run at the same time must agree on them.
 """
 
 from __future__ import annotations
@@ -103,11 +117,14 @@ def client_argv(
     daemon: bool = False,
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    sandbox: bool = False,
+    conf: Sequence[str] = (),
 ) -> list[str]:
     """The command line running `command` as a client of Nix `version` (module docstring).
 
     Prepares the client's directories (and builds the root filesystem if needed). Run the
-    result with the environment the command should see.
+    result with the environment the command should see. With `sandbox` the client may use
+    Nix's build sandbox (chroot stores); `conf` are more ``nix.conf`` lines.
     """
     if not command:
         raise ValueError("client_argv needs a command")
@@ -120,7 +137,8 @@ def client_argv(
     for sub in ("nix/store", "stage", "bin"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     src, checkout = source_dirs()
-    _write(etc_nix / "nix.conf", render.render_client_nix_conf(daemon=daemon))
+    nix_conf = render.render_client_nix_conf(daemon=daemon)
+    _write(etc_nix / "nix.conf", nix_conf + "".join(f"{line}\n" for line in conf))
     hook = render.render_hook_wrapper(python="/usr/bin/python3", src_dir=str(src))
     _write(base / "bin" / "nixdist-hook", hook, mode=0o755)
     Path(DEFAULT_STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -150,7 +168,11 @@ def client_argv(
         log = base / "nix-daemon.log"
         inner += ["/bin/sh", "-c", DAEMON_SCRIPT, _DAEMON_ARGV0, str(log), str(base / "lock")]
     return launch.chroot_argv(
-        stage=base / "stage", rootfs=rootfs, mounts=mounts, command=[*inner, *command]
+        stage=base / "stage",
+        rootfs=rootfs,
+        mounts=mounts,
+        command=[*inner, *command],
+        pivot=sandbox,
     )
 
 

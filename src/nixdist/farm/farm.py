@@ -487,14 +487,19 @@ class Farm:
         *,
         daemon: bool = False,
         cwd: Path | None = None,
+        sandbox: bool = False,
+        conf: Sequence[str] = (),
     ) -> list[str]:
         """Run `command` as a Nix `version` client against this farm (`nixdist.farm.client`).
 
         The command runs in `cwd` (default: the current directory now). The client keeps its
         own store (`client_store_dir`) between calls; `reset_client` empties it. Run the
-        result with the environment the command should see.
+        result with the environment the command should see. `sandbox`: the client may use
+        Nix's build sandbox (pivot_root, not chroot); `conf`: more ``nix.conf`` lines.
         """
-        return client.client_argv(self.directory, version, command, daemon=daemon, cwd=cwd)
+        return client.client_argv(
+            self.directory, version, command, daemon=daemon, cwd=cwd, sandbox=sandbox, conf=conf
+        )
 
     def client_store_dir(self, version: str) -> Path:
         """The host directory a Nix `version` client sees as ``/nix/store``."""

@@ -25,6 +25,15 @@ path can be made), then bind-mounts each source on ``<stage>/root/<target>`` (a 
 ``rbind:PATH`` recursively, for /dev and /sys; a file on a file, such as /etc/passwd) and
 execs ``chroot <stage>/root <command>``. Targets are mounted parents first (see `order_mounts`).
 
+A chrooted process may not create user namespaces (the kernel refuses ``unshare(CLONE_NEWUSER)``
+to a process whose root is not its mount namespace's root), and Nix's build sandbox needs them
+where it has no build users (root without ``build-users-group``, and always for a chroot store
+such as ``--store /tmp/x``, which Nix builds in only sandboxed). ``chroot_argv(pivot=True)``
+therefore runs `PIVOT_SCRIPT` instead: the same mounts, then ``pivot_root`` makes
+``<stage>/root`` the namespace's root, the old root is unmounted (lazily) and its mount point
+removed, and the command is exec'ed from the new root. Its processes see nothing of the host
+but what `mounts` binds, and may build in Nix's sandbox.
+
 A builder with a user of its own has a ``nix-daemon`` for its store: the command is wrapped
 in `with_daemon`, a shell that starts the daemon in the background (``setpriv --pdeathsig
 KILL``, so it dies with the shell's process) and execs the command in its place. The daemon
@@ -70,7 +79,8 @@ _LAUNCH_ARGV0: Final = "nixdist-farm-launch"
 #: A shell script (the next argument) run in a mount namespace of its own, mounts private.
 IN_NEW_NAMESPACE: Final = ("unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c")
 
-CHROOT_SCRIPT: Final = """\
+#: What CHROOT_SCRIPT and PIVOT_SCRIPT share: the pidfile, the overlay and the binds.
+_MOUNTS_SCRIPT: Final = """\
 set -e
 if [ "$1" != - ]; then echo "$$" > "$1.tmp"; mv "$1.tmp" "$1"; fi
 stage=$2
@@ -88,9 +98,21 @@ while [ "$1" != -- ]; do
   shift 2
 done
 shift
-exec chroot "$stage/root" "$@"
 """
+CHROOT_SCRIPT: Final = _MOUNTS_SCRIPT + 'exec chroot "$stage/root" "$@"\n'
 _CHROOT_ARGV0: Final = "nixdist-farm-chroot"
+#: CHROOT_SCRIPT with pivot_root in place of chroot (module docstring); the same arguments.
+PIVOT_SCRIPT: Final = (
+    _MOUNTS_SCRIPT
+    + """\
+cd "$stage/root"
+mkdir .nixdist-old-root
+pivot_root . .nixdist-old-root
+exec chroot . /bin/sh -c \\
+  'umount -l /.nixdist-old-root && rmdir /.nixdist-old-root && exec "$@"' nixdist-farm-pivot "$@"
+"""
+)
+_PIVOT_ARGV0: Final = "nixdist-farm-pivot"
 
 DAEMON_SCRIPT: Final = """\
 log=$1
@@ -145,17 +167,20 @@ def chroot_argv(
     mounts: Sequence[tuple[str, str]],
     command: Sequence[str],
     pidfile: Path | None = None,
+    pivot: bool = False,
 ) -> list[str]:
     """The command line that runs `command` chrooted in `rootfs` (see the module docstring).
 
-    `mounts` are (source, target) pairs; a source ``rbind:PATH`` is bound recursively.
+    `mounts` are (source, target) pairs; a source ``rbind:PATH`` is bound recursively. With
+    `pivot`, the namespace's root is changed with ``pivot_root`` instead, so that the command
+    may create user namespaces (Nix's build sandbox).
     """
     if _OVERLAY_UNSAFE & set(str(rootfs)):
         raise FarmError(f"the root filesystem path {rootfs} cannot contain ',', ':' or '\\'")
     return [
         *IN_NEW_NAMESPACE,
-        CHROOT_SCRIPT,
-        _CHROOT_ARGV0,
+        PIVOT_SCRIPT if pivot else CHROOT_SCRIPT,
+        _PIVOT_ARGV0 if pivot else _CHROOT_ARGV0,
         str(pidfile) if pidfile is not None else "-",
         str(stage),
         str(rootfs),

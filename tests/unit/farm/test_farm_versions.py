@@ -11,7 +11,7 @@ import pytest
 
 from nixdist.errors import ConfigError, FarmError
 from nixdist.farm import make_spec, parse_builder_option, parse_farm_toml, rootfs
-from nixdist.farm.launch import CHROOT_SCRIPT, chroot_argv, order_mounts
+from nixdist.farm.launch import CHROOT_SCRIPT, PIVOT_SCRIPT, chroot_argv, order_mounts
 from nixdist.farm.releases import KNOWN_VERSIONS, release
 from nixdist.farm.render import render_client_nix_conf, render_hook_wrapper
 from nixdist.farm.statefile import BuilderRecord, FarmState, decode_state, encode_state
@@ -125,6 +125,34 @@ def test_chroot_argv() -> None:
 
 def test_chroot_script_is_valid_sh() -> None:
     assert subprocess.run(["/bin/sh", "-n", "-c", CHROOT_SCRIPT], check=False).returncode == 0
+
+
+def test_pivot_argv_differs_from_chroot_argv_only_in_the_script() -> None:
+    """A sandbox-capable client (pivot_root): the same arguments, the same mounts."""
+
+    def argv(*, pivot: bool) -> list[str]:
+        return chroot_argv(
+            stage=Path("/f/b/stage"),
+            rootfs=Path("/r/forky"),
+            mounts=[("/f/b/etc-nix", "/etc/nix"), ("rbind:/dev", "/dev")],
+            command=["nix-build", "x.nix"],
+            pivot=pivot,
+        )
+
+    chroot, pivot = argv(pivot=False), argv(pivot=True)
+    assert pivot[7:9] == [PIVOT_SCRIPT, "nixdist-farm-pivot"]
+    assert chroot[7:9] == [CHROOT_SCRIPT, "nixdist-farm-chroot"]
+    assert pivot[:7] == chroot[:7]
+    assert pivot[9:] == chroot[9:]
+
+
+def test_pivot_script_mounts_as_the_chroot_script_then_pivots() -> None:
+    assert subprocess.run(["/bin/sh", "-n", "-c", PIVOT_SCRIPT], check=False).returncode == 0
+    shared = CHROOT_SCRIPT.removesuffix('exec chroot "$stage/root" "$@"\n')
+    assert PIVOT_SCRIPT.startswith(shared)
+    tail = PIVOT_SCRIPT.removeprefix(shared)
+    assert "pivot_root . .nixdist-old-root\n" in tail
+    assert "umount -l /.nixdist-old-root" in tail
 
 
 @pytest.mark.parametrize("daemon", [False, True])
