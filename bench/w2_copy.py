@@ -188,7 +188,7 @@ def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
                     cat = ssh_cat(bench, inputs, rnd)
                     cats.append(cat)
                     log(
-                        f"  w2 round {rnd + 1} {SSH_CAT:<12} {cat.seconds:8.2f} s  "
+                        f"  {opts.key} round {rnd + 1} {SSH_CAT:<12} {cat.seconds:8.2f} s  "
                         f"{'ok' if cat.ok else 'FAILED'}  (ssh true {cat.connect_seconds:.2f} s)"
                     )
                     continue
