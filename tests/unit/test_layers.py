@@ -28,6 +28,7 @@ RANK = {
     "store": 5,
     "scheduler": 6,
     "state": 7,
+    "settings": 7,
     "hook": 8,
     "web": 8,
     "farm": 8,

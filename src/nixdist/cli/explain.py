@@ -35,9 +35,9 @@ from nixdist.scheduler.policy import (
     could_build_locally,
     render_decision,
 )
+from nixdist.settings import load_settings
 from nixdist.state.config import host_system, read_config_file
 from nixdist.state.report import status_report
-from nixdist.state.settings import Settings
 from nixdist.state.slots import SlotDirectory
 
 
@@ -91,7 +91,7 @@ def explain(
         am_willing=nix.max_jobs > 0,
     )
     machines, origin = effective_machines(env, machines_file)
-    settings = Settings.from_environ(env)
+    settings = load_settings(env)
     db = open_db()
     try:
         report = status_report(machines, db, SlotDirectory.default(environ=env), recent=0)

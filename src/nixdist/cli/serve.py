@@ -23,6 +23,7 @@ import click
 from nixdist.cli.machines import effective_machines
 from nixdist.cli.status import open_db
 from nixdist.errors import ConfigError
+from nixdist.settings import load_settings
 from nixdist.state.slots import SlotDirectory
 from nixdist.web import ListenAddress, Sources, bind, bound_port, create_app, serve_forever
 from nixdist.web.server import DEFAULT_LISTEN
@@ -76,6 +77,7 @@ class ServeOptions:
 @click.option("--recent", default=50, show_default=True, help="Finished builds on the page.")
 def serve(machines_file: str | None, listen: str, token: str | None, recent: int) -> None:
     """Serve the dashboard, /api/status and /metrics."""
+    token = token or load_settings().dashboard_token
     opts = ServeOptions.parse(
         machines_file=machines_file, listen=listen, token=token, recent=recent
     )

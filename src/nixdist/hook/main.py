@@ -60,10 +60,10 @@ from nixdist.scheduler.policy import (
     render_no_machine_report,
     render_rejections,
 )
+from nixdist.settings import load_settings
 from nixdist.state.config import load_machines
 from nixdist.state.once import first_time
 from nixdist.state.paths import state_dir
-from nixdist.state.settings import Settings
 from nixdist.state.slots import SlotDirectory
 
 # Imported where first needed, not here: the state database (sqlite3), ssh, the serve
@@ -124,7 +124,7 @@ class MachinePicker:
         self.machines = tuple(machines)
         self.environ = environ
         self.out = out
-        self.config = Settings.from_environ(environ)
+        self.config = load_settings(environ)
         self.local = LocalCapabilities(
             system=settings.system,
             extra_platforms=settings.extra_platforms,
