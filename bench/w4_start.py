@@ -33,7 +33,8 @@ from farmbench import CONTENDERS, FarmBench, fresh_salt, round_order
 
 from nixdist.farm import make_spec
 from nixdist.model.machines import render_machine
-from nixdist.protocol.hook import TryRequest, encode_settings, encode_try
+from nixdist.model.request import BuildRequest
+from nixdist.protocol.hook import encode_settings, encode_try
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -72,7 +73,7 @@ class Sample:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Recorded:
     settings: dict[str, str]
-    request: TryRequest
+    request: BuildRequest
     verbosity: str
 
 
@@ -81,7 +82,7 @@ def load_vector() -> Recorded:
     [req] = [r for r in data["stdin"]["requests"] if r["type"] == "try"]
     return Recorded(
         settings=dict(data["stdin"]["settings"]),
-        request=TryRequest(
+        request=BuildRequest(
             am_willing=bool(req["am_willing"]),
             system=req["system"],
             drv_path=req["drv_path"],

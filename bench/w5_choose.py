@@ -26,9 +26,9 @@ from typing import Final
 from common import Goal, Outcome, Row
 
 from nixdist.model.machines import Machine
+from nixdist.model.request import BuildRequest
 from nixdist.scheduler.policy import (
     Accept,
-    BuildRequest,
     LocalCapabilities,
     MachineState,
     RemoteLoad,

@@ -190,12 +190,13 @@ print(json.dumps(seen[0]))
 
 def test_a_decline_is_answered_before_loading_what_only_an_accept_needs(tmp_path: Path) -> None:
     """The whole decline, not only the import: from the settings to ``# decline``."""
-    from nixdist.protocol.hook import TryRequest, encode_settings, encode_try  # noqa: PLC0415
+    from nixdist.model.request import BuildRequest  # noqa: PLC0415
+    from nixdist.protocol.hook import encode_settings, encode_try  # noqa: PLC0415
 
     machines = tmp_path / "machines"
     machines.write_text("ssh://b1 x86_64-linux - 4 1 - - -\n")  # no big-parallel
     stdin = encode_settings({"builders": f"@{machines}", "system": "x86_64-linux"}) + encode_try(
-        TryRequest(
+        BuildRequest(
             am_willing=False,
             system="x86_64-linux",
             drv_path="/nix/store/00000000000000000000000000000000-x.drv",

@@ -36,7 +36,6 @@ from nixdist.protocol.hook import (
     OtherLine,
     Reply,
     ReplyLine,
-    TryRequest,
     UnknownHookCommand,
     decode_accepted_work,
     decode_hook_command,
@@ -100,6 +99,8 @@ from nixdist.wire.primitives import Reader
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from nixdist.model.request import BuildRequest
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 INLINE_LIMIT = 4096  # the recorder inlines regular files up to this size (README.md)
@@ -556,7 +557,7 @@ def test_serve_build_derivation_is_what_our_hook_would_send(name: str) -> None:
 # hook/
 
 
-def _try_json(request: TryRequest) -> Json:
+def _try_json(request: BuildRequest) -> Json:
     return {
         "type": "try",
         "am_willing": int(request.am_willing),
@@ -626,7 +627,7 @@ def test_hook_stdin(name: str) -> None:
     assert typed.max_jobs == int(settings["max-jobs"])
     encoded = encode_settings(settings)
 
-    tries: list[TryRequest] = []
+    tries: list[BuildRequest] = []
     work: AcceptedWork | None = None
     while reader.remaining:
         command = decode_hook_command(reader)

@@ -25,9 +25,9 @@ from nixdist.errors import ConfigError
 from nixdist.hook.main import PROBE_MAX_AGE_INTERVALS, SUPPORTED_SCHEMES
 from nixdist.model.derivation import parse_derivation, required_system_features
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
+from nixdist.model.request import BuildRequest
 from nixdist.scheduler.policy import (
     Accept,
-    BuildRequest,
     LocalCapabilities,
     MachineState,
     Postpone,

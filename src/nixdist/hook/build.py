@@ -68,7 +68,8 @@ if TYPE_CHECKING:
     from nixdist.model.derivation import Derivation
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
-    from nixdist.protocol.hook import AcceptedWork, HookSettings, TryRequest
+    from nixdist.model.request import BuildRequest
+    from nixdist.protocol.hook import AcceptedWork, HookSettings
     from nixdist.protocol.serve import BuildResult
     from nixdist.state.history import BuildRecord, History
     from nixdist.state.slots import SlotDirectory
@@ -125,7 +126,7 @@ class _Job:
 
 def build_remotely(
     *,
-    request: TryRequest,
+    request: BuildRequest,
     work: AcceptedWork,
     settings: HookSettings,
     store: LocalStore,

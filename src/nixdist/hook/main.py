@@ -35,11 +35,11 @@ from nixdist.errors import (
 from nixdist.hook.nixinput import NixInput
 from nixdist.hook.output import HookOutput
 from nixdist.model.local_store import parse_local_store
+from nixdist.model.request import BuildRequest
 from nixdist.protocol.hook import (
     HookExit,
     HookSettings,
     Reply,
-    TryRequest,
     decode_accepted_work,
     decode_hook_command,
     decode_settings,
@@ -48,7 +48,6 @@ from nixdist.protocol.hook import (
 from nixdist.protocol.logjson import Verbosity
 from nixdist.scheduler.policy import (
     Accept,
-    BuildRequest,
     Decision,
     Decline,
     LocalCapabilities,
@@ -449,15 +448,9 @@ def _answer(
 ) -> int:
     """Answer Nix's ``try`` requests until one is accepted (then build it) or Nix is done."""
     while True:
-        command = nix.recv(decode_hook_command)
-        if not isinstance(command, TryRequest):
+        request = nix.recv(decode_hook_command)
+        if not isinstance(request, BuildRequest):
             return HookExit.OK  # EOF or another word: Nix is done with us
-        request = BuildRequest(
-            drv_path=command.drv_path,
-            system=command.system,
-            required_features=command.required_features,
-            am_willing=command.am_willing,
-        )
         picked, decision = picker.pick(request)
         if isinstance(picked, Reply):
             out.reply(picked)
@@ -471,7 +464,7 @@ def _answer(
         from nixdist.hook.build import Failover, build_remotely  # noqa: PLC0415 - see the imports
 
         return build_remotely(
-            request=command,
+            request=request,
             work=work,
             settings=settings,
             store=store,

@@ -41,6 +41,7 @@ from enum import Enum, IntEnum, StrEnum
 from typing import Final, assert_never
 
 from nixdist.errors import ConfigError, LocalProtocolError, ParseError, WireError
+from nixdist.model.request import BuildRequest
 from nixdist.protocol.logjson import LogMessage, Passthrough, Verbosity, parse_log_line
 from nixdist.wire.primitives import (
     LIMIT_COUNT,
@@ -222,30 +223,16 @@ class HookSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TryRequest:
-    """``try``: may the hook build `drv_path`? (§1.4)
-
-    `am_willing` is true when Nix has a free local build slot. `required_features` holds the
-    derivation's ``requiredSystemFeatures`` (plus ``ca-derivations`` for floating CA).
-    """
-
-    am_willing: bool
-    system: str
-    drv_path: str
-    required_features: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class UnknownHookCommand:
     """A first word other than ``try``: build-remote exits 0. Nothing after it is read."""
 
     word: str
 
 
-HookCommand = TryRequest | UnknownHookCommand
+HookCommand = BuildRequest | UnknownHookCommand
 
 
-def encode_try(request: TryRequest) -> bytes:
+def encode_try(request: BuildRequest) -> bytes:
     return (
         encode_text(TRY)
         + encode_bool(request.am_willing)
@@ -256,11 +243,11 @@ def encode_try(request: TryRequest) -> bytes:
 
 
 def decode_hook_command(reader: Reader) -> HookCommand:
-    """Read one request: a `TryRequest`, or the unknown first word."""
+    """Read one request: a `BuildRequest`, or the unknown first word."""
     word = reader.read_text(LIMIT_PATH)
     if word != TRY:
         return UnknownHookCommand(word=word)
-    return TryRequest(
+    return BuildRequest(
         am_willing=reader.read_bool(),
         system=reader.read_text(LIMIT_PATH),
         drv_path=reader.read_text(LIMIT_PATH),

@@ -7,7 +7,6 @@ calls `choose`, and acts on the returned `Decision` (design.md §6, style.md hab
 from nixdist.scheduler.policy import (
     BUILTIN_SYSTEM,
     Accept,
-    BuildRequest,
     Decision,
     Decline,
     LocalCapabilities,
@@ -29,7 +28,6 @@ from nixdist.scheduler.policy import (
 __all__ = [
     "BUILTIN_SYSTEM",
     "Accept",
-    "BuildRequest",
     "Decision",
     "Decline",
     "LocalCapabilities",

@@ -54,19 +54,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from nixdist.model.machines import Machine
+    from nixdist.model.request import BuildRequest
 
 BUILTIN_SYSTEM = "builtin"
 """The system of Nix's builtin derivations (``builtin:fetchurl``): every machine takes them."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BuildRequest:
-    """One ``try`` from Nix: ``am_willing`` is true when Nix has a free local build slot."""
-
-    drv_path: str
-    system: str
-    required_features: frozenset[str] = frozenset()
-    am_willing: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

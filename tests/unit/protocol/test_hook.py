@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixdist.errors import ConfigError, LocalProtocolError, ParseError, WireError
+from nixdist.model.request import BuildRequest
 from nixdist.protocol.hook import (
     LIMIT_SETTINGS,
     AcceptedWork,
@@ -22,7 +23,6 @@ from nixdist.protocol.hook import (
     OtherLine,
     Reply,
     ReplyLine,
-    TryRequest,
     UnknownHookCommand,
     decode_accepted_work,
     decode_hook_command,
@@ -94,7 +94,7 @@ def test_settings_hex() -> None:
 
 
 def test_try_hex() -> None:
-    request = TryRequest(
+    request = BuildRequest(
         am_willing=True,
         system="x86_64-linux",
         drv_path="/d.drv",
@@ -119,7 +119,7 @@ def test_try_hex() -> None:
 
 
 def test_try_without_features() -> None:
-    request = TryRequest(am_willing=False, system="builtin", drv_path="/nix/store/x.drv")
+    request = BuildRequest(am_willing=False, system="builtin", drv_path="/nix/store/x.drv")
     data = encode_try(request)
     assert data == s("try") + u64(0) + s("builtin") + s("/nix/store/x.drv") + u64(0)
     check_incremental(decode_hook_command, data, request)
@@ -155,14 +155,14 @@ text_sets = st.frozensets(texts, max_size=5)
 @settings(deadline=None)  # no wall-clock limits in tests
 @given(
     st.builds(
-        TryRequest,
+        BuildRequest,
         am_willing=st.booleans(),
         system=texts,
         drv_path=texts,
         required_features=text_sets,
     )
 )
-def test_try_round_trip(request: TryRequest) -> None:
+def test_try_round_trip(request: BuildRequest) -> None:
     check_incremental(decode_hook_command, encode_try(request), request)
 
 
@@ -234,7 +234,7 @@ def test_too_many_settings() -> None:
 
 
 def test_trailing_data_is_an_error_for_whole_buffers() -> None:
-    reader = Reader(encode_try(TryRequest(am_willing=False, system="s", drv_path="d")) + u64(0))
+    reader = Reader(encode_try(BuildRequest(am_willing=False, system="s", drv_path="d")) + u64(0))
     decode_hook_command(reader)
     with pytest.raises(WireError, match="trailing"):
         reader.check_end()
@@ -466,8 +466,8 @@ def test_passthrough_is_not_a_log_line() -> None:
 def test_decode_a_whole_stdin_session() -> None:
     """What Nix writes on the hook's stdin, decoded message by message from one buffer."""
     settings = {"builders": "ssh://b", "system": "x86_64-linux"}
-    first = TryRequest(am_willing=False, system="x86_64-linux", drv_path="/nix/store/a.drv")
-    second = TryRequest(
+    first = BuildRequest(am_willing=False, system="x86_64-linux", drv_path="/nix/store/a.drv")
+    second = BuildRequest(
         am_willing=True,
         system="aarch64-linux",
         drv_path="/nix/store/b.drv",

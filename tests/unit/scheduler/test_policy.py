@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nixdist.model.machines import Machine
+from nixdist.model.request import BuildRequest
 from nixdist.scheduler import (
     Accept,
-    BuildRequest,
     Decision,
     Decline,
     LocalCapabilities,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.model.machines import Machine
-from nixdist.scheduler import Accept, BuildRequest, LocalCapabilities, choose
+from nixdist.model.request import BuildRequest
+from nixdist.scheduler import Accept, LocalCapabilities, choose
 from nixdist.state import SlotDirectory, SlotLease, default_current_load_dir, escape_uri
 
 if TYPE_CHECKING:
