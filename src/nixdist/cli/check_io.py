@@ -39,7 +39,7 @@ from nixdist.cli.checks import (
     unusable,
 )
 from nixdist.errors import ConfigError, ProtocolError, StoreRefusedError, TransportError
-from nixdist.hook.main import SUPPORTED_SCHEMES
+from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model import nixbase32
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import decode_host_key, machines_from_env_and_setting, parse_machines

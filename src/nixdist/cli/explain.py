@@ -22,7 +22,7 @@ from rich.text import Text
 from nixdist.cli.machines import effective_machines
 from nixdist.cli.status import console, open_db
 from nixdist.errors import ConfigError
-from nixdist.hook.main import PROBE_MAX_AGE_INTERVALS, SUPPORTED_SCHEMES
+from nixdist.hook.picker import PROBE_MAX_AGE_INTERVALS, SUPPORTED_SCHEMES
 from nixdist.model.derivation import parse_derivation, required_system_features
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.model.request import BuildRequest

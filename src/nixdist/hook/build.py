@@ -23,8 +23,9 @@ Exit status: 0 only when every output is valid locally (otherwise Nix aborts the
 **Failover.** When the builder fails under the build — the connection is lost, the builder
 crashes or stops answering (ssh keep-alives), its store breaks the protocol — during the
 upload, the build or the download, the attempt is recorded as lost, the builder is marked down
-(`Failover.mark_down`) and the build starts again on the next best builder
-(`Failover.pick_again`), up to `Failover.max_attempts` builders in all; then it fails with a
+(`MachinePicker.mark_down`) and the build starts again on the next best builder
+(`MachinePicker.pick_again`), up to the ``max-attempts`` setting's number of builders in all;
+the attempt loop is here and only here (the picker only chooses). Then it fails with a
 message naming each builder tried and why. Which side failed is known from the error's `peer`
 (set by `ServeStore`): only the builder's failures move the build, never the local store's,
 and a build that the builder ran and reported as failed is never retried — that is the
@@ -61,31 +62,21 @@ from nixdist.store.outputs import OutputImport
 from nixdist.store.serve import ServeStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
     from nixdist.hook.output import HookOutput
     from nixdist.hook.picked import Picked
+    from nixdist.hook.picker import MachinePicker
     from nixdist.model.derivation import Derivation
     from nixdist.model.local_store import LocalStore
-    from nixdist.model.machines import Machine
     from nixdist.model.request import BuildRequest
     from nixdist.protocol.hook import AcceptedWork, HookSettings
     from nixdist.protocol.serve import BuildResult
-    from nixdist.state.history import BuildRecord, History
-    from nixdist.state.slots import SlotDirectory
+    from nixdist.state.history import BuildRecord
     from nixdist.store.copy import CopyReport
 
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Failover:
-    """How to go on when a builder fails under a build."""
-
-    pick_again: Callable[[], Picked | None]
-    mark_down: Callable[[Machine, str], None]
-    max_attempts: int
 
 
 class _BuilderLost(Exception):  # noqa: N818 - an outcome, not an error of ours
@@ -119,7 +110,6 @@ class _Job:
     outputs: frozenset[StorePath]
     work: AcceptedWork
     settings: HookSettings
-    slots: SlotDirectory
     out: HookOutput
     environ: Mapping[str, str]
 
@@ -131,9 +121,7 @@ def build_remotely(
     settings: HookSettings,
     store: LocalStore,
     first: Picked,
-    failover: Failover,
-    history: History,
-    slots: SlotDirectory,
+    picker: MachinePicker,
     out: HookOutput,
     environ: Mapping[str, str],
 ) -> int:
@@ -156,7 +144,6 @@ def build_remotely(
         outputs=outputs,
         work=work,
         settings=settings,
-        slots=slots,
         out=out,
         environ=environ,
     )
@@ -164,7 +151,7 @@ def build_remotely(
     picked = first
     attempt = 1
     while True:
-        record = history.start_build(
+        record = picker.history.start_build(
             drv_path=str(drv_path), machine=picked.machine.uri, attempt=attempt
         )
         try:
@@ -172,13 +159,13 @@ def build_remotely(
         except _BuilderLost as lost:
             what = f"'{picked.machine.uri}' failed during {lost.phase}: {lost.reason}"
             tried.append(what)
-            failover.mark_down(picked.machine, f"lost during {lost.phase}: {lost.reason}")
+            picker.mark_down(picked.machine, f"lost during {lost.phase}: {lost.reason}")
             picked.lease.release()
-        if attempt >= failover.max_attempts:
+        if attempt >= picker.config.max_attempts:
             why = f"gave up after {attempt} builders"
             break
         out.warn(f"{what}; building '{drv_path}' on another builder")
-        again = failover.pick_again()
+        again = picker.pick_again(request)
         if again is None:
             why = "no other builder can take it"
             break

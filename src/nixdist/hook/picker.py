@@ -1,0 +1,377 @@
+"""`MachinePicker`: which builder takes a build, with Nix's rules and this host's view.
+
+It answers the hook's ``try`` requests (`nixdist.hook.main`) and, after ``# accept``, gives
+the build (`nixdist.hook.build`) another builder when one fails under it: both call down into
+it, it never calls up. Before choosing, the builders that could take the derivation and whose
+load report is older than the probe interval are asked for a new one, in parallel, over their
+control masters (`nixdist.transport.probe`); reports live in the state database for every hook
+process to reuse. A builder that cannot be reached (connection or greeting) is marked down —
+for the rest of this process and, with back-off, for every other hook
+(`nixdist.state.health`) — and the choice is made again without it. Every decision is recorded
+in the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import time
+from typing import TYPE_CHECKING, Final, assert_never
+
+from nixdist.errors import NixdistError, ProtocolError, TransportError
+from nixdist.protocol.hook import Reply
+from nixdist.protocol.logjson import Verbosity
+from nixdist.scheduler.policy import (
+    Accept,
+    Decision,
+    Decline,
+    LocalCapabilities,
+    MachineState,
+    Postpone,
+    RejectReason,
+    choose,
+    machine_fits,
+    render_no_machine_report,
+    render_rejections,
+)
+from nixdist.settings import load_settings
+from nixdist.state.once import first_time
+from nixdist.state.paths import state_dir
+from nixdist.state.slots import SlotDirectory
+
+# Imported where first needed, not here: the state database (sqlite3), ssh and the store
+# protocols. Nix waits for the hook's first reply with its whole build loop, so a decline must
+# not pay for what only an accept uses (``make bench``, W4).
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from nixdist.hook.output import HookOutput
+    from nixdist.hook.picked import Picked
+    from nixdist.model.machines import Machine
+    from nixdist.model.request import BuildRequest
+    from nixdist.protocol.hook import HookSettings
+    from nixdist.state.db import ProbeRow, StateDB
+    from nixdist.state.health import Health
+    from nixdist.state.history import History
+    from nixdist.state.slots import SlotLease
+    from nixdist.transport.openssh import ControlMasters
+    from nixdist.transport.probe import BuilderReport
+
+#: Store URI schemes nixdist can build on ("": a local store, by path or as ``local?…``);
+#: other machines are skipped with a warning.
+SUPPORTED_SCHEMES: Final = frozenset({"ssh", "ssh-ng", ""})
+#: A load report older than this many probe intervals is not used at all.
+PROBE_MAX_AGE_INTERVALS: Final = 6
+#: While failing over, how often to look for a free slot again, and for how long at most.
+FAILOVER_POLL_S: Final = 0.5
+FAILOVER_WAIT_S: Final = 600.0
+#: While waiting for a busy machine's slot instead of postponing, how often to look.
+SLOT_POLL_S: Final = 0.02
+
+
+def open_state_db(environ: Mapping[str, str], out: HookOutput) -> StateDB | None:
+    """The state database, or None (with a debug line) when it cannot be used."""
+    from nixdist.state.db import StateDB, StateError  # noqa: PLC0415 - see the imports
+
+    try:
+        return StateDB.open(state_dir(environ))
+    except StateError as err:
+        out.debug(f"nixdist: running without history and health: {err}")
+        return None
+
+
+def _waiting_helps(decision: Postpone) -> bool:
+    """Whether a slot may free up soon: some machine that fits is busy (not max-jobs 0)."""
+    return any(r.reason is RejectReason.BUSY for r in decision.reasons)
+
+
+class MachinePicker:
+    """Answers ``try`` requests: Nix's selection rules, with the reasons kept."""
+
+    def __init__(
+        self,
+        machines: Sequence[Machine],
+        settings: HookSettings,
+        environ: Mapping[str, str],
+        out: HookOutput,
+    ) -> None:
+        self.machines = tuple(machines)
+        self.environ = environ
+        self.out = out
+        self.config = load_settings(environ)
+        self.local = LocalCapabilities(
+            system=settings.system,
+            extra_platforms=settings.extra_platforms,
+            system_features=settings.system_features,
+            max_jobs=settings.max_jobs,
+        )
+        self.slots = SlotDirectory.default(environ=environ)
+        self.slots.ensure()
+        self.down: dict[str, str] = {}  # failed in this process: not retried here at all
+        self.bracketed_reports = settings.bracketed_reports
+
+    # The state database and ssh are set up on first use (a decline needs neither).
+
+    @functools.cached_property
+    def db(self) -> StateDB | None:
+        return open_state_db(self.environ, self.out)
+
+    def close(self) -> None:
+        """Close the state database, if it was opened."""
+        db = self.__dict__.get("db")
+        if db is not None:
+            db.close()
+
+    @functools.cached_property
+    def health(self) -> Health:
+        from nixdist.state.health import Health  # noqa: PLC0415 - see the imports
+
+        return Health(self.db)
+
+    @functools.cached_property
+    def history(self) -> History:
+        from nixdist.state.history import History  # noqa: PLC0415 - see the imports
+
+        return History(self.db, self.out.debug)
+
+    @functools.cached_property
+    def masters(self) -> ControlMasters:
+        from nixdist.transport.openssh import ControlMasters  # noqa: PLC0415 - see the imports
+
+        return ControlMasters(
+            state_dir(self.environ), connect_timeout_s=self.config.connect_timeout_s
+        )
+
+    def down_reason(self, uri: str) -> str | None:
+        """Why `uri` is skipped now: it failed in this process, or recently in another."""
+        if uri in self.down:
+            return self.down[uri]
+        record = self.health.down(uri)
+        return None if record is None else record.describe(time.time())
+
+    def mark_down(self, machine: Machine, reason: str) -> None:
+        """`machine` failed: skip it here from now on and in other hooks for a while."""
+        from nixdist.state.health import backoff  # noqa: PLC0415 - see the imports
+
+        self.down[machine.uri] = reason
+        record = self.health.failed(machine.uri, reason)
+        self.out.error(
+            f"cannot use '{machine.uri}': {reason}; skipping it for {backoff(record.failures):g} s"
+        )
+
+    # -- load reports ------------------------------------------------------------------------
+
+    def _probes(self) -> dict[str, ProbeRow]:
+        from nixdist.state.db import StateError  # noqa: PLC0415 - see the imports
+
+        if self.db is None:
+            return {}
+        try:
+            return {row.uri: row for row in self.db.all_probes()}
+        except StateError:
+            return {}
+
+    def refresh_loads(self, fitting: Sequence[Machine]) -> dict[str, ProbeRow]:
+        """Fresh enough load reports of `fitting` (the machines that could take the build).
+
+        Reports older than the probe interval are renewed first, in parallel; a builder that
+        cannot be reached is marked down; one whose report says little or nothing is not (the
+        report is advice: the slots count for what it does not tell).
+        """
+        if not fitting or self.config.probe_interval_s <= 0:
+            return {}
+        rows = self._probes()
+        if self.db is None:
+            return rows
+        now = time.time()
+        stale = [
+            m
+            for m in fitting
+            if m.scheme in SUPPORTED_SCHEMES
+            and self.down_reason(m.uri) is None
+            and ((row := rows.get(m.uri)) is None or now - row.time > self.config.probe_interval_s)
+        ]
+        if stale:
+            self._renew(stale, rows)
+        max_age = self.config.probe_interval_s * PROBE_MAX_AGE_INTERVALS
+        return {uri: row for uri, row in rows.items() if now - row.time <= max_age}
+
+    def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> None:
+        from nixdist.state.db import ProbeRow, StateError  # noqa: PLC0415 - see the imports
+
+        assert self.db is not None  # noqa: S101 - only called with a database
+        held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))
+        for machine, result in self._probe_all(stale):
+            if isinstance(result, NixdistError):
+                self.mark_down(machine, str(result))
+                continue
+            row = ProbeRow(
+                uri=machine.uri, time=time.time(), local_slots=held[machine.uri], report=result
+            )
+            rows[machine.uri] = row
+            self.health.answered(machine.uri)
+            if result.problem is not None and self.out.wants(Verbosity.TALKATIVE):
+                note = f"no full load report from '{machine.uri}': {result.problem}"
+                if first_time(state_dir(self.environ), note):  # once per Nix run
+                    self.out.log(Verbosity.TALKATIVE, note)
+            try:
+                self.db.put_probe(row)
+            except StateError as err:
+                self.out.debug(f"load report not recorded: {err}")
+
+    def _probe_all(
+        self, machines: Sequence[Machine]
+    ) -> list[tuple[Machine, BuilderReport | NixdistError]]:
+        from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
+        from nixdist.transport.probe import probe_builder  # noqa: PLC0415 - see the imports
+
+        results: list[tuple[Machine, BuilderReport | NixdistError]] = []
+
+        def probe(machine: Machine) -> None:
+            try:
+                report = probe_builder(
+                    target_for_machine(machine, self.environ), self.masters, self.environ
+                )
+            except NixdistError as err:
+                results.append((machine, err))
+            else:
+                results.append((machine, report))
+
+        threads = [threading.Thread(target=probe, args=(m,), daemon=True) for m in machines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def decide(self, request: BuildRequest) -> tuple[Decision, SlotLease | None]:
+        """One round of Nix's selection, under the main lock: the decision and, for an
+        accept, the slot it holds (already touched, like Nix does).
+
+        Slots, health and load reports are looked up only for the machines that fit the
+        request: for the others the mismatch is the reason, whatever their state, and the main
+        lock (which every hook of this host waits for) is held no longer than it must be.
+        """
+        fits = [machine_fits(request, m) for m in self.machines]
+        reports = self.refresh_loads([m for m, fit in zip(self.machines, fits, strict=True) if fit])
+        with self.slots.main_lock():
+            probes = [
+                self.slots.probe(m) if fit else None
+                for m, fit in zip(self.machines, fits, strict=True)
+            ]
+            states = [
+                MachineState(machine=m, load=0, free_slot=False)
+                if probe is None
+                else probe.machine_state(
+                    down_reason=self.down_reason(m.uri),
+                    remote_load=None if (row := reports.get(m.uri)) is None else row.remote_load(),
+                )
+                for m, probe in zip(self.machines, probes, strict=True)
+            ]
+            decision = choose(
+                request,
+                self.local,
+                states,
+                supported_schemes=SUPPORTED_SCHEMES,
+                min_free_disk=self.config.min_free_disk,
+            )
+            chosen = probes[decision.index] if isinstance(decision, Accept) else None
+            kept = None if chosen is None else chosen.lease
+            for probe in probes:
+                if probe is not None and probe.lease is not None and probe.lease is not kept:
+                    probe.lease.release()
+            if kept is not None:
+                kept.touch()
+        if self.out.wants(Verbosity.DEBUG) and (rejections := render_rejections(decision)):
+            self.out.debug(f"{request.drv_path}: " + "; ".join(rejections))
+        return decision, kept
+
+    def pick(self, request: BuildRequest) -> tuple[Picked | Reply, Decision]:
+        """Accept a machine (slot held, session open), or the reply to send instead; with the
+        decision that led there.
+
+        When every machine that fits is busy, the slots are watched for up to the slot wait
+        before answering ``postpone``: Nix would ask again only after its poll interval.
+        """
+        wait_until = time.monotonic() + self.config.slot_wait_s
+        while True:
+            decision, kept = self.decide(request)
+            match decision:
+                case Accept(machine=machine):
+                    assert kept is not None  # noqa: S101 - an Accept always has a free slot
+                    from nixdist.hook.picked import Picked  # noqa: PLC0415 - see the imports
+                    from nixdist.store.remote import open_remote  # noqa: PLC0415
+                    from nixdist.transport.openssh import target_for_machine  # noqa: PLC0415
+
+                    try:
+                        remote = open_remote(
+                            target_for_machine(machine, self.environ), self.masters, self.environ
+                        )
+                    except (TransportError, ProtocolError) as err:
+                        kept.release()
+                        self.mark_down(machine, str(err))
+                        continue
+                    self.health.answered(machine.uri)
+                    return Picked(machine=machine, lease=kept, remote=remote), decision
+                case Postpone():
+                    if _waiting_helps(decision) and time.monotonic() < wait_until:
+                        time.sleep(SLOT_POLL_S)
+                        continue
+                    return Reply.POSTPONE, decision
+                case Decline(permanently=permanently, warn=warn):
+                    if not permanently:
+                        report = render_no_machine_report(
+                            request, self.machines, bracketed=self.bracketed_reports
+                        )
+                        self.out.log(Verbosity.WARN if warn else Verbosity.CHATTY, report)
+                    return (Reply.DECLINE_PERMANENTLY if permanently else Reply.DECLINE), decision
+                case _:  # pragma: no cover - exhaustiveness
+                    assert_never(decision)
+
+    def pick_again(self, request: BuildRequest) -> Picked | None:
+        """Another machine for a build whose builder failed after ``# accept``.
+
+        Nix cannot take the build back now, so busy machines are waited for (up to
+        `FAILOVER_WAIT_S`); None when no other machine can take it at all. The history gets
+        one row per decision, not one per look at the slots.
+        """
+        retry = dataclasses.replace(request, am_willing=False)
+        deadline = time.monotonic() + FAILOVER_WAIT_S
+        waiting: Decision | None = None
+        while True:
+            picked, decision = self.pick(retry)
+            if not isinstance(picked, Reply):
+                self.record(retry, decision)
+                return picked
+            if picked is not Reply.POSTPONE or time.monotonic() > deadline:
+                self.record(retry, decision)
+                return None
+            if waiting is None:
+                self.record(retry, decision)  # the wait starts: said once
+                waiting = decision
+            time.sleep(FAILOVER_POLL_S)
+
+    def record(self, request: BuildRequest, decision: Decision) -> None:
+        """Write the decision into the history."""
+        uri: str | None = None
+        match decision:
+            case Accept(machine=machine):
+                word, uri = "accept", machine.uri
+            case Postpone():
+                word = "postpone"
+            case Decline(permanently=permanently):
+                word = "decline-permanently" if permanently else "decline"
+            case _:  # pragma: no cover - exhaustiveness
+                assert_never(decision)
+        self.history.decision(
+            drv_path=request.drv_path,
+            system=request.system,
+            features=sorted(request.required_features),
+            decision=word,
+            machine=uri,
+            reasons=render_rejections(decision),
+        )
