@@ -56,6 +56,7 @@ from common import NIXDIST_HOOK, PYTHON, nix_build_argv, nix_own_hook
 
 from nixdist.farm import Farm
 from nixdist.farm.client import client_dir, source_dirs
+from nixdist.state.paths import ssh_dir
 from nixdist.state.slots import default_current_load_dir, escape_uri
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 
@@ -354,7 +355,7 @@ class FarmBench:
         self.created.difference_update(paths)
 
     def stop_masters(self) -> None:
-        masters = ControlMasters(self.state_dir)
+        masters = ControlMasters(ssh_dir(self.state_dir))
         for machine in self.farm.machines():
             target = target_for_machine(machine, self.env)
             masters.stop_master(target)

@@ -70,6 +70,7 @@ from common import (
 )
 
 from nixdist.farm import Farm, make_spec
+from nixdist.state.paths import ssh_dir
 from nixdist.state.slots import default_current_load_dir, escape_uri
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 
@@ -384,7 +385,7 @@ class Bench:
         return path
 
     def stop_masters(self, state: Path) -> None:
-        masters = ControlMasters(state)
+        masters = ControlMasters(ssh_dir(state))
         for machine in self.farm.machines():
             target = target_for_machine(machine, self.env)
             masters.stop_master(target)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import nixinfo
+from nixdist.state.paths import ssh_dir
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 from nixrun import LOCAL_BUILD, nix_build_argv
 
@@ -305,7 +306,7 @@ def _stop(process: subprocess.Popen[bytes], daemon: Daemon, local_farm: FarmFixt
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-    masters = ControlMasters(daemon.state)
+    masters = ControlMasters(ssh_dir(daemon.state))
     for machine in local_farm.farm.machines():
         masters.stop_master(target_for_machine(machine, daemon.env))
     marker = f"NIXDIST_STATE_DIR={daemon.state}"
@@ -371,7 +372,7 @@ def test_untrusted_users_builds_through_the_daemon_run_on_the_farm(
 
     # The hook was nixdist's, run with the daemon's environment: its ssh masters are where
     # the daemon's NIXDIST_STATE_DIR says, and alive (detached from the finished hooks).
-    masters = ControlMasters(daemon.state)
+    masters = ControlMasters(ssh_dir(daemon.state))
     used = {name for names in places.values() for name in names}
     for machine in local_farm_machines(farm, used):
         sock = masters.socket_path(target_for_machine(machine, daemon.env))

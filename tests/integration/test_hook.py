@@ -20,6 +20,7 @@ import pytest
 
 import nixinfo
 from nixdist.model.machines import parse_machines
+from nixdist.state.paths import ssh_dir
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 from nixrun import (
     DAG,
@@ -297,7 +298,7 @@ def test_control_masters_are_detached_and_reused(
     [machine] = parse_machines(
         machines.read_text(), read_file=lambda _: None, default_system="x86_64-linux"
     )
-    socket = ControlMasters(state).socket_path(target_for_machine(machine, env))
+    socket = ControlMasters(ssh_dir(state)).socket_path(target_for_machine(machine, env))
     master = _ssh_master(socket)
     # Detached: its own session, nothing of Nix's on its standard descriptors (ssh itself
     # puts stderr on /dev/null once it backgrounds; before that it goes to our log file).

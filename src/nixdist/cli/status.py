@@ -27,7 +27,7 @@ from rich.text import Text
 from nixdist.cli.machines import effective_machines
 from nixdist.scheduler.policy import format_bytes
 from nixdist.state.db import BuildStatus, StateDB
-from nixdist.state.paths import state_dir
+from nixdist.state.paths import db_path, state_dir
 from nixdist.state.report import build_json, status_report
 from nixdist.state.slots import SlotDirectory
 
@@ -44,7 +44,7 @@ _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def open_db(*, create: bool = False) -> StateDB | None:
     """The state database of this user, or None when there is none yet."""
     directory = state_dir(os.environ)
-    if not create and not (directory / "nixdist.db").exists():
+    if not create and not db_path(directory).exists():
         return None
     return StateDB.open(directory)
 

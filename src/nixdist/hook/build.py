@@ -50,11 +50,10 @@ from nixdist.hook.progress import LOCAL_STORE, CopyActivities, RemoteLog
 from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
-from nixdist.protocol.serve import BuildOptions, BuildStatus, exit_for_build_status
+from nixdist.protocol.serve import BuildOptions, BuildStatus
 from nixdist.state.db import BuildStatus as Outcome
 from nixdist.state.db import Phase
-from nixdist.state.paths import state_dir
-from nixdist.state.slots import escape_uri
+from nixdist.state.paths import state_dir, uploads_dir
 from nixdist.store.claims import UploadClaims
 from nixdist.store.copy import copy_closure, copy_paths
 from nixdist.store.daemon import DaemonStore
@@ -86,6 +85,25 @@ class _BuilderLost(Exception):  # noqa: N818 - an outcome, not an error of ours
         super().__init__(reason)
         self.phase = phase
         self.reason = reason
+
+
+_EXIT_FOR_STATUS: Final[dict[BuildStatus, HookExit]] = {
+    BuildStatus.PERMANENT_FAILURE: HookExit.BUILD_FAILED,
+    # Nix turns exit 100 into TransientFailure itself for fixed-output derivations
+    BuildStatus.TRANSIENT_FAILURE: HookExit.BUILD_FAILED,
+    BuildStatus.TIMED_OUT: HookExit.TIMED_OUT,
+}
+
+
+def exit_for_build_status(status: BuildStatus) -> HookExit:
+    """How the hook exits after a remote build with `status` (nix-protocols.md §1.8, §3.7).
+
+    A success maps to `HookExit.OK`, which is only right once every wanted output is valid
+    locally; failures Nix has no exit status for (log limit, misc, …) map to `FAILED`.
+    """
+    if status.is_success:
+        return HookExit.OK
+    return _EXIT_FOR_STATUS.get(status, HookExit.FAILED)
 
 
 def build_options(settings: HookSettings) -> BuildOptions:
@@ -277,7 +295,7 @@ def _kept_failed_note(job: _Job) -> str:
 def _upload(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
     """The inputs the builder lacks, claimed path by path against other hooks' uploads."""
     uri = picked.machine.uri
-    claims = UploadClaims(state_dir(job.environ) / "uploads" / escape_uri(uri))
+    claims = UploadClaims(uploads_dir(state_dir(job.environ), uri))
     shown = CopyActivities(job.out, source=LOCAL_STORE, destination=uri)
     try:
         sent = copy_paths(

@@ -37,7 +37,7 @@ from nixdist.scheduler.policy import (
 )
 from nixdist.settings import load_settings
 from nixdist.state.once import first_time
-from nixdist.state.paths import state_dir
+from nixdist.state.paths import ssh_dir, state_dir
 from nixdist.state.slots import SlotDirectory
 
 # Imported where first needed, not here: the state database (sqlite3), ssh and the store
@@ -141,7 +141,7 @@ class MachinePicker:
         from nixdist.transport.openssh import ControlMasters  # noqa: PLC0415 - see the imports
 
         return ControlMasters(
-            state_dir(self.environ), connect_timeout_s=self.config.connect_timeout_s
+            ssh_dir(state_dir(self.environ)), connect_timeout_s=self.config.connect_timeout_s
         )
 
     def down_reason(self, uri: str) -> str | None:

@@ -59,7 +59,6 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import LocalProtocolError, ParseError, RemoteProtocolError, WireError
 from nixdist.model.derivation import BasicDerivation, DerivationOutput
 from nixdist.model.store_path import STORE_DIR, StorePath
-from nixdist.protocol.hook import HookExit
 from nixdist.wire.primitives import (
     LIMIT_COUNT,
     LIMIT_PATH,
@@ -497,22 +496,3 @@ def decode_build_result(reader: Reader, version: int) -> BuildResult:
         stop_time=stop_time,
         built_outputs=built_outputs,
     )
-
-
-_EXIT_FOR_STATUS: Final[dict[BuildStatus, HookExit]] = {
-    BuildStatus.PERMANENT_FAILURE: HookExit.BUILD_FAILED,
-    # Nix turns exit 100 into TransientFailure itself for fixed-output derivations
-    BuildStatus.TRANSIENT_FAILURE: HookExit.BUILD_FAILED,
-    BuildStatus.TIMED_OUT: HookExit.TIMED_OUT,
-}
-
-
-def exit_for_build_status(status: BuildStatus) -> HookExit:
-    """How the hook exits after a remote build with `status` (§1.8, §3.7).
-
-    A success maps to `HookExit.OK`, which is only right once every wanted output is valid
-    locally; failures Nix has no exit status for (log limit, misc, …) map to `FAILED`.
-    """
-    if status.is_success:
-        return HookExit.OK
-    return _EXIT_FOR_STATUS.get(status, HookExit.FAILED)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from nixdist.errors import NixdistError, TransportError
 from nixdist.scheduler.policy import RemoteLoad
+from nixdist.state.paths import db_path
 from nixdist.transport.fs import private_dir
 from nixdist.transport.probe import BuilderReport
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION: Final = 2
 #: Tables that are caches: dropped and made anew when the schema changes.
 _CACHE_TABLES: Final = ("probes",)
-DB_NAME: Final = "nixdist.db"
 BUSY_TIMEOUT_MS: Final = 10_000
 
 _SCHEMA: Final = """
@@ -276,7 +276,7 @@ class StateDB:
     @classmethod
     def open(cls, state_dir: Path) -> Self:
         """Open (creating if needed) ``<state_dir>/nixdist.db``; the directory is made 0700."""
-        path = state_dir / DB_NAME
+        path = db_path(state_dir)
         try:
             private_dir(state_dir)
             old_umask = os.umask(0o077)

@@ -12,6 +12,8 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
+from nixdist.state.paths import once_dir
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -21,7 +23,7 @@ def first_time(state_dir: Path, message: str, *, parent: int | None = None) -> b
     import hashlib  # noqa: PLC0415 - only when there is something to say (the hook starts fast)
 
     parent = os.getppid() if parent is None else parent
-    directory = state_dir / "once"
+    directory = once_dir(state_dir)
     digest = hashlib.sha256(message.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)

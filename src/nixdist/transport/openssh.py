@@ -187,12 +187,12 @@ class ControlMasters:
 
     def __init__(
         self,
-        state_dir: Path,
+        directory: Path,
         *,
         persist_s: int = DEFAULT_PERSIST_S,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
-        self._dir = state_dir / "ssh"
+        self._dir = directory  # the state directory's ssh/ (`nixdist.state.paths.ssh_dir`)
         self._persist_s = persist_s
         #: How long reaching a builder may take, ssh's handshake and nix-store's greeting each:
         #: while the hook connects, Nix's whole build loop waits for its answer.

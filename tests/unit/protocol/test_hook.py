@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixdist.errors import ConfigError, LocalProtocolError, ParseError, WireError
+from nixdist.hook.build import exit_for_build_status
 from nixdist.model.request import BuildRequest
 from nixdist.protocol.hook import (
     LIMIT_SETTINGS,
@@ -35,7 +36,7 @@ from nixdist.protocol.hook import (
     parse_hook_verbosity,
 )
 from nixdist.protocol.logjson import Msg, Passthrough, Stop, Verbosity
-from nixdist.protocol.serve import BuildStatus, exit_for_build_status
+from nixdist.protocol.serve import BuildStatus
 from nixdist.wire.primitives import LIMIT_TEXT, Reader, maybe_decode
 
 if TYPE_CHECKING:
