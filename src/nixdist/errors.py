@@ -45,6 +45,11 @@ class StoreRefusedError(NixdistError):
     speaks the protocol, so it is not lost: nothing fails over because of it."""
 
 
+class StateError(NixdistError):
+    """nixdist's state database cannot be opened, read or written (the history, health and
+    load reports are advice: a hook goes on without them)."""
+
+
 class TransportError(NixdistError):
     """Could not connect, authenticate, or the connection ended early."""
 

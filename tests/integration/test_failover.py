@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from nixdist.state.db import BuildRow, StateDB, StateError
+from nixdist.errors import StateError
+from nixdist.state.db import BuildRow, StateDB
 from nixrun import FIXTURES, HANG_GUARD_S, HOOK, fresh_salt, machines_file, nix_build_argv
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from nixdist.cli.machines import effective_machines
 from nixdist.scheduler.policy import format_bytes
-from nixdist.state.db import BuildStatus, StateDB
+from nixdist.state.db import Outcome, StateDB
 from nixdist.state.paths import db_path, state_dir
 from nixdist.state.report import build_json, status_report
 from nixdist.state.slots import SlotDirectory
@@ -129,7 +129,7 @@ def builds_table(title: str, builds: tuple[BuildRow, ...] | list[BuildRow], now:
     for b in builds:
         status = b.effective_status
         style = {"built": "green", "running": "cyan"}.get(status, "red")
-        detail = b.phase if status == BuildStatus.RUNNING else (b.error or "")
+        detail = b.phase if status == Outcome.RUNNING else (b.error or "")
         total = b.duration_s if b.finished is not None else now - b.started
         table.add_row(
             _clock(b.started),
@@ -179,7 +179,7 @@ def status(machines_file: str | None, recent: int, as_json: bool) -> None:
 @click.option(
     "--status",
     "status_",
-    type=click.Choice([s.value for s in BuildStatus]),
+    type=click.Choice([s.value for s in Outcome]),
     help="Only builds with this status.",
 )
 @click.option("--since", help="Only builds started since (30m, 2h, 1d ago, or a Unix time).")

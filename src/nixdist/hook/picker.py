@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final, assert_never
 
-from nixdist.errors import NixdistError, ProtocolError, TransportError
+from nixdist.errors import NixdistError, ProtocolError, StateError, TransportError
 from nixdist.protocol.hook import Reply
 from nixdist.protocol.logjson import Verbosity
 from nixdist.scheduler.policy import (
@@ -73,7 +73,7 @@ SLOT_POLL_S: Final = 0.02
 
 def open_state_db(environ: Mapping[str, str], out: HookOutput) -> StateDB | None:
     """The state database, or None (with a debug line) when it cannot be used."""
-    from nixdist.state.db import StateDB, StateError  # noqa: PLC0415 - see the imports
+    from nixdist.state.db import StateDB  # noqa: PLC0415 - see the imports
 
     try:
         return StateDB.open(state_dir(environ))
@@ -164,7 +164,6 @@ class MachinePicker:
     # -- load reports ------------------------------------------------------------------------
 
     def _probes(self) -> dict[str, ProbeRow]:
-        from nixdist.state.db import StateError  # noqa: PLC0415 - see the imports
 
         if self.db is None:
             return {}
@@ -199,7 +198,7 @@ class MachinePicker:
         return {uri: row for uri, row in rows.items() if now - row.time <= max_age}
 
     def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> None:
-        from nixdist.state.db import ProbeRow, StateError  # noqa: PLC0415 - see the imports
+        from nixdist.state.db import ProbeRow  # noqa: PLC0415 - see the imports
 
         assert self.db is not None  # noqa: S101 - only called with a database
         held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))

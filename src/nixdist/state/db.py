@@ -32,9 +32,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
-from nixdist.errors import NixdistError, TransportError
+from nixdist.errors import StateError, TransportError
 from nixdist.scheduler.policy import RemoteLoad
 from nixdist.state.paths import db_path
 from nixdist.transport.fs import private_dir
@@ -107,10 +107,6 @@ CREATE INDEX IF NOT EXISTS builds_status ON builds (status);
 """
 
 
-class StateError(NixdistError):
-    """The state database cannot be opened, read or written."""
-
-
 class Phase(StrEnum):
     """Where a remote build attempt is."""
 
@@ -121,7 +117,7 @@ class Phase(StrEnum):
     DONE = "done"
 
 
-class BuildStatus(StrEnum):
+class Outcome(StrEnum):
     """How a remote build attempt ended (or that it has not yet)."""
 
     RUNNING = "running"
@@ -201,8 +197,8 @@ class BuildRow:
     pid: int
     started: float
     finished: float | None
-    phase: str
-    status: str
+    phase: Phase
+    status: Outcome
     error: str | None
     upload_s: float | None
     upload_bytes: int | None
@@ -213,10 +209,10 @@ class BuildRow:
     download_paths: int | None
 
     @property
-    def effective_status(self) -> str:
+    def effective_status(self) -> Outcome:
         """The status, with a ``running`` attempt whose hook has gone shown as interrupted."""
-        if self.status == BuildStatus.RUNNING and not _pid_alive(self.pid):
-            return BuildStatus.INTERRUPTED
+        if self.status == Outcome.RUNNING and not _pid_alive(self.pid):
+            return Outcome.INTERRUPTED
         return self.status
 
     @property
@@ -229,7 +225,7 @@ class BuildTotals:
     """Sums over the build attempts of one machine with one stored status (``/metrics``)."""
 
     machine: str
-    status: str  # as stored: a "running" row may be interrupted (`BuildRow.effective_status`)
+    status: Outcome  # as stored: "running" may be interrupted (`BuildRow.effective_status`)
     builds: int
     upload_bytes: int
     download_bytes: int
@@ -427,7 +423,7 @@ class StateDB:
                 os.getpid(),
                 time.time() if now is None else now,
                 Phase.CONNECT,
-                BuildStatus.RUNNING,
+                Outcome.RUNNING,
             ),
         )
         assert cursor.lastrowid is not None  # noqa: S101 - an INSERT always sets it
@@ -474,7 +470,7 @@ class StateDB:
             params.append(drv_path)
         if status is not None:
             # running and interrupted are both stored as running; the hook's pid tells them apart
-            stored = BuildStatus.RUNNING if status == BuildStatus.INTERRUPTED else status
+            stored = Outcome.RUNNING if status == Outcome.INTERRUPTED else status
             clauses.append("status = ?")
             params.append(stored)
         rows = self._execute(
@@ -482,7 +478,7 @@ class StateDB:
             "ORDER BY id DESC LIMIT ?",
             [*params, limit],
         )
-        found = [BuildRow(**dict(zip(_BUILD_FIELDS, row, strict=True))) for row in rows]
+        found = [_build_row(row) for row in rows]
         if status is None:
             return found
         return [row for row in found if row.effective_status == status]
@@ -501,7 +497,7 @@ class StateDB:
         return [
             BuildTotals(
                 machine=row[0],
-                status=row[1],
+                status=Outcome(row[1]),
                 builds=row[2],
                 upload_bytes=int(row[3]),
                 download_bytes=int(row[4]),
@@ -518,7 +514,7 @@ class StateDB:
 
     def running_builds(self) -> list[BuildRow]:
         """Attempts still running (their hook process is alive), oldest first."""
-        rows = self.builds(status=BuildStatus.RUNNING, limit=10_000)
+        rows = self.builds(status=Outcome.RUNNING, limit=10_000)
         return sorted(rows, key=lambda row: row.id)
 
     def iter_tables(self) -> Iterator[str]:
@@ -587,3 +583,15 @@ def _probe(row: _ProbeColumns) -> ProbeRow:
         problem=problem,
     )
     return ProbeRow(uri=uri, time=when, local_slots=local_slots, report=report)
+
+
+def _build_row(row: Sequence[object]) -> BuildRow:
+    """A `BuildRow` from a row of ``builds``, its phase and status typed (an unknown word
+    from a newer nixdist is an error, not a string passed on)."""
+    fields: dict[str, Any] = dict(zip(_BUILD_FIELDS, row, strict=True))
+    try:
+        fields["phase"] = Phase(fields["phase"])
+        fields["status"] = Outcome(fields["status"])
+    except ValueError as err:
+        raise StateError(f"a build row says {err}") from None
+    return BuildRow(**fields)

@@ -19,7 +19,8 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Final
 
-from nixdist.state.db import Down, StateError
+from nixdist.errors import StateError
+from nixdist.state.db import Down
 
 if TYPE_CHECKING:
     from nixdist.state.db import StateDB

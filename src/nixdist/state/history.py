@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from nixdist.state.db import BuildStatus, Phase, StateError
+from nixdist.errors import StateError
+from nixdist.state.db import Outcome, Phase
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -90,8 +91,8 @@ class BuildRecord:
         """Record numbers of the phase just done (``upload_s=…, upload_bytes=…``)."""
         self._history._update(self.build_id, **columns)  # noqa: SLF001
 
-    def finish(self, status: BuildStatus, *, error: str | None = None) -> None:
-        phase = Phase.DONE if status is BuildStatus.BUILT else self.phase
+    def finish(self, status: Outcome, *, error: str | None = None) -> None:
+        phase = Phase.DONE if status is Outcome.BUILT else self.phase
         self._history._update(  # noqa: SLF001
             self.build_id, status=status, error=error, phase=phase, finished=time.time()
         )

@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nixdist.state.db import BuildRow, Down, ProbeRow, StateError
+from nixdist.errors import StateError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from nixdist.model.machines import Machine
-    from nixdist.state.db import StateDB
+    from nixdist.state.db import BuildRow, Down, ProbeRow, StateDB
     from nixdist.state.slots import SlotDirectory
 
 

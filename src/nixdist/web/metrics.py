@@ -44,7 +44,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from nixdist.state.db import BuildStatus, BuildTotals, StateError
+from nixdist.errors import StateError
+from nixdist.state.db import BuildTotals, Outcome
 from nixdist.state.report import status_report
 
 if TYPE_CHECKING:
@@ -87,8 +88,8 @@ def read_history(db: StateDB) -> History:
     """One aggregate query over ``builds``, plus the attempts stored as running."""
     totals = tuple(db.build_totals(DURATION_BUCKETS_S))
     interrupted: dict[str, int] = {}
-    if any(t.status == BuildStatus.RUNNING for t in totals):
-        for build in db.builds(status=BuildStatus.INTERRUPTED, limit=_INTERRUPTED_LIMIT):
+    if any(t.status == Outcome.RUNNING for t in totals):
+        for build in db.builds(status=Outcome.INTERRUPTED, limit=_INTERRUPTED_LIMIT):
             interrupted[build.machine] = interrupted.get(build.machine, 0) + 1
     return History(totals=totals, interrupted=interrupted)
 
@@ -133,13 +134,13 @@ def _history_families(history: History) -> Iterable[Metric]:
     )
     sums: dict[str, list[float]] = {}
     for t in history.totals:
-        if t.status == BuildStatus.RUNNING:
+        if t.status == Outcome.RUNNING:
             gone = history.interrupted.get(t.machine, 0)
             if gone:
-                builds.add_metric([t.machine, BuildStatus.INTERRUPTED], gone)
+                builds.add_metric([t.machine, Outcome.INTERRUPTED], gone)
         else:
             builds.add_metric([t.machine, t.status], t.builds)
-        if t.status == BuildStatus.BUILT:
+        if t.status == Outcome.BUILT:
             buckets = [
                 (repr(bound), count)
                 for bound, count in zip(DURATION_BUCKETS_S, t.duration_buckets, strict=True)

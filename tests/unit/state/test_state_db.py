@@ -9,16 +9,16 @@ import pytest
 from click.testing import CliRunner
 
 from nixdist.cli.status import history
-from nixdist.state.db import BuildStatus, StateDB
+from nixdist.state.db import Outcome, StateDB
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 BUILDS = (
-    ("ssh://b1", BuildStatus.BUILT, 100.0),
-    ("ssh://b2", BuildStatus.FAILED, 200.0),
-    ("ssh://b3", BuildStatus.BUILT, 300.0),
-    ("ssh://b1", BuildStatus.LOST, 400.0),
+    ("ssh://b1", Outcome.BUILT, 100.0),
+    ("ssh://b2", Outcome.FAILED, 200.0),
+    ("ssh://b3", Outcome.BUILT, 300.0),
+    ("ssh://b1", Outcome.LOST, 400.0),
 )
 
 
@@ -40,7 +40,7 @@ def test_builds_filter_by_one_machine_a_set_of_machines_status_and_time(state: P
         both = db.builds(machines=["ssh://b2", "ssh://b3"])
         assert [b.machine for b in both] == ["ssh://b3", "ssh://b2"]
         assert db.builds(machines=[]) == []
-        assert [b.started for b in db.builds(status=BuildStatus.BUILT)] == [300.0, 100.0]
+        assert [b.started for b in db.builds(status=Outcome.BUILT)] == [300.0, 100.0]
         assert [b.started for b in db.builds(since=150.0, until=350.0)] == [300.0, 200.0]
         assert [b.started for b in db.builds(limit=1)] == [400.0]
 

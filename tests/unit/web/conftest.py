@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.model.machines import Machine
-from nixdist.state.db import BuildStatus, Down, Phase, StateDB
+from nixdist.state.db import Down, Outcome, Phase, StateDB
 from nixdist.state.history import History
 from nixdist.state.slots import SlotDirectory
 from nixdist.web import ListenAddress, Sources, bind, bound_port, create_app
@@ -65,7 +65,7 @@ def _finished(
     history: History,
     name: str,
     machine: str,
-    status: BuildStatus,
+    status: Outcome,
     *,
     up: tuple[int, int] = (0, 0),
     down: tuple[int, int] = (0, 0),
@@ -76,7 +76,7 @@ def _finished(
     record.note(upload_s=0.25, upload_bytes=up[0], upload_paths=up[1])
     record.enter(Phase.BUILD)
     record.note(build_s=1.5)
-    if status is BuildStatus.BUILT:
+    if status is Outcome.BUILT:
         record.enter(Phase.DOWNLOAD)
         record.note(download_s=0.5, download_bytes=down[0], download_paths=down[1])
     record.finish(status, error=error)
@@ -97,12 +97,10 @@ def filled_state(tmp_path: Path) -> Filled:
     errors: list[str] = []
     with StateDB.open(state) as db:
         history = History(db, errors.append)
-        _finished(history, "one", B1.uri, BuildStatus.BUILT, up=(1000, 1), down=(500, 1))
-        _finished(history, "two", B1.uri, BuildStatus.BUILT, up=(2000, 2), down=(700, 1))
-        _finished(
-            history, "bad", B2.uri, BuildStatus.FAILED, up=(10, 1), error="exit code 3\nlog tail"
-        )
-        _finished(history, "gone", B2.uri, BuildStatus.LOST, error="connection reset")
+        _finished(history, "one", B1.uri, Outcome.BUILT, up=(1000, 1), down=(500, 1))
+        _finished(history, "two", B1.uri, Outcome.BUILT, up=(2000, 2), down=(700, 1))
+        _finished(history, "bad", B2.uri, Outcome.FAILED, up=(10, 1), error="exit code 3\nlog tail")
+        _finished(history, "gone", B2.uri, Outcome.LOST, error="connection reset")
         # a hook that started an attempt and died (its pid is gone): interrupted
         interrupted_id = int(
             subprocess.run(

@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from nixdist.state.db import BuildStatus, StateDB
+from nixdist.state.db import Outcome, StateDB
 from nixdist.web.metrics import DURATION_BUCKETS_S, metric_families, read_history
 from nixdist.web.sources import Sources
 
@@ -122,7 +122,7 @@ def test_duration_histogram(filled_state: Filled, sources_for: Callable[..., Sou
             build_id = db.start_build(
                 drv_path="/nix/store/x.drv", machine="ssh://b3", attempt=1, now=now - seconds
             )
-            db.update_build(build_id, status=BuildStatus.BUILT, finished=now, phase="done")
+            db.update_build(build_id, status=Outcome.BUILT, finished=now, phase="done")
         history = read_history(db)
     sources = sources_for(filled_state)
     families = metric_families(sources.status(recent=0), history)
@@ -190,7 +190,7 @@ def test_each_scrape_reads_afresh(serve: Serve, get: Get, sources: Sources) -> N
         with sources.db() as db:
             assert db is not None
             build_id = db.start_build(drv_path="/nix/store/y.drv", machine="ssh://b1", attempt=1)
-            db.update_build(build_id, status=BuildStatus.FAILED, finished=time.time())
+            db.update_build(build_id, status=Outcome.FAILED, finished=time.time())
         after = parse(get(f"{url}/metrics").text)
     key = ("nixdist_builds_total", frozenset({("machine", "ssh://b1"), ("status", "failed")}))
     assert key not in before
