@@ -73,6 +73,16 @@ def _size(value: Value, name: str) -> int:
     return parse_size(str(value), name=name)
 
 
+def _days(value: Value, name: str) -> float:
+    try:
+        days = math.nan if isinstance(value, bool) else float(value)
+    except ValueError:
+        days = math.nan
+    if not 0 <= days < math.inf:
+        raise ConfigError(f"{value!r} is not a number of days >= 0", file=name)
+    return days
+
+
 def _text(value: Value, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{value!r} is not a non-empty string", file=name)
@@ -145,6 +155,15 @@ SETTINGS: Final = (
         parse=_seconds(zero_ok=True),
     ),
     Setting(
+        field="history_days",
+        key="history-days",
+        env="NIXDIST_HISTORY_DAYS",
+        default="30",
+        meaning="days the history (decisions, build attempts) is kept; the hook prunes it once "
+        "a day, `nixdist history --prune` at once; 0: kept forever",
+        parse=_days,
+    ),
+    Setting(
         field="dashboard_token",
         key="dashboard-token",
         env="NIXDIST_DASHBOARD_TOKEN",
@@ -173,6 +192,7 @@ class Settings:
     min_free_disk: int = 1 << 30
     max_attempts: int = 3
     slot_wait_s: float = 5.0
+    history_days: float = 30.0
     dashboard_token: str | None = None
     source: Path | None = None  # the file read, if any
 

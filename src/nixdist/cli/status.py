@@ -26,6 +26,7 @@ from rich.text import Text
 
 from nixdist.cli.machines import effective_machines
 from nixdist.scheduler.policy import format_bytes
+from nixdist.settings import load_settings
 from nixdist.state.db import Outcome, StateDB
 from nixdist.state.paths import db_path, state_dir
 from nixdist.state.report import build_json, status_report
@@ -168,6 +169,20 @@ def status(machines_file: str | None, recent: int, as_json: bool) -> None:
     out.print(builds_table("recent builds", report.recent, report.time))
 
 
+def _prune(now: float) -> None:
+    days = load_settings().history_days
+    if days <= 0:
+        click.echo("history-days is 0: the history is kept forever")
+        return
+    db = open_db()
+    if db is None:
+        click.echo("no history yet")
+        return
+    with db:
+        decisions, builds = db.prune(now - days * 86400)
+    click.echo(f"forgot {decisions} decisions and {builds} builds older than {days:g} days")
+
+
 @click.command()
 @click.option("--machine", help="Only builds on this machine (its store URI).")
 @click.option(
@@ -187,6 +202,11 @@ def status(machines_file: str | None, recent: int, as_json: bool) -> None:
 @click.option("--drv", help="Only attempts of this derivation (store path).")
 @click.option("--limit", default=50, show_default=True, help="At most this many builds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Forget decisions and finished builds older than the history-days setting, now.",
+)
 def history(  # noqa: PLR0917 - click passes one argument per option
     machine: str | None,
     machines_file: str | None,
@@ -196,9 +216,13 @@ def history(  # noqa: PLR0917 - click passes one argument per option
     drv: str | None,
     limit: int,
     as_json: bool,
+    prune: bool,
 ) -> None:
     """Remote builds, newest first."""
     now = time.time()
+    if prune:
+        _prune(now)
+        return
     db = open_db()
     builds: list[BuildRow] = []
     if db is not None:

@@ -164,6 +164,7 @@ def build_remotely(
         out=out,
         environ=environ,
     )
+    picker.history.prune_if_due(keep_days=picker.config.history_days)
     tried: list[str] = []
     picked = first
     attempt = 1

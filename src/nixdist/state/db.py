@@ -306,6 +306,16 @@ class StateDB:
         except sqlite3.Error as err:
             raise StateError(f"{self.path}: {err}") from err
 
+    def prune(self, before: float) -> tuple[int, int]:
+        """Forget decisions made and attempts started before `before` (a Unix time), except
+        attempts still running; how many of each were deleted."""
+        with self._db:
+            decisions = self._execute("DELETE FROM decisions WHERE time < ?", (before,)).rowcount
+            builds = self._execute(
+                "DELETE FROM builds WHERE started < ? AND status != ?", (before, Outcome.RUNNING)
+            ).rowcount
+        return decisions, builds
+
     # -- health -------------------------------------------------------------------------------
 
     def health(self, uri: str) -> Down | None:

@@ -8,16 +8,24 @@ phases, with the time and bytes of each (design.md §3: "record in history").
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import StateError
 from nixdist.state.db import Outcome, Phase
+from nixdist.state.paths import pruned_marker
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from nixdist.state.db import StateDB
+
+
+DAY_S: Final = 86400.0
+#: The history is pruned at most this often (by whichever hook comes first).
+PRUNE_EVERY_S: Final = DAY_S
 
 
 class History:
@@ -57,6 +65,25 @@ class History:
                 reasons=reasons,
             )
         )
+
+    def prune_if_due(self, *, keep_days: float, now: float | None = None) -> None:
+        """Forget what is older than `keep_days` (0: keep everything), at most once a day for
+        every process of this state directory (the marker's mtime says when it was done)."""
+        if self._db is None or keep_days <= 0:
+            return
+        now = time.time() if now is None else now
+        marker = pruned_marker(self._db.path.parent)
+        try:
+            if now - marker.stat().st_mtime < PRUNE_EVERY_S:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        if self._write(lambda db: db.prune(now - keep_days * DAY_S)) is not None:
+            with contextlib.suppress(OSError):
+                marker.touch()
+                os.utime(marker, (now, now))
 
     def start_build(self, *, drv_path: str, machine: str, attempt: int) -> BuildRecord:
         build_id = self._write(

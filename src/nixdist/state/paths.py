@@ -10,6 +10,7 @@ config file's ``state-dir``, else ``/var/lib/nixdist`` for root and
                              (`nixdist.transport.openssh.ControlMasters`)
         once/                "said once per Nix run" markers (`nixdist.state.once`)
         uploads/<builder>/   claims on inputs being sent to a builder (`nixdist.store.claims`)
+        pruned               its mtime: when the history was last pruned (`nixdist.state.history`)
 
 Slot locks are not here: they stay in Nix's ``current-load`` directory, shared with
 ``build-remote`` (`nixdist.state.slots`).
@@ -46,3 +47,7 @@ def once_dir(root: Path) -> Path:
 def uploads_dir(root: Path, uri: str) -> Path:
     """Where the claims on inputs sent to the builder `uri` are."""
     return root / "uploads" / escape_uri(uri)
+
+
+def pruned_marker(root: Path) -> Path:
+    return root / "pruned"
