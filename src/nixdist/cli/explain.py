@@ -22,14 +22,13 @@ from rich.text import Text
 from nixdist.cli.machines import effective_machines
 from nixdist.cli.status import console, open_db
 from nixdist.errors import ConfigError
-from nixdist.hook.picker import PROBE_MAX_AGE_INTERVALS, SUPPORTED_SCHEMES
+from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model.derivation import parse_derivation, required_system_features
 from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.model.request import BuildRequest
 from nixdist.scheduler.policy import (
     Accept,
     LocalCapabilities,
-    MachineState,
     Postpone,
     choose,
     could_build_locally,
@@ -39,6 +38,7 @@ from nixdist.settings import load_settings
 from nixdist.state.config import host_system, read_config_file
 from nixdist.state.report import status_report
 from nixdist.state.slots import SlotDirectory
+from nixdist.state.view import machine_state
 
 
 def _request(drv: str | None, system: str | None, features: str) -> BuildRequest:
@@ -98,18 +98,15 @@ def explain(
     finally:
         if db is not None:
             db.close()
-    max_age = settings.probe_interval_s * PROBE_MAX_AGE_INTERVALS
     states = [
-        MachineState(
-            machine=m.machine,
-            load=m.slots_in_use,
+        machine_state(
+            m.machine,
+            slots_in_use=m.slots_in_use,
             free_slot=m.slots_in_use < m.machine.max_jobs,
             down_reason=None if m.down is None else m.down.describe(report.time),
-            remote_load=(
-                m.probe.remote_load()
-                if m.probe is not None and report.time - m.probe.time <= max_age
-                else None
-            ),
+            report=m.probe,
+            now=report.time,
+            probe_interval_s=settings.probe_interval_s,
         )
         for m in report.machines
     ]

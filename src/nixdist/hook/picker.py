@@ -39,6 +39,7 @@ from nixdist.settings import load_settings
 from nixdist.state.once import first_time
 from nixdist.state.paths import ssh_dir, state_dir
 from nixdist.state.slots import SlotDirectory
+from nixdist.state.view import machine_state
 
 # Imported where first needed, not here: the state database (sqlite3), ssh and the store
 # protocols. Nix waits for the hook's first reply with its whole build loop, so a decline must
@@ -62,8 +63,6 @@ if TYPE_CHECKING:
 #: Store URI schemes nixdist can build on ("": a local store, by path or as ``local?…``);
 #: other machines are skipped with a warning.
 SUPPORTED_SCHEMES: Final = frozenset({"ssh", "ssh-ng", ""})
-#: A load report older than this many probe intervals is not used at all.
-PROBE_MAX_AGE_INTERVALS: Final = 6
 #: While failing over, how often to look for a free slot again, and for how long at most.
 FAILOVER_POLL_S: Final = 0.5
 FAILOVER_WAIT_S: Final = 600.0
@@ -194,8 +193,7 @@ class MachinePicker:
         ]
         if stale:
             self._renew(stale, rows)
-        max_age = self.config.probe_interval_s * PROBE_MAX_AGE_INTERVALS
-        return {uri: row for uri, row in rows.items() if now - row.time <= max_age}
+        return rows
 
     def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> None:
         from nixdist.state.db import ProbeRow  # noqa: PLC0415 - see the imports
@@ -262,12 +260,18 @@ class MachinePicker:
                 self.slots.probe(m) if fit else None
                 for m, fit in zip(self.machines, fits, strict=True)
             ]
+            now = time.time()
             states = [
                 MachineState(machine=m, load=0, free_slot=False)
                 if probe is None
-                else probe.machine_state(
+                else machine_state(
+                    m,
+                    slots_in_use=probe.load,
+                    free_slot=probe.free_slot,
                     down_reason=self.down_reason(m.uri),
-                    remote_load=None if (row := reports.get(m.uri)) is None else row.remote_load(),
+                    report=reports.get(m.uri),
+                    now=now,
+                    probe_interval_s=self.config.probe_interval_s,
                 )
                 for m, probe in zip(self.machines, probes, strict=True)
             ]

@@ -32,14 +32,15 @@ One ``try``, the way the hook uses this module (Nix does the same, §2.5)::
     slots = SlotDirectory.default()
     with slots.main_lock():
         probes = [slots.probe(m) for m in machines]
-        decision = choose(request, local, [p.machine_state() for p in probes])
+        decision = choose(request, local, [machine_state(p.machine, …) for p in probes])
         keep = probes[decision.index].lease if isinstance(decision, Accept) else None
         for p in probes:
             if p.lease is not keep and p.lease is not None:
                 p.lease.release()
         if keep is not None:
             keep.touch()
-    # `keep` stays held until the build ends (or the process exits)
+    # `keep` stays held until the build ends (or the process exits);
+    # machine_state: `nixdist.state.view`, with the probe's load and free slot
 """
 
 from __future__ import annotations
@@ -50,8 +51,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
-
-from nixdist.scheduler.policy import MachineState, RemoteLoad
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -154,18 +153,6 @@ class SlotProbe:
     @property
     def free_slot(self) -> bool:
         return self.lease is not None
-
-    def machine_state(
-        self, *, down_reason: str | None = None, remote_load: RemoteLoad | None = None
-    ) -> MachineState:
-        """The scheduler's view of this machine."""
-        return MachineState(
-            machine=self.machine,
-            load=self.load,
-            free_slot=self.free_slot,
-            down_reason=down_reason,
-            remote_load=remote_load,
-        )
 
 
 class SlotDirectory:

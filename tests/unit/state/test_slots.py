@@ -20,7 +20,7 @@ import pytest
 
 from nixdist.model.machines import Machine
 from nixdist.model.request import BuildRequest
-from nixdist.scheduler import Accept, LocalCapabilities, choose
+from nixdist.scheduler import Accept, LocalCapabilities, MachineState, choose
 from nixdist.state import SlotDirectory, SlotLease, default_current_load_dir, escape_uri
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ def test_probe_feeds_choose(slots: SlotDirectory) -> None:
         decision = choose(
             BuildRequest(drv_path="x.drv", system="x86_64-linux", am_willing=False),
             LocalCapabilities(system="aarch64-linux"),
-            [p.machine_state() for p in probes],
+            [MachineState(machine=p.machine, load=p.load, free_slot=p.free_slot) for p in probes],
         )
         assert isinstance(decision, Accept)
         assert decision.machine == b
