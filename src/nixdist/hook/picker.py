@@ -171,18 +171,21 @@ class MachinePicker:
         except StateError:
             return {}
 
-    def refresh_loads(self, fitting: Sequence[Machine]) -> dict[str, ProbeRow]:
-        """Fresh enough load reports of `fitting` (the machines that could take the build).
+    def refresh_loads(self, fitting: Sequence[Machine]) -> tuple[dict[str, ProbeRow], set[str]]:
+        """The load reports of `fitting` (the machines that could take the build), and which
+        of them were just renewed.
 
         Reports older than the probe interval are renewed first, in parallel; a builder that
         cannot be reached is marked down; one whose report says little or nothing is not (the
-        report is advice: the slots count for what it does not tell).
+        report is advice: the slots count for what it does not tell). A renewed report is
+        stored by `decide`, once it has counted this host's slots on the builder under the
+        main lock it takes anyway (the lock is taken once per try).
         """
         if not fitting or self.config.probe_interval_s <= 0:
-            return {}
+            return {}, set()
         rows = self._probes()
         if self.db is None:
-            return rows
+            return rows, set()
         now = time.time()
         stale = [
             m
@@ -191,32 +194,38 @@ class MachinePicker:
             and self.down_reason(m.uri) is None
             and ((row := rows.get(m.uri)) is None or now - row.time > self.config.probe_interval_s)
         ]
-        if stale:
-            self._renew(stale, rows)
-        return rows
+        return rows, (self._renew(stale, rows) if stale else set())
 
-    def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> None:
+    def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> set[str]:
+        """Ask `stale` for their reports; put the answers in `rows` (this host's slots on them
+        still to be counted) and say which those are."""
         from nixdist.state.db import ProbeRow  # noqa: PLC0415 - see the imports
 
-        assert self.db is not None  # noqa: S101 - only called with a database
-        held = dict(zip((m.uri for m in stale), self.slots.count_loads(stale), strict=True))
+        renewed: set[str] = set()
         for machine, result in self._probe_all(stale):
             if isinstance(result, NixdistError):
                 self.mark_down(machine, str(result))
                 continue
-            row = ProbeRow(
-                uri=machine.uri, time=time.time(), local_slots=held[machine.uri], report=result
+            rows[machine.uri] = ProbeRow(
+                uri=machine.uri, time=time.time(), local_slots=0, report=result
             )
-            rows[machine.uri] = row
+            renewed.add(machine.uri)
             self.health.answered(machine.uri)
             if result.problem is not None and self.out.wants(Verbosity.TALKATIVE):
                 note = f"no full load report from '{machine.uri}': {result.problem}"
                 if first_time(state_dir(self.environ), note):  # once per Nix run
                     self.out.log(Verbosity.TALKATIVE, note)
+        return renewed
+
+    def _store_reports(self, rows: Sequence[ProbeRow]) -> None:
+        if self.db is None:
+            return
+        for row in rows:
             try:
                 self.db.put_probe(row)
             except StateError as err:
                 self.out.debug(f"load report not recorded: {err}")
+                return
 
     def _probe_all(
         self, machines: Sequence[Machine]
@@ -254,12 +263,16 @@ class MachinePicker:
         lock (which every hook of this host waits for) is held no longer than it must be.
         """
         fits = [machine_fits(request, m) for m in self.machines]
-        reports = self.refresh_loads([m for m, fit in zip(self.machines, fits, strict=True) if fit])
+        fitting = [m for m, fit in zip(self.machines, fits, strict=True) if fit]
+        reports, renewed = self.refresh_loads(fitting)
         with self.slots.main_lock():
             probes = [
                 self.slots.probe(m) if fit else None
                 for m, fit in zip(self.machines, fits, strict=True)
             ]
+            for m, probe in zip(self.machines, probes, strict=True):
+                if probe is not None and m.uri in renewed:  # this host's builds there now
+                    reports[m.uri] = dataclasses.replace(reports[m.uri], local_slots=probe.load)
             now = time.time()
             states = [
                 MachineState(machine=m, load=0, free_slot=False)
@@ -289,6 +302,7 @@ class MachinePicker:
                     probe.lease.release()
             if kept is not None:
                 kept.touch()
+        self._store_reports([reports[uri] for uri in renewed])
         if self.out.wants(Verbosity.DEBUG) and (rejections := render_rejections(decision)):
             self.out.debug(f"{request.drv_path}: " + "; ".join(rejections))
         return decision, kept

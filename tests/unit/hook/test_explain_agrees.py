@@ -109,3 +109,42 @@ def test_explain_and_the_hook_choose_alike(tmp_path: Path) -> None:
         "ssh://busy",
         "ssh://arm",
     }
+
+
+def test_a_renewed_report_counts_this_hosts_slots_once_under_the_main_lock(
+    tmp_path: Path,
+) -> None:
+    """ssh://localhost runs the probe here, without ssh: its report is renewed in the try, and
+    stored with the slots this host held on it when the choice was made."""
+    env = _facts(tmp_path)
+    [local] = parse_machines(
+        "ssh://localhost x86_64-linux - 3 1\n",
+        read_file=lambda _path: "",
+        default_system="x86_64-linux",
+        source="machines",
+    )
+    slots = SlotDirectory.default(environ=env)
+    slots.ensure()
+    held = slots.probe(local).lease
+    assert held is not None
+    request = BuildRequest(drv_path="/nix/store/x.drv", system="x86_64-linux", am_willing=False)
+    with open(os.devnull, "w") as devnull:  # noqa: PTH123 - a descriptor for HookOutput
+        picker = MachinePicker(
+            [local],
+            HookSettings(system="x86_64-linux", max_jobs=0),
+            env,
+            HookOutput(devnull.fileno()),
+        )
+        try:
+            decision, lease = picker.decide(request)
+        finally:
+            picker.close()
+    assert isinstance(decision, Accept)
+    assert lease is not None
+    lease.release()
+    held.release()
+    with StateDB.open(tmp_path / "state") as db:
+        row = db.probe("ssh://localhost")
+    assert row is not None
+    assert row.local_slots == 1
+    assert row.report.known
