@@ -77,7 +77,7 @@ def _watchdog(store: RemoteStore, seconds: float) -> Iterator[threading.Event]:
 
     def expire() -> None:
         fired.set()
-        store.channel.kill()
+        store.abort()
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True

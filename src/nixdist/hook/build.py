@@ -203,9 +203,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
         local = ServeStore.open_local(job.store, job.environ)
         # From here on the remote's stderr (its build log) is this derivation's log; a
         # daemon's log stream goes to Nix as the hook's own (its build lines to the log).
-        remote.channel.forward_stderr_to(BUILD_LOG_FD)
-        if isinstance(remote, DaemonStore):
-            remote.on_log = RemoteLog(job.out, BUILD_LOG_FD)
+        remote.forward_log(BUILD_LOG_FD, RemoteLog(job.out, BUILD_LOG_FD))
         record.enter(Phase.UPLOAD)
         sent = _upload(job, local, picked)
         record.note(

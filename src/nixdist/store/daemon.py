@@ -246,6 +246,12 @@ class DaemonStore:
             )
         )
 
+    def forward_log(self, fd: int, on_message: Callable[[LogMessage], None] | None = None) -> None:
+        """From now on ssh's stderr goes to `fd` and the log streams' messages to
+        `on_message`."""
+        self.channel.forward_stderr_to(fd)
+        self.on_log = on_message
+
     def abort(self) -> None:
         """End the session at once (kill the process)."""
         self.channel.kill()

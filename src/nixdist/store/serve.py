@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from nixdist.model.derivation import BasicDerivation
     from nixdist.model.local_store import LocalStore
     from nixdist.model.path_info import PathInfo
+    from nixdist.protocol.logjson import LogMessage
     from nixdist.transport.openssh import ControlMasters, SshTarget
     from nixdist.wire.primitives import Reader
 
@@ -219,6 +220,12 @@ class ServeStore:
     ) -> serve.BuildResult:
         self._request(msg.BuildDerivationRequest(drv_path=drv_path, drv=drv, options=options))
         return self._recv(partial(serve.decode_build_result, version=self.version))
+
+    def forward_log(self, fd: int, on_message: Callable[[LogMessage], None] | None = None) -> None:
+        """From now on the server's stderr (a build's log) goes to `fd`. The serve protocol has
+        no log messages in band, so `on_message` is never called."""
+        del on_message
+        self.channel.forward_stderr_to(fd)
 
     def abort(self) -> None:
         """End the session at once (kill the process): after a failure mid-command the server
