@@ -392,6 +392,23 @@ def decode_path_info(
     )
 
 
+def encode_path_info(info: PathInfo | None) -> bytes:
+    """QueryPathInfo's result, as a daemon sends it (the inverse of `decode_path_info`)."""
+    if info is None:
+        return encode_u64(0)
+    return (
+        encode_u64(1)
+        + encode_text(str(info.deriver) if info.deriver else "")
+        + encode_text(info.nar_hash.to_base16())
+        + encode_store_paths(info.references)
+        + encode_u64(info.registration_time)
+        + encode_u64(info.nar_size)
+        + encode_bool(info.ultimate)
+        + encode_texts(info.sigs)
+        + encode_text(info.ca)
+    )
+
+
 def encode_nar_from_path(path: StorePath) -> bytes:
     """NarFromPath: the NAR follows ``STDERR_LAST``, unframed (it delimits itself)."""
     return encode_u64(Op.NAR_FROM_PATH) + encode_text(str(path))
@@ -444,6 +461,19 @@ def _read_optional_micros(reader: Reader) -> int | None:
     if tag != 1:
         raise RemoteProtocolError(f"invalid optional tag {tag} in a build result")
     return reader.read_u64()
+
+
+def encode_build_result(result: BuildResult, version: int) -> bytes:
+    """BuildDerivation's result, as a daemon sends it (no CPU times)."""
+    out = encode_u64(result.status) + encode_text(result.error_msg)
+    out += encode_u64(result.times_built) + encode_bool(result.is_non_deterministic)
+    out += encode_u64(result.start_time) + encode_u64(result.stop_time)
+    if version >= SINCE_CPU_TIMES:
+        out += encode_u64(0) + encode_u64(0)
+    out += encode_u64(len(result.built_outputs))
+    for key in sorted(result.built_outputs):
+        out += encode_text(key) + encode_text(result.built_outputs[key])
+    return out
 
 
 def decode_build_result(reader: Reader, version: int) -> BuildResult:

@@ -40,7 +40,7 @@ from nixdist.errors import (
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import worker
 from nixdist.store.session import WireSession, blames_peer
-from nixdist.transport.child import Channel
+from nixdist.transport.child import ByteChannel, Channel
 from nixdist.transport.openssh import ssh_environment
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class DaemonStore:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: ByteChannel,
         *,
         name: str,
         store_dir: str = STORE_DIR,

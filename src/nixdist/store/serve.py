@@ -29,7 +29,7 @@ from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import serve
 from nixdist.protocol import serve_messages as msg
 from nixdist.store.session import WireSession, blames_peer
-from nixdist.transport.child import Channel
+from nixdist.transport.child import ByteChannel, Channel
 from nixdist.transport.openssh import ssh_environment
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class ServeStore:
 
     def __init__(
         self,
-        channel: Channel,
+        channel: ByteChannel,
         *,
         name: str,
         store_dir: str = STORE_DIR,

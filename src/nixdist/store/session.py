@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from nixdist.model.store_path import StorePath
-    from nixdist.transport.child import Channel
+    from nixdist.transport.child import ByteChannel
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -58,7 +58,7 @@ def blames_peer(
 class WireSession:
     """A `Channel` and what was read from it but not decoded yet."""
 
-    def __init__(self, channel: Channel, *, name: str, idle_timeout: float | None) -> None:
+    def __init__(self, channel: ByteChannel, *, name: str, idle_timeout: float | None) -> None:
         self.channel = channel
         self.name = name
         self.idle_timeout = idle_timeout

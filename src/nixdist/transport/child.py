@@ -17,7 +17,7 @@ import select
 import subprocess
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from nixdist.errors import TransportError, TransportTimeoutError
 
@@ -81,6 +81,30 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+class ByteChannel(Protocol):
+    """What a store session needs of its peer: bytes both ways, what it said on stderr, and
+    an end. `Channel` is the real one (a child process: ssh, nix-store, nix-daemon); tests
+    script one to replay a peer's side of a session."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def read(self, max_bytes: int = ..., *, timeout: float | None = None) -> bytes:
+        """Up to `max_bytes` bytes; b"" at end of stream."""
+        ...
+
+    def forward_stderr_to(self, fd: int | None) -> None: ...
+
+    def closed_error(self, what: str) -> TransportError:
+        """The error for a peer that went away, with what it printed last."""
+        ...
+
+    def stderr_tail(self) -> str: ...
+
+    def close(self, timeout: float = ...) -> int: ...
+
+    def kill(self) -> None: ...
 
 
 class Channel:

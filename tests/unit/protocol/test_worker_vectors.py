@@ -115,8 +115,10 @@ def _replay_op(replay: _Replay, op: dict[str, Any], version: int) -> None:
         case worker.Op.QUERY_PATH_INFO:
             path = StorePath.parse(op["path"])
             assert worker.encode_query_path_info(path) in replay.c2s
+            start = replay.reader.pos
             got = worker.decode_path_info(replay.reader, path)
             assert got is not None
+            assert worker.encode_path_info(got) == replay.s2c[start : replay.reader.pos]
             want = facts["outputs"][op["path"]]
             assert got.nar_hash == Hash.parse(want["narHash"], HashAlgo.SHA256)
             assert got.nar_size == want["narSize"]
