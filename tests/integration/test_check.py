@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -123,7 +123,7 @@ def table_row(output: str, alias: str) -> str:
     return next(line for line in output.splitlines() if f" {alias} " in line and "│" in line)
 
 
-def machines_text(farm: Farm, changes: dict[str, dict[str, object]]) -> str:
+def machines_text(farm: Farm, changes: dict[str, dict[str, Any]]) -> str:
     """The farm's machines file with some fields of some builders changed."""
     lines = [
         render_machine(dataclasses.replace(machine, **changes.get(name, {})))
@@ -140,7 +140,7 @@ def test_check_says_when_nix_ignores_the_build_hook(env: dict[str, str]) -> None
     conf_only = {k: v for k, v in env.items() if k != "NIX_CONFIG"}
     honoured = nixinfo.effective_build_hook(conf_only) == str(NIXDIST_HOOK)
     data = run_json([], conf_only, status=0 if honoured else 1)
-    local = {f["check"]: f for f in data["local"]}  # type: ignore[union-attr]
+    local = {f["check"]: f for f in cast("list[dict[str, Any]]", data["local"])}
     if honoured:
         assert local["build-hook"]["status"] == "ok"
     else:
@@ -302,7 +302,7 @@ def test_claims_the_builder_cannot_honour_only_warn(
     tmp_path: Path, farm: Farm, env: dict[str, str]
 ) -> None:
     path = tmp_path / "machines"
-    claims = {"b1": {"supported_features": frozenset({"kvm-nowhere"})}}
+    claims: dict[str, dict[str, Any]] = {"b1": {"supported_features": frozenset({"kvm-nowhere"})}}
     claims["b2"] = {"systems": (host_system(), "mips-nowhere")}
     path.write_text(machines_text(farm, claims))
     data = run_json(["--machines", str(path)], env, status=0)
@@ -318,7 +318,7 @@ def test_this_host_without_nixdist_or_builders(tmp_path: Path, env: dict[str, st
     conf_dir.mkdir()
     bare = {k: v for k, v in env.items() if k != "NIX_CONFIG"} | {"NIX_CONF_DIR": str(conf_dir)}
     data = run_json([], bare, status=1)
-    local = {f["check"]: f for f in data["local"]}  # type: ignore[union-attr]
+    local = {f["check"]: f for f in cast("list[dict[str, Any]]", data["local"])}
     assert local["build-hook"]["status"] == "warn"
     assert "not set" in local["build-hook"]["message"]
     assert local["builders"]["status"] == "fail"

@@ -19,7 +19,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -130,10 +130,13 @@ def dashboard(
 
 def _rows(browser: Browser, table: str) -> list[dict[str, Any]]:
     """The rows of a table on the page: their data attributes and cell texts."""
-    return browser.evaluate(
-        f"Array.from(document.querySelectorAll('#{table} tbody tr')).map(row => "
-        "({data: Object.assign({}, row.dataset), "
-        "cells: Array.from(row.children).map(cell => cell.textContent)}))"
+    return cast(
+        "list[dict[str, Any]]",
+        browser.evaluate(
+            f"Array.from(document.querySelectorAll('#{table} tbody tr')).map(row => "
+            "({data: Object.assign({}, row.dataset), "
+            "cells: Array.from(row.children).map(cell => cell.textContent)}))"
+        ),
     )
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -35,7 +35,7 @@ def explain(local_farm: FarmFixture, tmp_path: Path, attr: str) -> dict[str, Any
         text=True,
         check=True,
     )
-    return json.loads(done.stdout)
+    return cast("dict[str, Any]", json.loads(done.stdout))
 
 
 def verdicts(local_farm: FarmFixture, result: dict[str, Any]) -> dict[str, str]:

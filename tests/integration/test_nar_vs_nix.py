@@ -486,11 +486,11 @@ def test_restore_of_1gib_file_stays_small(tmp_path: Path) -> None:
         "dump.stdout.close(); assert dump.wait() == 0;"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    out = tmp_path / "restored"
+    restored = tmp_path / "restored"
     peak_kib = int(
-        run([sys.executable, "-c", probe, str(big), NIXDIST, "nar", "restore", str(out)])
+        run([sys.executable, "-c", probe, str(big), NIXDIST, "nar", "restore", str(restored)])
     )
     assert peak_kib < MAX_RSS_KIB, f"peak RSS {peak_kib} KiB"
-    assert out.stat().st_size == 1 << 30
-    out.unlink()
+    assert restored.stat().st_size == 1 << 30
+    restored.unlink()
     big.unlink()

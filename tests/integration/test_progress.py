@@ -17,7 +17,7 @@ import pytest
 from nixrun import HANG_GUARD_S, HOOK, HOOKTEST, fresh_salt
 
 if TYPE_CHECKING:
-    from conftest import FarmFixture
+    from .conftest import FarmFixture
 
 pytestmark = pytest.mark.integration
 

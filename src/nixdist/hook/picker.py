@@ -218,7 +218,7 @@ class MachinePicker:
         return renewed
 
     def _store_reports(self, rows: Sequence[ProbeRow]) -> None:
-        if self.db is None:
+        if not rows or self.db is None:  # no rows: the database is not even opened
             return
         for row in rows:
             try:

@@ -8,6 +8,7 @@ and a few experiments with the real 2.8 (``+5`` and ``007`` are accepted as max 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import random
 import re
@@ -610,7 +611,7 @@ def test_render_seed_lines() -> None:
 def test_render_machine(machine: Machine, line: str) -> None:
     assert render_machine(machine) == line
     (back,) = parse(line)
-    assert back == machine.__class__(**{**_fields(machine), "source": "<builders>:1"})
+    assert back == dataclasses.replace(machine, source="<builders>:1")
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ def test_markers_of_exited_parents_are_forgotten(tmp_path: Path) -> None:
     exited = subprocess.Popen(["true"])
     exited.wait()
     assert first_time(tmp_path, "m", parent=exited.pid)
-    assert (tmp_path / "once").iterdir()
+    assert list((tmp_path / "once").iterdir())
     assert first_time(tmp_path, "m", parent=1)  # pid 1 always exists
     names = [p.name.partition("-")[0] for p in (tmp_path / "once").iterdir()]
     assert names == ["1"]

@@ -8,6 +8,8 @@ where it matters. Which side an error blames (`peer`) and whether it is a refusa
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nixdist.errors import RemoteProtocolError, StoreRefusedError, TransportError
@@ -111,7 +113,7 @@ def test_a_nar_goes_as_frames_and_a_short_one_ends_the_session() -> None:
 
 def test_the_build_log_goes_where_it_is_sent_and_the_result_follows() -> None:
     result = BuildResult(status=BuildStatus.BUILT, times_built=1, start_time=5, stop_time=6)
-    messages: list[LogMessage] = [
+    messages: list[worker.StderrMessage] = [
         Start(id=7, level=3, type=105, text="building x", parent=0),
         Result(id=7, type=LOG_FILE_TYPE, fields=("hello from the build",)),
         Stop(id=7),
@@ -137,16 +139,12 @@ def test_a_daemon_lost_mid_reply_blames_the_builder() -> None:
 
 def test_path_infos_are_asked_ahead_and_missing_ones_left_out() -> None:
     paths = sorted(StorePath.parse(f"/nix/store/{c * 32}-p{i}") for i, c in enumerate("abcdfghijk"))
-    infos = {p: INFO.__class__(**{**_fields(INFO), "path": p}) for p in paths[::2]}
+    infos = {p: dataclasses.replace(INFO, path=p) for p in paths[::2]}
     replies = b"".join(LAST + worker.encode_path_info(infos.get(p)) for p in paths)
     store, channel = daemon(hello() + replies)
     start = len(channel.sent)
     assert store.query_path_infos(paths) == infos
     assert bytes(channel.sent[start:]) == b"".join(map(worker.encode_query_path_info, paths))
-
-
-def _fields(info: PathInfo) -> dict[str, object]:
-    return {name: getattr(info, name) for name in info.__dataclass_fields__}
 
 
 def test_a_serve_peer_refusing_an_untrusted_user_is_no_loss() -> None:
