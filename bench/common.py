@@ -219,28 +219,3 @@ def med_best(times: Sequence[float], *, scale: float = 1.0, digits: int = 2) -> 
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def nix_build_argv(
-    drvs: Sequence[str], *, machines_file: Path, hook: Path | str, extra: Sequence[str] = ()
-) -> list[str]:
-    """``nix-build -j0`` of `drvs` on the machines of `machines_file` through `hook`, with no
-    substituters: what every farm benchmark times, for either contender.
-
-    `hook` is the ``build-hook`` setting: a path, or for Nix 2.17+ a command line (`nix_own_hook`).
-    A farm client runs this line through ``Farm.client_argv`` (`farmbench.FarmBench.nix_argv`)."""
-    return [
-        "nix-build",
-        *drvs,
-        "--no-out-link",
-        "-j0",
-        "--option",
-        "substituters",
-        "",
-        "--builders",
-        f"@{machines_file}",
-        "--option",
-        "build-hook",
-        str(hook),
-        *extra,
-    ]

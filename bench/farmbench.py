@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
-import itertools
 import os
 import pstats
 import shutil
@@ -52,9 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeAlias
 
-from common import NIXDIST_HOOK, PYTHON, nix_build_argv, nix_own_hook
+from common import NIXDIST_HOOK, PYTHON, nix_own_hook
 
 from nixdist.farm import Farm
+from nixdist.farm.builds import nix_build_argv
 from nixdist.farm.client import client_dir, source_dirs
 from nixdist.state.paths import ssh_dir
 from nixdist.state.slots import default_current_load_dir, escape_uri
@@ -69,13 +69,6 @@ if TYPE_CHECKING:
 CONTENDERS: Final = ("build-remote", "nixdist")
 #: A guard against a hang, never a performance limit.
 HANG_GUARD_S: Final = 900
-
-_salts = itertools.count()
-
-
-def fresh_salt(tag: str) -> str:
-    """A salt no earlier run used, so every derivation of a run really builds."""
-    return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
 
 
 def profile_dir(directory: str | None, tag: str) -> Path | None:
@@ -251,7 +244,7 @@ class FarmBench:
     ) -> tuple[float, Run]:
         """The timed part: one ``nix-build -j0`` of `drvs` through `contender`'s hook."""
         hook, extra_env = self.hook_env(contender)
-        argv = nix_build_argv(drvs, machines_file=self.farm.machines_file, hook=hook, extra=extra)
+        argv = nix_build_argv(drvs, builders=f"@{self.farm.machines_file}", hook=hook, extra=extra)
         argv = self.nix_argv(argv)
         env = {**self.env, **extra_env}
         start = time.perf_counter()

@@ -61,7 +61,6 @@ from common import (
     fmt_ratio,
     fmt_s,
     machine_info,
-    nix_build_argv,
     ratio,
     render_table,
     summary,
@@ -70,6 +69,7 @@ from common import (
 )
 
 from nixdist.farm import Farm, make_spec
+from nixdist.farm.builds import nix_build_argv
 from nixdist.state.paths import ssh_dir
 from nixdist.state.slots import default_current_load_dir, escape_uri
 from nixdist.transport.openssh import ControlMasters, target_for_machine
@@ -373,7 +373,7 @@ class Bench:
     def build(
         self, drvs: Sequence[str], hook: Path, extra_env: Mapping[str, str]
     ) -> tuple[float, subprocess.CompletedProcess[str]]:
-        argv = nix_build_argv(drvs, machines_file=self.farm.machines_file, hook=hook)
+        argv = nix_build_argv(drvs, builders=f"@{self.farm.machines_file}", hook=hook)
         env = {**self.env, **extra_env}
         start = time.perf_counter()
         result = _run(argv, env=env)

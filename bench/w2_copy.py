@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, median, ratio
-from farmbench import BuildRun, FarmBench, fresh_salt, profile_dir, round_order, run_cmd, words
+from farmbench import BuildRun, FarmBench, profile_dir, round_order, run_cmd, words
 from w1_dag import describe_run
 
 from nixdist.farm import make_spec
+from nixdist.farm.builds import fresh_salt
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

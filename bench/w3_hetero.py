@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, med_best, median, ratio
-from farmbench import CONTENDERS, BuildRun, FarmBench, fresh_salt, profile_dir, round_order
+from farmbench import CONTENDERS, BuildRun, FarmBench, profile_dir, round_order
 from w1_dag import describe_run
 
 from nixdist.farm import make_spec
+from nixdist.farm.builds import fresh_salt
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

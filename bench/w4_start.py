@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from common import NIXDIST_HOOK, REPO, Goal, Outcome, Row, fmt_ratio, median, ratio
-from farmbench import CONTENDERS, FarmBench, fresh_salt, round_order
+from farmbench import CONTENDERS, FarmBench, round_order
 
 from nixdist.farm import make_spec
+from nixdist.farm.builds import fresh_salt
 from nixdist.model.machines import render_machine
 from nixdist.model.request import BuildRequest
 from nixdist.protocol.hook import encode_settings, encode_try

@@ -5,13 +5,13 @@ Importable from any test as ``import nixrun`` (pytest's ``pythonpath`` includes 
 
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from nixdist.farm.builds import fresh_salt
+from nixdist.farm.builds import nix_build_argv as farm_nix_build_argv
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -26,33 +26,15 @@ HANG_GUARD_S = 900
 # host's /bin/sh with tools from /usr/bin, which Nix's sandbox does not contain (Debian's Nix
 # has no sandbox shell), so local builds run unsandboxed, as the farm builders' do.
 LOCAL_BUILD = ("--option", "sandbox", "false")
-_salts = itertools.count()
 
-
-def fresh_salt(tag: str) -> str:
-    """A salt no earlier run used, so every derivation really builds."""
-    return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
+__all__ = ["fresh_salt"]  # re-exported: tests take it from here with the rest
 
 
 def nix_build_argv(
     args: Sequence[str], *, builders: str, jobs: int = 0, hook: Path | None = HOOK
 ) -> list[str]:
-    """``nix-build <args>`` with no substituters, the given builders and (unless None) hook."""
-    argv = [
-        "nix-build",
-        *args,
-        "--no-out-link",
-        "-j",
-        str(jobs),
-        "--option",
-        "substituters",
-        "",
-        "--builders",
-        builders,
-    ]
-    if hook is not None:
-        argv += ["--option", "build-hook", str(hook)]
-    return argv
+    """`nixdist.farm.builds.nix_build_argv`, through nixdist-hook unless told otherwise."""
+    return farm_nix_build_argv(args, builders=builders, hook=hook, jobs=jobs)
 
 
 def nix_build(

@@ -28,7 +28,6 @@ store is not ultimate locally either.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import pwd
 import shutil
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import nixinfo
+from nixdist.farm.builds import fresh_salt
 from nixdist.state.paths import ssh_dir
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 from nixrun import LOCAL_BUILD, nix_build_argv
@@ -67,14 +67,6 @@ NIX_COMMAND = ["nix", "--extra-experimental-features", "nix-command"]
 TEST_USER = "nixdist-test"
 # A guard against a hang, never a performance limit: a stuck run fails instead of blocking CI.
 HANG_GUARD_S = 900
-_salts = itertools.count()
-
-
-def fresh_salt(tag: str) -> str:
-    """A salt no earlier run used, so every derivation really builds."""
-    return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(_salts)}"
-
-
 # ------------------------------------------------------------------------------ the user
 
 
