@@ -168,7 +168,7 @@ SETTINGS: Final = (
         key="dashboard-token",
         env="NIXDIST_DASHBOARD_TOKEN",
         default="",
-        meaning="the bearer token `nixdist serve` requires when it listens off loopback",
+        meaning="the bearer token `nixdist dashboard` requires when it listens off loopback",
         parse=_text,
     ),
 )

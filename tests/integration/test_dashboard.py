@@ -94,7 +94,7 @@ def dashboard(
     args += ["--argstr", "sleep", "1"]
     drvs = _instantiate(args)
     ok(nix_build(args, env, builders=builders))
-    serve = [str(NIXDIST), "serve", "--machines", str(local_farm.machines)]
+    serve = [str(NIXDIST), "dashboard", "--machines", str(local_farm.machines)]
     with (work / "serve.log").open("w") as log:
         server = subprocess.Popen(
             [*serve, "--listen", "127.0.0.1:0"],

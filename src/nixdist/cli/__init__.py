@@ -13,6 +13,7 @@ import click
 from nixdist.errors import NixdistError
 
 # subcommand name -> module defining a click command or group of that name
+# (or "module:attribute" for another name of a command)
 _SUBCOMMANDS = {
     "nar": "nixdist.cli.nar",
     "drv": "nixdist.cli.drv",
@@ -23,7 +24,8 @@ _SUBCOMMANDS = {
     "explain": "nixdist.cli.explain",
     "history": "nixdist.cli.status",
     "check": "nixdist.cli.check",
-    "serve": "nixdist.cli.serve",
+    "dashboard": "nixdist.cli.dashboard",
+    "serve": "nixdist.cli.dashboard:dashboard",  # its first name, kept
     "setup": "nixdist.cli.setup",
 }
 
@@ -38,7 +40,9 @@ class _LazyGroup(click.Group):
         module_name = _SUBCOMMANDS.get(cmd_name)
         if module_name is None:
             return super().get_command(ctx, cmd_name)
-        command = getattr(importlib.import_module(module_name), cmd_name.replace("-", "_"))
+        module_name, _, attribute = module_name.partition(":")
+        name = attribute or cmd_name.replace("-", "_")
+        command = getattr(importlib.import_module(module_name), name)
         if not isinstance(command, click.Command):
             raise TypeError(f"{module_name}.{cmd_name} is not a click command")
         return command

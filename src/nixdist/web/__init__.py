@@ -1,4 +1,4 @@
-"""``nixdist serve``: the dashboard page, ``/api/status`` and ``/metrics`` (design.md §2).
+"""``nixdist dashboard``: the dashboard page, ``/api/status`` and ``/metrics`` (design.md §2).
 
 A thin shell over `nixdist.state.report`: every request reads the machines file, the state
 database and the slot locks afresh (`nixdist.web.sources`), and renders what it read — the

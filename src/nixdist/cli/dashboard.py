@@ -1,6 +1,7 @@
-"""`nixdist serve`: the dashboard, ``/api/status`` and ``/metrics`` over HTTP.
+"""`nixdist dashboard` (also `nixdist serve`, its first name): the dashboard, ``/api/status``
+and ``/metrics`` over HTTP.
 
-``nixdist serve [--machines FILE] [--listen HOST:PORT] [--token TOKEN]`` serves
+``nixdist dashboard [--machines FILE] [--listen HOST:PORT] [--token TOKEN]`` serves
 `nixdist.web` on ``127.0.0.1:8421`` by default and prints its address. It reads what
 ``nixdist status`` reads — the machines file (default: what Nix reads), this user's state
 database and Nix's slot locks — afresh at every request, so it may run for days.
@@ -75,7 +76,7 @@ class ServeOptions:
     help="Require this bearer token (needed off loopback).",
 )
 @click.option("--recent", default=50, show_default=True, help="Finished builds on the page.")
-def serve(machines_file: str | None, listen: str, token: str | None, recent: int) -> None:
+def dashboard(machines_file: str | None, listen: str, token: str | None, recent: int) -> None:
     """Serve the dashboard, /api/status and /metrics."""
     token = token or load_settings().dashboard_token
     opts = ServeOptions.parse(
@@ -94,5 +95,5 @@ def serve(machines_file: str | None, listen: str, token: str | None, recent: int
     with sock:
         query = "" if opts.token is None else "?token=" + quote(opts.token, safe="")
         click.echo(f"nixdist dashboard on http://{opts.listen.render(bound_port(sock))}/{query}")
-        logging.basicConfig(level=logging.WARNING, format="nixdist serve: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="nixdist dashboard: %(message)s")
         serve_forever(app, sock)
