@@ -109,6 +109,45 @@ def read_path_info_hash(reader: Reader) -> Hash:
         raise RemoteProtocolError(f"peer sent an invalid NAR hash: {err}") from None
 
 
+def encode_path_info_fields(info: PathInfo) -> bytes:
+    """A path's info after its path, as both protocols send it with a NAR (serve's
+    AddToStoreNar, the daemon's AddToStoreNar and QueryPathInfo): deriver, NAR hash (base16),
+    references, registration time, NAR size, ultimate, signatures, content address."""
+    return (
+        encode_text(str(info.deriver) if info.deriver else "")
+        + encode_text(info.nar_hash.to_base16())
+        + encode_store_paths(info.references)
+        + encode_u64(info.registration_time)
+        + encode_u64(info.nar_size)
+        + encode_bool(info.ultimate)
+        + encode_texts(info.sigs)
+        + encode_text(info.ca)
+    )
+
+
+def read_path_info_fields(reader: Reader, path: StorePath, store_dir: str = STORE_DIR) -> PathInfo:
+    """The inverse of `encode_path_info_fields`, for `path`."""
+    deriver = read_optional_path(reader, store_dir)
+    nar_hash = read_path_info_hash(reader)
+    references = read_store_paths(reader, store_dir)
+    registration_time = reader.read_u64()
+    nar_size = reader.read_u64()
+    ultimate = reader.read_bool()
+    sigs = tuple(reader.read_texts(LIMIT_TEXT, LIMIT_COUNT))
+    ca = reader.read_text(LIMIT_PATH)
+    return PathInfo(
+        path=path,
+        deriver=deriver,
+        nar_hash=nar_hash,
+        references=references,
+        nar_size=nar_size,
+        registration_time=registration_time,
+        ultimate=ultimate,
+        sigs=sigs,
+        ca=ca,
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Requests: each knows its command code, encodes its arguments for a negotiated version,
 # and decodes them (the code already read).
@@ -273,42 +312,13 @@ class AddToStoreNarRequest:
         info = self.info
         if info.nar_size == 0:
             raise LocalProtocolError(f"AddToStoreNar of {info.path} with nar_size 0")
-        return (
-            encode_text(str(info.path))
-            + encode_text(str(info.deriver) if info.deriver else "")
-            + encode_text(info.nar_hash.to_base16())
-            + encode_store_paths(info.references)
-            + encode_u64(info.registration_time)
-            + encode_u64(info.nar_size)
-            + encode_bool(info.ultimate)
-            + encode_texts(info.sigs)
-            + encode_text(info.ca)
-        )
+        return encode_text(str(info.path)) + encode_path_info_fields(info)
 
     @classmethod
     def decode_args(cls, reader: Reader, version: int, store_dir: str) -> AddToStoreNarRequest:  # noqa: ARG003 - same in every version
-        path = read_store_path(reader, store_dir)
-        deriver = read_optional_path(reader, store_dir)
-        nar_hash = read_path_info_hash(reader)
-        references = read_store_paths(reader, store_dir)
-        registration_time = reader.read_u64()
-        nar_size = reader.read_u64()
-        ultimate = reader.read_bool()
-        sigs = tuple(reader.read_texts(LIMIT_TEXT, LIMIT_COUNT))
-        ca = reader.read_text(LIMIT_PATH)
-        if nar_size == 0:
-            raise RemoteProtocolError(f"AddToStoreNar of {path} with nar_size 0")
-        info = PathInfo(
-            path=path,
-            deriver=deriver,
-            nar_hash=nar_hash,
-            references=references,
-            nar_size=nar_size,
-            registration_time=registration_time,
-            ultimate=ultimate,
-            sigs=sigs,
-            ca=ca,
-        )
+        info = read_path_info_fields(reader, read_store_path(reader, store_dir), store_dir)
+        if info.nar_size == 0:
+            raise RemoteProtocolError(f"AddToStoreNar of {info.path} with nar_size 0")
         return cls(info=info)
 
 

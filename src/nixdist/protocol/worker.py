@@ -53,7 +53,6 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import RemoteProtocolError, WireError
-from nixdist.model.path_info import PathInfo
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol.logjson import Msg, Result, Start, Stop, Verbosity
 from nixdist.protocol.serve import (
@@ -65,9 +64,8 @@ from nixdist.protocol.serve import (
     read_count,
     read_store_paths,
 )
-from nixdist.protocol.serve_messages import read_optional_path, read_path_info_hash
+from nixdist.protocol.serve_messages import encode_path_info_fields, read_path_info_fields
 from nixdist.wire.primitives import (
-    LIMIT_COUNT,
     LIMIT_PATH,
     LIMIT_TEXT,
     U32_MAX,
@@ -82,6 +80,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from nixdist.model.derivation import BasicDerivation
+    from nixdist.model.path_info import PathInfo
     from nixdist.protocol.logjson import Field
 
 WORKER_MAGIC_1: Final = 0x6E697863  # client greeting
@@ -371,42 +370,14 @@ def decode_path_info(
     """QueryPathInfo's result: None when `path` is not valid there."""
     if not reader.read_bool():
         return None
-    deriver = read_optional_path(reader, store_dir)
-    nar_hash = read_path_info_hash(reader)
-    references = read_store_paths(reader, store_dir)
-    registration_time = reader.read_u64()
-    nar_size = reader.read_u64()
-    ultimate = reader.read_bool()
-    sigs = tuple(reader.read_texts(LIMIT_TEXT, LIMIT_COUNT))
-    ca = reader.read_text(LIMIT_PATH)
-    return PathInfo(
-        path=path,
-        deriver=deriver,
-        nar_hash=nar_hash,
-        references=references,
-        nar_size=nar_size,
-        registration_time=registration_time,
-        ultimate=ultimate,
-        sigs=sigs,
-        ca=ca,
-    )
+    return read_path_info_fields(reader, path, store_dir)
 
 
 def encode_path_info(info: PathInfo | None) -> bytes:
     """QueryPathInfo's result, as a daemon sends it (the inverse of `decode_path_info`)."""
     if info is None:
         return encode_u64(0)
-    return (
-        encode_u64(1)
-        + encode_text(str(info.deriver) if info.deriver else "")
-        + encode_text(info.nar_hash.to_base16())
-        + encode_store_paths(info.references)
-        + encode_u64(info.registration_time)
-        + encode_u64(info.nar_size)
-        + encode_bool(info.ultimate)
-        + encode_texts(info.sigs)
-        + encode_text(info.ca)
-    )
+    return encode_u64(1) + encode_path_info_fields(info)
 
 
 def encode_nar_from_path(path: StorePath) -> bytes:
@@ -423,14 +394,7 @@ def encode_add_to_store_nar(info: PathInfo, *, check_sigs: bool) -> bytes:
     return (
         encode_u64(Op.ADD_TO_STORE_NAR)
         + encode_text(str(info.path))
-        + encode_text(str(info.deriver) if info.deriver else "")
-        + encode_text(info.nar_hash.to_base16())
-        + encode_store_paths(info.references)
-        + encode_u64(info.registration_time)
-        + encode_u64(info.nar_size)
-        + encode_bool(info.ultimate)
-        + encode_texts(info.sigs)
-        + encode_text(info.ca)
+        + encode_path_info_fields(info)
         + encode_u64(0)  # repair: no
         + encode_bool(not check_sigs)
     )

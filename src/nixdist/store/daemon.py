@@ -40,17 +40,15 @@ from nixdist.errors import (
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import worker
 from nixdist.store.session import WireSession, blames_peer
-from nixdist.transport.child import ByteChannel, Channel
-from nixdist.transport.openssh import ssh_environment
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator
 
     from nixdist.model.derivation import BasicDerivation
     from nixdist.model.path_info import PathInfo
     from nixdist.protocol.logjson import LogMessage
     from nixdist.protocol.serve import BuildOptions, BuildResult
-    from nixdist.transport.openssh import ControlMasters, SshTarget
+    from nixdist.transport.child import ByteChannel
 
 #: QueryPathInfo requests written ahead of their replies (a pipe holds 64 KiB both ways).
 PIPELINE: Final = 128
@@ -97,23 +95,6 @@ class DaemonStore:
             partial(worker.decode_daemon_info, version=self.version), timeout=greeting_timeout
         )
         self._await_last()
-
-    @classmethod
-    def open_ssh(
-        cls, target: SshTarget, masters: ControlMasters, environ: Mapping[str, str]
-    ) -> DaemonStore:
-        """``nix-daemon --stdio`` on a builder, over its shared ssh control master."""
-        use_master = masters.ensure_master(target, environ)
-        channel = Channel(
-            masters.serve_argv(target, use_master=use_master),
-            description=f"ssh {target.host}",
-            env=ssh_environment(environ),
-        )
-        try:
-            return cls(channel, name=target.host, greeting_timeout=masters.connect_timeout_s)
-        except BaseException:
-            channel.kill()
-            raise
 
     @property
     def trusted(self) -> bool:

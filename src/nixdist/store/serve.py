@@ -30,7 +30,6 @@ from nixdist.protocol import serve
 from nixdist.protocol import serve_messages as msg
 from nixdist.store.session import WireSession, blames_peer
 from nixdist.transport.child import ByteChannel, Channel
-from nixdist.transport.openssh import ssh_environment
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from nixdist.model.local_store import LocalStore
     from nixdist.model.path_info import PathInfo
     from nixdist.protocol.logjson import LogMessage
-    from nixdist.transport.openssh import ControlMasters, SshTarget
     from nixdist.wire.primitives import Reader
 
 _T = TypeVar("_T")
@@ -116,23 +114,6 @@ class ServeStore:
         argv = [NIX_STORE, "--store", store.uri, "--serve", "--write"]
         channel = Channel(argv, description="local nix-store --serve", env=env)
         return cls(channel, name="local", idle_timeout=LOCAL_IDLE_TIMEOUT_S)
-
-    @classmethod
-    def open_ssh(
-        cls, target: SshTarget, masters: ControlMasters, environ: Mapping[str, str]
-    ) -> ServeStore:
-        """``nix-store --serve --write`` on a builder, over its shared ssh control master."""
-        use_master = masters.ensure_master(target, environ)
-        channel = Channel(
-            masters.serve_argv(target, use_master=use_master),
-            description=f"ssh {target.host}",
-            env=ssh_environment(environ),
-        )
-        try:
-            return cls(channel, name=target.host, greeting_timeout=masters.connect_timeout_s)
-        except BaseException:
-            channel.kill()
-            raise
 
     # -- plumbing -----------------------------------------------------------------------------
 
