@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from nixdist.errors import BuildError, LocalProtocolError, NixdistError, StoreRefusedError
 from nixdist.hook.progress import LOCAL_STORE, CopyActivities, RemoteLog
@@ -60,21 +60,37 @@ from nixdist.store.outputs import OutputImport
 from nixdist.store.serve import ServeStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from nixdist.hook.output import HookOutput
     from nixdist.hook.picked import Picked
-    from nixdist.hook.picker import MachinePicker
     from nixdist.model.derivation import Derivation
     from nixdist.model.local_store import LocalStore
+    from nixdist.model.machines import Machine
     from nixdist.model.request import BuildRequest
     from nixdist.protocol.hook import AcceptedWork, HookSettings
     from nixdist.protocol.serve import BuildResult
-    from nixdist.state.history import BuildRecord
+    from nixdist.settings import Settings
+    from nixdist.state.history import BuildRecord, History
     from nixdist.store.copy import CopyReport
 
 #: Nix gives the hook the write end of the build-log pipe as fd 4.
 BUILD_LOG_FD: Final = 4
+
+
+class Picker(Protocol):
+    """What the attempt loop needs of `nixdist.hook.picker.MachinePicker`: its settings and
+    history, and another builder when one fails."""
+
+    @property
+    def config(self) -> Settings: ...
+
+    @property
+    def history(self) -> History: ...
+
+    def mark_down(self, machine: Machine, reason: str) -> None: ...
+
+    def pick_again(self, request: BuildRequest) -> Picked | None: ...
 
 
 class _BuilderLost(Exception):  # noqa: N818 - an outcome, not an error of ours
@@ -129,6 +145,7 @@ class _Job:
     settings: HookSettings
     out: HookOutput
     environ: Mapping[str, str]
+    open_local: Callable[[LocalStore, Mapping[str, str]], ServeStore]
 
 
 def build_remotely(
@@ -138,11 +155,14 @@ def build_remotely(
     settings: HookSettings,
     store: LocalStore,
     first: Picked,
-    picker: MachinePicker,
+    picker: Picker,
     out: HookOutput,
     environ: Mapping[str, str],
+    open_local: Callable[[LocalStore, Mapping[str, str]], ServeStore] = ServeStore.open_local,
 ) -> int:
-    """Build the accepted derivation on `first`, failing over to other builders if they fail."""
+    """Build the accepted derivation on `first`, failing over to other builders if they fail.
+
+    `open_local` opens the session with the local store for each attempt (a seam for tests)."""
     drv_path = StorePath.parse(request.drv_path)
     drv = parse_derivation(Path(store.real_path(drv_path)).read_text(encoding="utf-8"))
     outputs = frozenset(StorePath.parse(o.path) for o in drv.outputs.values() if o.path)
@@ -163,6 +183,7 @@ def build_remotely(
         settings=settings,
         out=out,
         environ=environ,
+        open_local=open_local,
     )
     picker.history.prune_if_due(keep_days=picker.config.history_days)
     tried: list[str] = []
@@ -200,7 +221,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
     local: ServeStore | None = None
     finished = False
     try:
-        local = ServeStore.open_local(job.store, job.environ)
+        local = job.open_local(job.store, job.environ)
         # From here on the remote's stderr (its build log) is this derivation's log; a
         # daemon's log stream goes to Nix as the hook's own (its build lines to the log).
         remote.forward_log(BUILD_LOG_FD, RemoteLog(job.out, BUILD_LOG_FD))
