@@ -12,9 +12,11 @@ unless a builder's state changes first.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.text import Text
@@ -40,6 +42,12 @@ from nixdist.state.report import status_report
 from nixdist.state.slots import SlotDirectory
 from nixdist.state.view import machine_state
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from nixdist.model.machines import Machine
+    from nixdist.scheduler.policy import Decision, MachineState
+
 
 def _request(drv: str | None, system: str | None, features: str) -> BuildRequest:
     if drv is not None:
@@ -61,36 +69,23 @@ def _request(drv: str | None, system: str | None, features: str) -> BuildRequest
     )
 
 
-@click.command()
-@click.argument("drv", required=False)
-@click.option("--system", help="Explain a build for this system instead of a derivation.")
-@click.option("--features", default="", help="Required system features (comma-separated).")
-@click.option("--machines", "machines_file", metavar="FILE", help="Machines file (default: Nix's).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def explain(
-    drv: str | None, system: str | None, features: str, machines_file: str | None, as_json: bool
-) -> None:
-    """Say which builder would take a build, and why every other one would not."""
-    request = _request(drv, system, features)
-    env = os.environ
+def _local_capabilities(env: Mapping[str, str]) -> LocalCapabilities:
+    """This host's capabilities, from its nix.conf, as Nix would send them to the hook."""
     conf = load_nix_conf(env, read_file=read_config_file)
     conf_dir = os.path.normpath(env.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
     nix = nix_settings(
         conf, default_system=host_system(), conf_dir=conf_dir, cpu_count=os.cpu_count() or 1
     )
-    local = LocalCapabilities(
+    return LocalCapabilities(
         system=nix.system,
         extra_platforms=nix.extra_platforms,
         system_features=nix.system_features,
         max_jobs=nix.max_jobs,
     )
-    request = BuildRequest(
-        drv_path=request.drv_path,
-        system=request.system,
-        required_features=request.required_features,
-        am_willing=nix.max_jobs > 0,
-    )
-    machines, origin = effective_machines(env, machines_file)
+
+
+def _states(machines: Sequence[Machine], env: Mapping[str, str]) -> list[MachineState]:
+    """What the hook would see of each machine now (`nixdist.state.view`)."""
     settings = load_settings(env)
     db = open_db()
     try:
@@ -98,7 +93,7 @@ def explain(
     finally:
         if db is not None:
             db.close()
-    states = [
+    return [
         machine_state(
             m.machine,
             slots_in_use=m.slots_in_use,
@@ -110,37 +105,66 @@ def explain(
         )
         for m in report.machines
     ]
+
+
+@click.command()
+@click.argument("drv", required=False)
+@click.option("--system", help="Explain a build for this system instead of a derivation.")
+@click.option("--features", default="", help="Required system features (comma-separated).")
+@click.option("--machines", "machines_file", metavar="FILE", help="Machines file (default: Nix's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def explain(
+    drv: str | None, system: str | None, features: str, machines_file: str | None, as_json: bool
+) -> None:
+    """Say which builder would take a build, and why every other one would not."""
+    env = os.environ
+    local = _local_capabilities(env)
+    request = dataclasses.replace(_request(drv, system, features), am_willing=local.max_jobs > 0)
+    machines, origin = effective_machines(env, machines_file)
     decision = choose(
         request,
         local,
-        states,
+        _states(machines, env),
         supported_schemes=SUPPORTED_SCHEMES,
-        min_free_disk=settings.min_free_disk,
+        min_free_disk=load_settings(env).min_free_disk,
     )
+    if as_json:
+        click.echo(json.dumps(_as_json(request, machines, decision), indent=2))
+    else:
+        _show(request, local, machines, origin, decision)
+
+
+def _as_json(
+    request: BuildRequest, machines: Sequence[Machine], decision: Decision
+) -> dict[str, object]:
     verdicts = {r.machine.uri: (r.reason.value, r.detail) for r in decision.reasons}
     chosen = decision.machine.uri if isinstance(decision, Accept) else None
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "derivation": request.drv_path,
-                    "system": request.system,
-                    "required_features": sorted(request.required_features),
-                    "decision": render_decision(decision),
-                    "chosen": chosen,
-                    "machines": [
-                        {
-                            "uri": m.uri,
-                            "verdict": "chosen" if m.uri == chosen else verdicts[m.uri][0],
-                            "detail": "" if m.uri == chosen else verdicts[m.uri][1],
-                        }
-                        for m in machines
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return
+    return {
+        "derivation": request.drv_path,
+        "system": request.system,
+        "required_features": sorted(request.required_features),
+        "decision": render_decision(decision),
+        "chosen": chosen,
+        "machines": [
+            {
+                "uri": m.uri,
+                "verdict": "chosen" if m.uri == chosen else verdicts[m.uri][0],
+                "detail": "" if m.uri == chosen else verdicts[m.uri][1],
+            }
+            for m in machines
+        ],
+    }
+
+
+def _show(
+    request: BuildRequest,
+    local: LocalCapabilities,
+    machines: Sequence[Machine],
+    origin: str,
+    decision: Decision,
+) -> None:
+    verdicts = {r.machine.uri: r.detail for r in decision.reasons}
+    chosen = decision.machine.uri if isinstance(decision, Accept) else None
     out = console()
     features_text = ", ".join(sorted(request.required_features)) or "none"
     name = Path(request.drv_path).name
@@ -150,7 +174,7 @@ def explain(
         if m.uri == chosen:
             out.print(Text(f"  ✔ {m.uri}: chosen", style="green"))
         else:
-            out.print(Text(f"  ✘ {m.uri}: {verdicts[m.uri][1]}"))
+            out.print(Text(f"  ✘ {m.uri}: {verdicts[m.uri]}"))
     verdict = render_decision(decision)
     if isinstance(decision, Postpone):
         verdict += " (Nix asks again when a slot frees up)"
