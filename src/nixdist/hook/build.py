@@ -147,6 +147,33 @@ class _Job:
     environ: Mapping[str, str]
     open_local: Callable[[LocalStore, Mapping[str, str]], ServeStore]
 
+    @classmethod
+    def read(
+        cls,
+        *,
+        request: BuildRequest,
+        work: AcceptedWork,
+        settings: HookSettings,
+        store: LocalStore,
+        out: HookOutput,
+        environ: Mapping[str, str],
+        open_local: Callable[[LocalStore, Mapping[str, str]], ServeStore],
+    ) -> _Job:
+        """The job of `request`, its derivation read at its real path in `store`."""
+        drv_path = StorePath.parse(request.drv_path)
+        drv = parse_derivation(Path(store.real_path(drv_path)).read_text(encoding="utf-8"))
+        return cls(
+            drv_path=drv_path,
+            drv=drv,
+            store=store,
+            outputs=frozenset(StorePath.parse(o.path) for o in drv.outputs.values() if o.path),
+            work=work,
+            settings=settings,
+            out=out,
+            environ=environ,
+            open_local=open_local,
+        )
+
 
 def build_remotely(
     *,
@@ -163,35 +190,30 @@ def build_remotely(
     """Build the accepted derivation on `first`, failing over to other builders if they fail.
 
     `open_local` opens the session with the local store for each attempt (a seam for tests)."""
-    drv_path = StorePath.parse(request.drv_path)
-    drv = parse_derivation(Path(store.real_path(drv_path)).read_text(encoding="utf-8"))
-    outputs = frozenset(StorePath.parse(o.path) for o in drv.outputs.values() if o.path)
-    if len(outputs) != len(drv.outputs):
-        first.remote.close()
-        raise BuildError(
-            "outputs whose paths are not known in advance (floating content-addressed "
-            "derivations) are not supported over ssh:// yet",
-            drv_path=str(drv_path),
-            machine=first.machine.uri,
-        )
-    job = _Job(
-        drv_path=drv_path,
-        drv=drv,
-        store=store,
-        outputs=outputs,
+    job = _Job.read(
+        request=request,
         work=work,
         settings=settings,
+        store=store,
         out=out,
         environ=environ,
         open_local=open_local,
     )
+    if len(job.outputs) != len(job.drv.outputs):
+        first.remote.close()
+        raise BuildError(
+            "outputs whose paths are not known in advance (floating content-addressed "
+            "derivations) are not supported over ssh:// yet",
+            drv_path=str(job.drv_path),
+            machine=first.machine.uri,
+        )
     picker.history.prune_if_due(keep_days=picker.config.history_days)
     tried: list[str] = []
     picked = first
     attempt = 1
     while True:
         record = picker.history.start_build(
-            drv_path=str(drv_path), machine=picked.machine.uri, attempt=attempt
+            drv_path=str(job.drv_path), machine=picked.machine.uri, attempt=attempt
         )
         try:
             return _attempt(job, picked, record)
@@ -203,14 +225,14 @@ def build_remotely(
         if attempt >= picker.config.max_attempts:
             why = f"gave up after {attempt} builders"
             break
-        out.warn(f"{what}; building '{drv_path}' on another builder")
+        out.warn(f"{what}; building '{job.drv_path}' on another builder")
         again = picker.pick_again(request)
         if again is None:
             why = "no other builder can take it"
             break
         picked = again
         attempt += 1
-    out.error(f"cannot build '{drv_path}' remotely ({why}): " + "; ".join(tried))
+    out.error(f"cannot build '{job.drv_path}' remotely ({why}): " + "; ".join(tried))
     return HookExit.FAILED
 
 
@@ -238,15 +260,7 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
         result = _build(job, local, picked)
         record.note(build_s=record.elapsed())
         if not result.is_success:
-            record.finish(
-                Outcome.TIMED_OUT if result.status is BuildStatus.TIMED_OUT else Outcome.FAILED,
-                error=result.error_msg,
-            )
-            if job.settings.keep_failed:
-                job.out.warn(_kept_failed_note(job))
-            job.out.error(
-                f"build of '{job.drv_path}' on '{machine.uri}' failed: {result.error_msg}"
-            )
+            _build_failed(job, machine, result, record)
             finished = True
             return exit_for_build_status(result.status)
         record.enter(Phase.DOWNLOAD)
@@ -277,6 +291,15 @@ def _attempt(job: _Job, picked: Picked, record: BuildRecord) -> int:
             else:
                 store.abort()
     return HookExit.OK
+
+
+def _build_failed(job: _Job, machine: Machine, result: BuildResult, record: BuildRecord) -> None:
+    """The builder ran the build and it failed: that is the derivation's failure (no failover)."""
+    timed_out = result.status is BuildStatus.TIMED_OUT
+    record.finish(Outcome.TIMED_OUT if timed_out else Outcome.FAILED, error=result.error_msg)
+    if job.settings.keep_failed:
+        job.out.warn(_kept_failed_note(job))
+    job.out.error(f"build of '{job.drv_path}' on '{machine.uri}' failed: {result.error_msg}")
 
 
 def _build(job: _Job, local: ServeStore, picked: Picked) -> BuildResult:
