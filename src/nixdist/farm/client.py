@@ -109,6 +109,40 @@ def source_dirs() -> tuple[Path, Path]:
     return src, (src.parent if src.name == "src" else src)
 
 
+def _prepare(base: Path, *, daemon: bool, conf: Sequence[str]) -> Path:
+    """The client's directories, its nix.conf and its nixdist-hook; where its /etc/nix is."""
+    etc_nix = base / ("etc-nix-daemon" if daemon else "etc-nix")
+    for sub in ("nix/store", "stage", "bin"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    src, _checkout = source_dirs()
+    nix_conf = render.render_client_nix_conf(daemon=daemon)
+    _write(etc_nix / "nix.conf", nix_conf + "".join(f"{line}\n" for line in conf))
+    hook = render.render_hook_wrapper(python="/usr/bin/python3", src_dir=str(src))
+    _write(base / "bin" / "nixdist-hook", hook, mode=0o755)
+    Path(DEFAULT_STATE_DIR).mkdir(parents=True, exist_ok=True)
+    return etc_nix
+
+
+def _client_mounts(
+    farm_dir: Path, base: Path, etc_nix: Path, here: Path, environ: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """What the client sees: its own /nix and /etc/nix, and this host's paths it needs."""
+    _src, checkout = source_dirs()
+    same_path = ["/tmp", "/root", str(farm_dir), str(checkout), DEFAULT_STATE_DIR]  # noqa: S108
+    state_env = environ.get("NIXDIST_STATE_DIR")
+    if state_env:
+        same_path.append(state_env)
+    same_path.append(str(here))
+    return [
+        (str(base / "nix"), "/nix"),
+        (str(etc_nix), "/etc/nix"),
+        ("/proc", "/proc"),
+        ("rbind:/dev", "/dev"),
+        ("rbind:/sys", "/sys"),
+        *((p, p) for p in same_path if _bindable(p)),
+    ]
+
+
 def client_argv(
     farm_dir: Path,
     version: str,
@@ -133,29 +167,9 @@ def client_argv(
     environ = os.environ if environ is None else environ
     rootfs = ensure_rootfs(version)
     base = client_dir(farm_dir, version)
-    etc_nix = base / ("etc-nix-daemon" if daemon else "etc-nix")
-    for sub in ("nix/store", "stage", "bin"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    src, checkout = source_dirs()
-    nix_conf = render.render_client_nix_conf(daemon=daemon)
-    _write(etc_nix / "nix.conf", nix_conf + "".join(f"{line}\n" for line in conf))
-    hook = render.render_hook_wrapper(python="/usr/bin/python3", src_dir=str(src))
-    _write(base / "bin" / "nixdist-hook", hook, mode=0o755)
-    Path(DEFAULT_STATE_DIR).mkdir(parents=True, exist_ok=True)
+    etc_nix = _prepare(base, daemon=daemon, conf=conf)
     here = Path(cwd) if cwd is not None else Path.cwd()
-    same_path = ["/tmp", "/root", str(farm_dir), str(checkout), DEFAULT_STATE_DIR]  # noqa: S108
-    state_env = environ.get("NIXDIST_STATE_DIR")
-    if state_env:
-        same_path.append(state_env)
-    same_path.append(str(here))
-    mounts = [
-        (str(base / "nix"), "/nix"),
-        (str(etc_nix), "/etc/nix"),
-        ("/proc", "/proc"),
-        ("rbind:/dev", "/dev"),
-        ("rbind:/sys", "/sys"),
-        *((p, p) for p in same_path if _bindable(p)),
-    ]
+    mounts = _client_mounts(farm_dir, base, etc_nix, here, environ)
     inner = [
         "/usr/bin/env",
         "-C",

@@ -162,6 +162,23 @@ class FarmConfig:
     builders: tuple[BuilderSpec, ...]
 
 
+def _check_systems(name: str, systems: Sequence[str] | None, *, source: str) -> tuple[str, ...]:
+    """The builder's systems, checked; the host's when none are given."""
+    systems_t = tuple(systems) if systems is not None else (host_system(),)
+    if not systems_t:
+        raise ConfigError(f"builder {name!r}: at least one system is needed", file=source)
+    if len(set(systems_t)) != len(systems_t):
+        raise ConfigError(f"builder {name!r}: a system is listed twice", file=source)
+    for system in systems_t:
+        if not _SYSTEM_RE.fullmatch(system):
+            raise ConfigError(
+                f"builder {name!r}: {system!r} is not a system type like x86_64-linux",
+                file=source,
+                field="systems",
+            )
+    return systems_t
+
+
 def make_spec(
     name: str,
     *,
@@ -178,18 +195,7 @@ def make_spec(
 ) -> BuilderSpec:
     """Check every value and build a `BuilderSpec`; `source` names the origin in errors."""
     check_name(name, source=source)
-    systems_t = tuple(systems) if systems is not None else (host_system(),)
-    if not systems_t:
-        raise ConfigError(f"builder {name!r}: at least one system is needed", file=source)
-    if len(set(systems_t)) != len(systems_t):
-        raise ConfigError(f"builder {name!r}: a system is listed twice", file=source)
-    for system in systems_t:
-        if not _SYSTEM_RE.fullmatch(system):
-            raise ConfigError(
-                f"builder {name!r}: {system!r} is not a system type like x86_64-linux",
-                file=source,
-                field="systems",
-            )
+    systems_t = _check_systems(name, systems, source=source)
     supported = frozenset(features)
     required = frozenset(mandatory)
     for feature in supported | required:
