@@ -219,3 +219,16 @@ def test_a_decline_is_answered_before_loading_what_only_an_accept_needs(tmp_path
     assert b"# decline" in done.stderr
     loaded = json.loads(done.stdout)
     assert [m for m in loaded if m.startswith(_NOT_AT_HOOK_START)] == []
+
+
+def test_no_function_is_over_sixty_lines() -> None:
+    """One story per function: longer ones are split where their parts have names."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines})")
+    assert long == []
