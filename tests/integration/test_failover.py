@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.errors import StateError
-from nixdist.state.db import BuildRow, StateDB
+from nixdist.state.db import StateDB
 from nixrun import FIXTURES, HANG_GUARD_S, HOOK, fresh_salt, machines_file, nix_build_argv
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from nixdist.farm import Farm
+    from nixdist.state.rows import BuildRow
 
     from .conftest import FarmFixture
 

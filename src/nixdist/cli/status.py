@@ -27,16 +27,17 @@ from rich.text import Text
 from nixdist.cli.machines import effective_machines
 from nixdist.scheduler.policy import format_bytes
 from nixdist.settings import load_settings
-from nixdist.state.db import Outcome, StateDB
+from nixdist.state.db import StateDB
 from nixdist.state.paths import db_path, state_dir
 from nixdist.state.report import build_json, status_report
+from nixdist.state.rows import Outcome
 from nixdist.state.slots import SlotDirectory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from nixdist.state.db import BuildRow
     from nixdist.state.report import StatusReport
+    from nixdist.state.rows import BuildRow
 
 _AGO: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}

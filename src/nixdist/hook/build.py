@@ -51,8 +51,8 @@ from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
 from nixdist.protocol.serve import BuildOptions, BuildStatus
-from nixdist.state.db import Outcome, Phase
 from nixdist.state.paths import state_dir, uploads_dir
+from nixdist.state.rows import Outcome, Phase
 from nixdist.store.claims import UploadClaims
 from nixdist.store.copy import copy_closure, copy_paths
 from nixdist.store.daemon import DaemonStore

@@ -53,9 +53,10 @@ if TYPE_CHECKING:
     from nixdist.model.machines import Machine
     from nixdist.model.request import BuildRequest
     from nixdist.protocol.hook import HookSettings
-    from nixdist.state.db import ProbeRow, StateDB
+    from nixdist.state.db import StateDB
     from nixdist.state.health import Health
     from nixdist.state.history import History
+    from nixdist.state.rows import ProbeRow
     from nixdist.state.slots import SlotLease
     from nixdist.transport.openssh import ControlMasters
     from nixdist.transport.probe import BuilderReport
@@ -199,7 +200,7 @@ class MachinePicker:
     def _renew(self, stale: Sequence[Machine], rows: dict[str, ProbeRow]) -> set[str]:
         """Ask `stale` for their reports; put the answers in `rows` (this host's slots on them
         still to be counted) and say which those are."""
-        from nixdist.state.db import ProbeRow  # noqa: PLC0415 - see the imports
+        from nixdist.state.rows import ProbeRow  # noqa: PLC0415 - see the imports
 
         renewed: set[str] = set()
         for machine, result in self._probe_all(stale):

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import StateError
-from nixdist.state.db import Down
+from nixdist.state.rows import Down
 
 if TYPE_CHECKING:
     from nixdist.state.db import StateDB

@@ -14,8 +14,8 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import StateError
-from nixdist.state.db import Outcome, Phase
 from nixdist.state.paths import pruned_marker
+from nixdist.state.rows import Outcome, Phase
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

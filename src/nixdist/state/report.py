@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from nixdist.model.machines import Machine
-    from nixdist.state.db import BuildRow, Down, ProbeRow, StateDB
+    from nixdist.state.db import StateDB
+    from nixdist.state.rows import BuildRow, Down, ProbeRow
     from nixdist.state.slots import SlotDirectory
 
 

@@ -16,7 +16,7 @@ from nixdist.scheduler.policy import MachineState
 if TYPE_CHECKING:
     from nixdist.model.machines import Machine
     from nixdist.scheduler.policy import RemoteLoad
-    from nixdist.state.db import ProbeRow
+    from nixdist.state.rows import ProbeRow
 
 #: A load report older than this many probe intervals is not used at all.
 REPORT_MAX_AGE_INTERVALS: Final = 6

@@ -45,8 +45,8 @@ from prometheus_client.metrics_core import (
 )
 
 from nixdist.errors import StateError
-from nixdist.state.db import BuildTotals, Outcome
 from nixdist.state.report import status_report
+from nixdist.state.rows import BuildTotals, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -22,7 +22,8 @@ from nixdist.model.machines import parse_machines
 from nixdist.model.request import BuildRequest
 from nixdist.protocol.hook import HookSettings
 from nixdist.scheduler.policy import Accept
-from nixdist.state.db import Down, ProbeRow, StateDB
+from nixdist.state.db import StateDB
+from nixdist.state.rows import Down, ProbeRow
 from nixdist.state.slots import SlotDirectory
 from nixdist.transport.probe import BuilderReport
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nixdist.state.db import Outcome, StateDB
+from nixdist.state.db import StateDB
 from nixdist.state.history import DAY_S, History
 from nixdist.state.paths import pruned_marker
+from nixdist.state.rows import Outcome
 
 if TYPE_CHECKING:
     from pathlib import Path

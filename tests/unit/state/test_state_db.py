@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from nixdist.cli.status import history
-from nixdist.state.db import Outcome, StateDB
+from nixdist.state.db import StateDB
+from nixdist.state.rows import Outcome
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,7 +66,7 @@ def test_history_machines_option_keeps_the_builds_of_that_file(
 def test_a_report_of_unknowns_is_kept_and_an_old_probe_cache_is_replaced(tmp_path: Path) -> None:
     import sqlite3  # noqa: PLC0415 - only this test writes an old database by hand
 
-    from nixdist.state.db import ProbeRow  # noqa: PLC0415
+    from nixdist.state.rows import ProbeRow  # noqa: PLC0415
     from nixdist.transport.probe import BuilderReport  # noqa: PLC0415
 
     # A schema-1 database: probe values NOT NULL, one cached report.

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.model.machines import Machine
-from nixdist.state.db import Down, Outcome, Phase, StateDB
+from nixdist.state.db import StateDB
 from nixdist.state.history import History
+from nixdist.state.rows import Down, Outcome, Phase
 from nixdist.state.slots import SlotDirectory
 from nixdist.web import ListenAddress, Sources, bind, bound_port, create_app
 from nixdist.web.server import make_server

@@ -13,8 +13,9 @@ import pytest
 
 from nixdist.errors import ConfigError
 from nixdist.model.machines import Machine
-from nixdist.state.db import ProbeRow, StateDB
+from nixdist.state.db import StateDB
 from nixdist.state.report import status_report
+from nixdist.state.rows import ProbeRow
 from nixdist.transport.probe import BuilderReport
 from nixdist.web import Sources
 from nixdist.web.app import host_name

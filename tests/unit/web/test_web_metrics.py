@@ -13,7 +13,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from nixdist.state.db import Outcome, StateDB
+from nixdist.state.db import StateDB
+from nixdist.state.rows import Outcome
 from nixdist.web.metrics import DURATION_BUCKETS_S, metric_families, read_history
 from nixdist.web.sources import Sources
 
