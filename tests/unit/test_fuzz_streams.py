@@ -28,7 +28,7 @@ from nixdist.protocol import serve
 from nixdist.protocol import serve_messages as msg
 from nixdist.protocol.hook import decode_accepted_work, decode_hook_command, decode_settings
 from nixdist.wire.export import ExportReader
-from nixdist.wire.nar import NarReader
+from nixdist.wire.nar_reader import NarReader
 from nixdist.wire.primitives import maybe_decode
 
 if TYPE_CHECKING:

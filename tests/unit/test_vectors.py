@@ -88,13 +88,11 @@ from nixdist.wire.nar import (
     Directory,
     DirectoryEnd,
     NarEvent,
-    NarReader,
     Regular,
     Symlink,
-    decode_nar,
     encode_nar,
-    nar_size_and_hash,
 )
+from nixdist.wire.nar_reader import NarReader, decode_nar, nar_size_and_hash
 from nixdist.wire.primitives import Reader
 
 if TYPE_CHECKING:

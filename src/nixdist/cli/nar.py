@@ -17,7 +17,7 @@ import click
 
 from nixdist.model import nixbase32
 from nixdist.store.narfs import dump_path, restore
-from nixdist.wire.nar import nar_size_and_hash
+from nixdist.wire.nar_reader import nar_size_and_hash
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

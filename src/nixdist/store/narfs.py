@@ -33,7 +33,6 @@ from nixdist.wire.nar import (
     DirectoryEnd,
     NarEvent,
     NarPath,
-    NarReader,
     Regular,
     Symlink,
     encode_entry_start,
@@ -41,6 +40,7 @@ from nixdist.wire.nar import (
     encode_regular_start,
     encode_symlink,
 )
+from nixdist.wire.nar_reader import NarReader
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
 
 from nixdist.errors import NixdistError, RemoteProtocolError, WireError
-from nixdist.wire.nar import NarReader
+from nixdist.wire.nar_reader import NarReader
 from nixdist.wire.primitives import Reader, maybe_decode
 
 if TYPE_CHECKING:

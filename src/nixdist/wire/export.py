@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import WireError
-from nixdist.wire.nar import NarReader
+from nixdist.wire.nar_reader import NarReader
 from nixdist.wire.primitives import LIMIT_COUNT, LIMIT_PATH, encode_text, encode_u64, padding
 from nixdist.wire.push import PushDecoder
 

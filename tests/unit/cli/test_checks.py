@@ -69,7 +69,8 @@ from nixdist.errors import ParseError
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import Machine
 from nixdist.transport.probe import parse_report
-from nixdist.wire.nar import Contents, Regular, decode_nar
+from nixdist.wire.nar import Contents, Regular
+from nixdist.wire.nar_reader import decode_nar
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,7 +22,7 @@ from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.store_path import StorePath
 from nixdist.protocol import worker
 from nixdist.protocol.logjson import LOG_FILE_TYPE, Msg, Result
-from nixdist.wire.nar import NarReader
+from nixdist.wire.nar_reader import NarReader
 from nixdist.wire.primitives import Reader
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors" / "worker"

@@ -22,15 +22,13 @@ from nixdist.wire.nar import (
     Directory,
     DirectoryEnd,
     NarEvent,
-    NarReader,
     NarWriter,
     Regular,
     Symlink,
-    decode_nar,
     encode_nar,
-    nar_size_and_hash,
     render_path,
 )
+from nixdist.wire.nar_reader import NarReader, decode_nar, nar_size_and_hash
 from nixdist.wire.primitives import encode_bytes, encode_u64
 
 
