@@ -32,12 +32,11 @@ from nixdist.cli.check_probe import (
 from nixdist.cli.checks import (
     BuilderReport,
     CheckReport,
-    LocalFacts,
     Observed,
     assess_builder,
-    local_findings,
     unusable,
 )
+from nixdist.cli.checks_local import LocalFacts, local_findings
 from nixdist.errors import ConfigError, ProtocolError, StoreRefusedError, TransportError
 from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model import nixbase32

@@ -49,15 +49,11 @@ from nixdist.cli.checks import (
     CheckReport,
     Finding,
     HostKey,
-    LocalFacts,
     Observed,
     Status,
     assess_builder,
     disk_finding,
     features_finding,
-    hook_is_nixdist,
-    is_trusted,
-    local_findings,
     render_bytes,
     report_to_json,
     systems_finding,
@@ -65,6 +61,7 @@ from nixdist.cli.checks import (
     verdict,
     worst,
 )
+from nixdist.cli.checks_local import LocalFacts, hook_is_nixdist, is_trusted, local_findings
 from nixdist.errors import ParseError
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import Machine
