@@ -60,7 +60,6 @@ import base64
 import contextlib
 import fcntl
 import os
-import pwd
 import shutil
 import sqlite3
 import subprocess
@@ -72,6 +71,14 @@ from typing import TYPE_CHECKING, Final
 from nixdist.errors import ConfigError
 from nixdist.farm import client, launch, procs, render
 from nixdist.farm.errors import FarmError
+from nixdist.farm.layout import (
+    atomic_write,
+    check_host,
+    inner_targets,
+    prepare_builder,
+    user_home,
+    user_targets,
+)
 from nixdist.farm.releases import KNOWN_VERSIONS
 from nixdist.farm.rootfs import ensure_rootfs, ensure_rootfs_many
 from nixdist.farm.spec import (
@@ -95,28 +102,7 @@ _NOISE_MARKER: Final = "# nixdist farm: noisy shell"
 _HIDDEN_PROC: Final = ("/proc/loadavg", "/proc/meminfo")
 
 
-def _inner_targets(*, chroot: bool = False) -> tuple[tuple[str, str], ...]:
-    """(directory under builders/<name>/, the path it covers inside the builder)."""
-    return (
-        ("nix", "/nix"),
-        ("etc-nix", "/etc/nix"),
-        ("etc-ssh", "/etc/ssh"),
-        # Where sshd and bash look for root's files (a root filesystem's passwd says /root).
-        ("home", "/root" if chroot else pwd.getpwuid(0).pw_dir),
-        ("tmp", "/tmp"),  # noqa: S108 - the builder's own /tmp, a mount point
-    )
-
-
 _CHROOT_SSHD: Final = "/usr/sbin/sshd"  # in every root filesystem (openssh-server)
-
-
-def _user_targets() -> tuple[tuple[str, str], ...]:
-    """What a builder with a user also covers: (path under builders/<name>/, inner path)."""
-    return (
-        ("homes", "/home"),
-        ("accounts/passwd", "/etc/passwd"),
-        ("accounts/group", "/etc/group"),
-    )
 
 
 def _restart_needed(old: BuilderSpec, new: BuilderSpec) -> bool:
@@ -229,7 +215,7 @@ class Farm:
         `specs` are stopped and their directories removed. Frozen builders stay frozen (see
         `heal`).
         """
-        self._check_host()
+        check_host(self.directory, self.sshd)
         self._ensure_rootfs(specs)
         with self._locked(create=True):
             state = self._load()
@@ -265,7 +251,7 @@ class Farm:
                     record = replace(self._kill(previous), spec=spec)
                 else:
                     record = replace(previous, spec=spec)
-                self._prepare_builder(record)
+                prepare_builder(self.builder_dir(record.spec.name), record, self.client_key)
                 records.append(record)
             state.records = records
             self._save(state)
@@ -306,13 +292,15 @@ class Farm:
 
     def start(self, name: str) -> BuilderStatus:
         """Start builder `name` if it is not running (same port, same host key)."""
-        self._check_host()
+        check_host(self.directory, self.sshd)
         with self._locked():
             state = self._load()
             i = state.index(name)
             self._ensure_rootfs([state.records[i].spec])
             if self._live_pid(state.records[i]) is None:
-                self._prepare_builder(state.records[i])
+                prepare_builder(
+                    self.builder_dir(state.records[i].spec.name), state.records[i], self.client_key
+                )
                 state.records[i] = self._start(state, state.records[i])
                 self._save(state)
             return self._status(state, state.records[i])
@@ -350,7 +338,7 @@ class Farm:
             spec = self._load().record(name).spec
             homes = [self.builder_dir(name) / "home"]
             if spec.user is not None:
-                homes.append(self._user_home(name, spec.user))
+                homes.append(user_home(self.builder_dir(name), spec.user))
             for home in homes:
                 bashrc = home / ".bashrc"
                 if noisy:
@@ -536,7 +524,7 @@ class Farm:
 
     def _save(self, state: FarmState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.state_file, encode_state(state))
+        atomic_write(self.state_file, encode_state(state))
         self._write_client_files(state)
 
     def _save_if_exists(self, state: FarmState) -> None:
@@ -561,9 +549,9 @@ class Farm:
                 )
             )
             known.append((alias, host_key))
-        _atomic_write(self.known_hosts, render.render_known_hosts(known))
-        _atomic_write(self.ssh_config, render.render_ssh_config(blocks))
-        _atomic_write(self.machines_file, render.render_machines(machines))
+        atomic_write(self.known_hosts, render.render_known_hosts(known))
+        atomic_write(self.ssh_config, render.render_ssh_config(blocks))
+        atomic_write(self.machines_file, render.render_machines(machines))
 
     def _host_key_line(self, name: str) -> str:
         pub = self.builder_dir(name) / "etc-ssh" / f"{Path(render.INNER_HOST_KEY).name}.pub"
@@ -574,86 +562,9 @@ class Farm:
 
     # ---------------------------------------------------------------- internals: builders
 
-    def _check_host(self) -> None:
-        if os.geteuid() != 0:
-            raise FarmError("the farm needs root (mount namespaces, bind mounts, sshd)")
-        missing = [
-            f"{tool} ({package})"
-            for tool, package in (
-                ("unshare", "util-linux"),
-                ("nsenter", "util-linux"),
-                ("setsid", "util-linux"),
-                ("ssh-keygen", "openssh-client"),
-                ("nix-store", "nix-bin"),
-            )
-            if shutil.which(tool, path=launch.CLEAN_ENV["PATH"]) is None
-        ]
-        if self.sshd is None or not Path(self.sshd).is_absolute():
-            missing.append("sshd (openssh-server)")
-        if missing:
-            raise FarmError(f"missing on this machine: {', '.join(missing)}")
-        if any(c.isspace() for c in str(self.directory)):
-            raise FarmError(
-                f"the farm directory {str(self.directory)!r} contains whitespace, which"
-                " NIX_SSHOPTS and ssh_config cannot carry"
-            )
-        for inside in self.directory.parents:
-            if str(inside) in {"/nix", "/etc/nix", "/etc/ssh"}:
-                raise FarmError(f"the farm directory cannot live under {inside}")
-        # sshd's privilege-separation directory, and the mount points a builder covers.
-        Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-        for _, target in (*_inner_targets(), ("homes", "/home")):
-            Path(target).mkdir(mode=0o755, parents=True, exist_ok=True)
-
     def _ensure_client_key(self) -> None:
         if not self.client_key.exists():
             launch.keygen(self.client_key, comment="nixdist-farm-client")
-
-    def _prepare_builder(self, record: BuilderRecord) -> None:
-        """Create the builder's directories and keys if needed; (re)write its config files."""
-        spec = record.spec
-        base = self.builder_dir(spec.name)
-        for sub, _ in _inner_targets():
-            (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "stage").mkdir(exist_ok=True)
-        (base / "tmp").chmod(0o1777)
-        (base / "nix" / "store").mkdir(exist_ok=True)  # Nix makes the rest on first use
-        etc_ssh = base / "etc-ssh"
-        host_key = etc_ssh / Path(render.INNER_HOST_KEY).name
-        if not host_key.exists():
-            launch.keygen(host_key, comment=f"nixdist-farm-{spec.name}")
-        client_pub = self.client_key.with_name(self.client_key.name + ".pub").read_text()
-        _atomic_write(etc_ssh / Path(render.INNER_AUTHORIZED_KEYS).name, client_pub)
-        sshd_config = render.render_sshd_config(record.port, user=spec.user)
-        _atomic_write(etc_ssh / Path(render.INNER_SSHD_CONFIG).name, sshd_config)
-        if spec.user is not None:
-            self._prepare_user(spec, spec.user, client_pub)
-        etc_nix = base / "etc-nix"
-        _atomic_write(etc_nix / "nix.conf", render.render_nix_conf(spec))
-        _atomic_write(etc_nix / render.BUILDER_NAME_FILE, f"{spec.name}\n")
-        _atomic_write(etc_nix / render.BUILDER_SPEED_FILE, render.render_speed_file(spec))
-
-    def _user_home(self, name: str, user: str) -> Path:
-        return self.builder_dir(name) / "homes" / user
-
-    def _prepare_user(self, spec: BuilderSpec, user: str, client_pub: str) -> None:
-        """The builder's accounts (its root's passwd and group with the user and the build
-        users added) and the user's home, with the farm's key in its authorized_keys."""
-        base = self.builder_dir(spec.name)
-        root = Path("/") if spec.nix is None else ensure_rootfs(spec.nix)
-        id_base = render.account_id_base(str(base))
-        passwd = render.render_passwd((root / "etc" / "passwd").read_text(), spec, id_base=id_base)
-        group = render.render_group((root / "etc" / "group").read_text(), spec, id_base=id_base)
-        _atomic_write(base / "accounts" / "passwd", passwd)
-        _atomic_write(base / "accounts" / "group", group)
-        home = self._user_home(spec.name, user)
-        ssh_dir = home / ".ssh"
-        ssh_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(ssh_dir / "authorized_keys", client_pub, mode=0o600)
-        for path in (home, ssh_dir, ssh_dir / "authorized_keys"):
-            os.chown(path, id_base, id_base)
-        home.chmod(0o700)
-        ssh_dir.chmod(0o700)
 
     def _ensure_rootfs(self, specs: Iterable[BuilderSpec] | None) -> None:
         """Build the root filesystems `specs` need (minutes, once), before the farm's lock."""
@@ -667,9 +578,9 @@ class Farm:
         """`command` in a namespace of builder `spec` (which has a Nix version), chrooted."""
         assert spec.nix is not None  # noqa: S101 - narrowing; only called for such builders
         base = self.builder_dir(spec.name)
-        mounts = [(str(base / sub), target) for sub, target in _inner_targets(chroot=True)]
+        mounts = [(str(base / sub), target) for sub, target in inner_targets(chroot=True)]
         if spec.user is not None:
-            mounts += [(str(base / sub), target) for sub, target in _user_targets()]
+            mounts += [(str(base / sub), target) for sub, target in user_targets()]
         mounts += [
             ("/proc", "/proc"),
             ("rbind:/dev", "/dev"),
@@ -687,7 +598,7 @@ class Farm:
     def _mount_args(self, spec: BuilderSpec) -> list[str]:
         """Source/target pairs for the launch script, a target covering the farm dir last."""
         base = self.builder_dir(spec.name)
-        targets = _inner_targets() + (_user_targets() if spec.user is not None else ())
+        targets = inner_targets() + (user_targets() if spec.user is not None else ())
         pairs = [(str(base / sub), target) for sub, target in targets]
         covering = [p for p in pairs if self.directory.is_relative_to(p[1])]
         ordered = [p for p in pairs if p not in covering] + covering
@@ -737,7 +648,7 @@ class Farm:
         if not launch.port_bindable(record.port):
             record = replace(record, port=launch.free_port({r.port for r in state.records}))
             state.records[state.index(name)] = record
-            self._prepare_builder(record)
+            prepare_builder(self.builder_dir(record.spec.name), record, self.client_key)
             self._save(state)
         assert self.sshd is not None  # checked by _check_host  # noqa: S101 - narrowing
         base = self.builder_dir(name)
@@ -796,14 +707,6 @@ class Farm:
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    tmp.replace(path)
 
 
 def _valid_paths(db: Path, *, only_built: bool = False) -> tuple[str, ...]:
