@@ -61,7 +61,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import sqlite3
 import subprocess
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -74,13 +73,14 @@ from nixdist.farm.errors import FarmError
 from nixdist.farm.layout import (
     atomic_write,
     check_host,
-    inner_targets,
+    chroot_argv,
+    mount_args,
     prepare_builder,
     user_home,
-    user_targets,
+    valid_paths,
 )
 from nixdist.farm.releases import KNOWN_VERSIONS
-from nixdist.farm.rootfs import ensure_rootfs, ensure_rootfs_many
+from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import (
     DEFAULT_ALIAS_PREFIX,
     BuilderSpec,
@@ -410,7 +410,7 @@ class Farm:
     def builder_store_paths(self, name: str) -> tuple[str, ...]:
         """The valid paths in builder `name`'s store (read from its database), sorted."""
         self._load().index(name)
-        return _valid_paths(self._db_path(name))
+        return valid_paths(self._db_path(name))
 
     def built_paths(self, name: str) -> tuple[str, ...]:
         """The paths builder `name` built itself, sorted.
@@ -420,7 +420,7 @@ class Farm:
         demo tell where a derivation was built, from the builders' own stores.
         """
         self._load().index(name)
-        return _valid_paths(self._db_path(name), only_built=True)
+        return valid_paths(self._db_path(name), only_built=True)
 
     def where_built(self, paths: Iterable[str]) -> dict[str, list[str]]:
         """For each of `paths`, the builders that built it (usually one, or none)."""
@@ -450,9 +450,9 @@ class Farm:
             # (and the host's root otherwise, even when this runs in a chroot of its own).
             full = ["nsenter", f"--target={pid}", "--mount", "--root", "--wd=/", "--", *argv]
         elif record.spec.nix is not None:
-            full = self._chroot_argv(record.spec, argv)
+            full = self._enter_argv(record.spec, argv, chroot=True)
         else:
-            full = launch.namespace_argv(self._mount_args(record.spec), argv)
+            full = self._enter_argv(record.spec, argv, chroot=False)
         result = subprocess.run(
             full,
             input=input,
@@ -572,37 +572,21 @@ class Farm:
         if versions:
             ensure_rootfs_many(versions)
 
-    def _chroot_argv(
-        self, spec: BuilderSpec, command: Sequence[str], *, pidfile: Path | None = None
+    def _enter_argv(
+        self,
+        spec: BuilderSpec,
+        command: Sequence[str],
+        *,
+        chroot: bool,
+        pidfile: Path | None = None,
     ) -> list[str]:
-        """`command` in a namespace of builder `spec` (which has a Nix version), chrooted."""
-        assert spec.nix is not None  # noqa: S101 - narrowing; only called for such builders
+        """`command` in a new namespace of builder `spec`: chrooted in its root filesystem, or
+        with its directories over the host's (`nixdist.farm.layout`)."""
         base = self.builder_dir(spec.name)
-        mounts = [(str(base / sub), target) for sub, target in inner_targets(chroot=True)]
-        if spec.user is not None:
-            mounts += [(str(base / sub), target) for sub, target in user_targets()]
-        mounts += [
-            ("/proc", "/proc"),
-            ("rbind:/dev", "/dev"),
-            ("rbind:/sys", "/sys"),
-            (str(self.directory), str(self.directory)),
-        ]
-        return launch.chroot_argv(
-            stage=base / "stage",
-            rootfs=ensure_rootfs(spec.nix),
-            mounts=mounts,
-            command=command,
-            pidfile=pidfile,
-        )
-
-    def _mount_args(self, spec: BuilderSpec) -> list[str]:
-        """Source/target pairs for the launch script, a target covering the farm dir last."""
-        base = self.builder_dir(spec.name)
-        targets = inner_targets() + (user_targets() if spec.user is not None else ())
-        pairs = [(str(base / sub), target) for sub, target in targets]
-        covering = [p for p in pairs if self.directory.is_relative_to(p[1])]
-        ordered = [p for p in pairs if p not in covering] + covering
-        return [item for pair in ordered for item in pair]
+        if chroot:
+            return chroot_argv(base, spec, command, farm_dir=self.directory, pidfile=pidfile)
+        mounts = mount_args(base, spec, farm_dir=self.directory)
+        return launch.namespace_argv(mounts, command, pidfile=pidfile)
 
     def _pids(self, record: BuilderRecord) -> list[int]:
         """Live processes in the builder's namespace (or a copy Nix made of it) whose /nix is
@@ -661,9 +645,9 @@ class Farm:
             command = launch.with_daemon(command, log=render.INNER_DAEMON_LOG)
             socket.unlink(missing_ok=True)
         if record.spec.nix is not None:
-            argv = self._chroot_argv(record.spec, command, pidfile=pidfile)
+            argv = self._enter_argv(record.spec, command, chroot=True, pidfile=pidfile)
         else:
-            argv = launch.namespace_argv(self._mount_args(record.spec), command, pidfile=pidfile)
+            argv = self._enter_argv(record.spec, command, chroot=False, pidfile=pidfile)
         pid, ns = launch.start_sshd(
             name=name,
             argv=argv,
@@ -698,7 +682,7 @@ class Farm:
             state=run_state,
             pid=pid,
             mount_ns=record.mount_ns if pid is not None else None,
-            store_paths=len(_valid_paths(self._db_path(name))),
+            store_paths=len(valid_paths(self._db_path(name))),
             noisy=noisy,
         )
 
@@ -707,21 +691,3 @@ class Farm:
 
 
 # -------------------------------------------------------------------- helpers
-
-
-def _valid_paths(db: Path, *, only_built: bool = False) -> tuple[str, ...]:
-    if not db.exists():
-        return ()
-    query = "SELECT path FROM ValidPaths"
-    if only_built:
-        query += " WHERE ultimate = 1"
-    try:
-        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-            rows = conn.execute(query + " ORDER BY path").fetchall()
-    except sqlite3.OperationalError as err:
-        if "no such table" in str(err):
-            return ()  # Nix is creating the database right now
-        raise FarmError(f"cannot read the store database {db}: {err}") from None
-    except sqlite3.Error as err:
-        raise FarmError(f"cannot read the store database {db}: {err}") from None
-    return tuple(str(row[0]) for row in rows)

@@ -11,9 +11,11 @@ files (sshd's and Nix's configuration, keys, the accounts of a builder with a us
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,8 @@ from nixdist.farm.errors import FarmError
 from nixdist.farm.rootfs import ensure_rootfs
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from nixdist.farm.spec import BuilderSpec
     from nixdist.farm.statefile import BuilderRecord
 
@@ -137,3 +141,60 @@ def _prepare_user(base: Path, spec: BuilderSpec, user: str, client_pub: str) -> 
         os.chown(path, id_base, id_base)
     home.chmod(0o700)
     ssh_dir.chmod(0o700)
+
+
+def chroot_argv(
+    base: Path,
+    spec: BuilderSpec,
+    command: Sequence[str],
+    *,
+    farm_dir: Path,
+    pidfile: Path | None = None,
+) -> list[str]:
+    """`command` in a namespace of builder `spec` (which has a Nix version), chrooted."""
+    assert spec.nix is not None  # noqa: S101 - narrowing; only called for such builders
+    mounts = [(str(base / sub), target) for sub, target in inner_targets(chroot=True)]
+    if spec.user is not None:
+        mounts += [(str(base / sub), target) for sub, target in user_targets()]
+    mounts += [
+        ("/proc", "/proc"),
+        ("rbind:/dev", "/dev"),
+        ("rbind:/sys", "/sys"),
+        (str(farm_dir), str(farm_dir)),
+    ]
+    return launch.chroot_argv(
+        stage=base / "stage",
+        rootfs=ensure_rootfs(spec.nix),
+        mounts=mounts,
+        command=command,
+        pidfile=pidfile,
+    )
+
+
+def mount_args(base: Path, spec: BuilderSpec, *, farm_dir: Path) -> list[str]:
+    """Source/target pairs for the launch script, a target covering the farm dir last."""
+    targets = inner_targets() + (user_targets() if spec.user is not None else ())
+    pairs = [(str(base / sub), target) for sub, target in targets]
+    covering = [p for p in pairs if farm_dir.is_relative_to(p[1])]
+    ordered = [p for p in pairs if p not in covering] + covering
+    return [item for pair in ordered for item in pair]
+
+
+def valid_paths(db: Path, *, only_built: bool = False) -> tuple[str, ...]:
+    """The valid paths in a builder's store database (those it built itself with
+    `only_built`: Nix marks them ultimate), sorted."""
+    if not db.exists():
+        return ()
+    query = "SELECT path FROM ValidPaths"
+    if only_built:
+        query += " WHERE ultimate = 1"
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+            rows = conn.execute(query + " ORDER BY path").fetchall()
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):
+            return ()  # Nix is creating the database right now
+        raise FarmError(f"cannot read the store database {db}: {err}") from None
+    except sqlite3.Error as err:
+        raise FarmError(f"cannot read the store database {db}: {err}") from None
+    return tuple(str(row[0]) for row in rows)
