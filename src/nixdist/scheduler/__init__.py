@@ -22,7 +22,6 @@ from nixdist.scheduler.policy import (
     render_decision,
     render_no_machine_report,
     render_rejections,
-    uri_scheme,
 )
 
 __all__ = [
@@ -43,5 +42,4 @@ __all__ = [
     "render_decision",
     "render_no_machine_report",
     "render_rejections",
-    "uri_scheme",
 ]

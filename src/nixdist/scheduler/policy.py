@@ -271,12 +271,6 @@ def could_build_locally(request: BuildRequest, local: LocalCapabilities) -> bool
     )
 
 
-def uri_scheme(uri: str) -> str:
-    """The scheme of a store URI (``ssh`` for ``ssh://host``), or "" when it has none."""
-    scheme, sep, _ = uri.partition("://")
-    return scheme if sep else ""
-
-
 def _speed(machine: Machine) -> float:
     return machine.speed_factor if machine.speed_factor > 0 else 1.0
 
@@ -311,7 +305,7 @@ def _unavailable(
 ) -> RejectReason | None:
     """Why a fitting machine cannot take a build now, or None if it is eligible."""
     machine = state.machine
-    if supported_schemes is not None and uri_scheme(machine.uri) not in supported_schemes:
+    if supported_schemes is not None and machine.scheme not in supported_schemes:
         return RejectReason.UNSUPPORTED_SCHEME
     if state.down_reason is not None:
         return RejectReason.DOWN
@@ -345,7 +339,7 @@ def _describe(  # noqa: C901, PLR0911 - one sentence per reason
                 f"{_plural('feature', unrequested)} {_words(unrequested)}"
             )
         case RejectReason.UNSUPPORTED_SCHEME:
-            return f"store type {uri_scheme(machine.uri) or machine.uri!r} is not supported"
+            return f"store type {machine.scheme or machine.uri!r} is not supported"
         case RejectReason.DOWN:
             return f"down: {state.down_reason}"
         case RejectReason.LOW_DISK:

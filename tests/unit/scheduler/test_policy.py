@@ -27,7 +27,6 @@ from nixdist.scheduler import (
     render_decision,
     render_no_machine_report,
     render_rejections,
-    uri_scheme,
 )
 
 DRV = "/nix/store/qgzqv036py77730dbw8x8i9c0r0dgk6f-sched-probe.drv"
@@ -288,12 +287,6 @@ def test_unsupported_scheme_is_skipped_like_a_disabled_machine() -> None:
         "local: store type 'local' is not supported",
     ]
     assert accepted(choose(request(), NOT_LOCAL, [state(machine("a"))], supported_schemes=None))
-
-
-def test_uri_scheme() -> None:
-    assert uri_scheme("ssh://nix@b1") == "ssh"
-    assert uri_scheme("ssh-ng://b1?remote-store=/x") == "ssh-ng"
-    assert uri_scheme("local?root=/x") == ""
 
 
 @pytest.mark.parametrize(
