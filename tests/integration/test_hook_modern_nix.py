@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from clients import client_env, own_hook, run_client, run_in_work
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
 from nixrun import HANG_GUARD_S, fresh_salt, nix_build_argv
@@ -88,12 +89,6 @@ def work(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _env(farm: Farm, work: Path) -> dict[str, str]:
-    env = {**os.environ, **farm.env(), "NIXDIST_STATE_DIR": str(work / "state")}
-    env.pop("NIX_REMOTE_SYSTEMS", None)
-    return env
-
-
 def _line(farm: Farm, name: str) -> str:
     alias = farm.alias(name)
     return next(
@@ -103,25 +98,6 @@ def _line(farm: Farm, name: str) -> str:
     )
 
 
-def _run(farm: Farm, argv: Sequence[str], work: Path) -> subprocess.CompletedProcess[str]:
-    """`argv` in `work` with the farm's environment, its output kept."""
-    return subprocess.run(
-        argv,
-        env=_env(farm, work),
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=HANG_GUARD_S,
-    )
-
-
-def _client(
-    farm: Farm, version: str, argv: Sequence[str], work: Path, *, daemon: bool = False
-) -> subprocess.CompletedProcess[str]:
-    return _run(farm, farm.client_argv(version, argv, daemon=daemon, cwd=work), work)
-
-
 def _version(text: str) -> tuple[int, ...]:
     return tuple(map(int, text.split(".")))
 
@@ -129,11 +105,6 @@ def _version(text: str) -> tuple[int, ...]:
 def _ours(farm: Farm, client: str, work: Path, form: str = "path") -> str:
     """nixdist as the client's build-hook: one absolute path (every Nix) or a list (2.17+)."""
     return HOOK_FORMS[form].format(work=work, bin=farm.client_store_dir(client).parents[1] / "bin")
-
-
-def _theirs(client: str) -> str:
-    """Nix's own hook in the client's root filesystem."""
-    return "/usr/libexec/nix/build-remote" if client == "2.8" else "/usr/bin/nix __build-remote"
 
 
 def _build_argv(
@@ -152,7 +123,7 @@ def _names(directory: Path) -> set[str]:
 def _history(farm: Farm, work: Path) -> list[dict[str, object]]:
     done = subprocess.run(
         [str(NIXDIST), "history", "--json"],
-        env=_env(farm, work),
+        env=client_env(farm, work),
         capture_output=True,
         text=True,
         check=True,
@@ -168,7 +139,7 @@ def test_builds_land_whole_in_the_client_store(
 ) -> None:
     salt = fresh_salt(f"{client}-{builder}")
     form = "list" if builder == "m226" and _version(client) >= (2, 17) else "path"
-    done = _client(
+    done = run_client(
         mfarm,
         client,
         _build_argv(mfarm, builder, salt, hook=_ours(mfarm, client, work, form)),
@@ -177,15 +148,15 @@ def test_builds_land_whole_in_the_client_store(
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
     assert f"remote log of top {salt}" in done.stderr
-    drv = _client(mfarm, client, ["nix-store", "-q", "--deriver", out], work).stdout.strip()
-    outputs = _client(mfarm, client, ["nix-store", "-q", "--outputs", drv], work).stdout.split()
+    drv = run_client(mfarm, client, ["nix-store", "-q", "--deriver", out], work).stdout.strip()
+    outputs = run_client(mfarm, client, ["nix-store", "-q", "--outputs", drv], work).stdout.split()
     assert len(outputs) == 2
     # Valid, whole, and registered with the builder's own path info.
-    verify = _client(mfarm, client, ["nix-store", "--verify-path", *outputs], work)
+    verify = run_client(mfarm, client, ["nix-store", "--verify-path", *outputs], work)
     assert verify.returncode == 0, verify.stderr
-    verify = _client(mfarm, client, ["nix-store", "--verify", "--check-contents"], work)
+    verify = run_client(mfarm, client, ["nix-store", "--verify", "--check-contents"], work)
     assert verify.returncode == 0, verify.stderr
-    here = _client(mfarm, client, ["nix-store", "--dump-db", *outputs], work)
+    here = run_client(mfarm, client, ["nix-store", "--dump-db", *outputs], work)
     there = mfarm.run_in(builder, ["nix-store", "--dump-db", *outputs]).stdout.decode()
     assert here.stdout == there
     # Built where the history says; the log is in the client's log store.
@@ -194,7 +165,7 @@ def test_builds_land_whole_in_the_client_store(
     assert [(b["status"], b["machine"]) for b in history] == [
         ("built", f"ssh://{mfarm.alias(builder)}")
     ]
-    log = _client(mfarm, client, ["nix-store", "-l", drv], work)
+    log = run_client(mfarm, client, ["nix-store", "-l", drv], work)
     assert f"remote log of top {salt}" in log.stdout
     store_dir = mfarm.client_store_dir(client)
     assert not [p for p in store_dir.iterdir() if p.name.startswith(".nixdist-")]
@@ -206,8 +177,8 @@ def test_nix_own_hook_builds_the_same_pairings(
     mfarm: Farm, work: Path, client: str, builder: str
 ) -> None:
     """The reference: what nixdist is compared with works on this pairing too."""
-    argv = _build_argv(mfarm, builder, fresh_salt("theirs"), hook=_theirs(client))
-    done = _client(mfarm, client, argv, work)
+    argv = _build_argv(mfarm, builder, fresh_salt("theirs"), hook=own_hook(client))
+    done = run_client(mfarm, client, argv, work)
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
     assert mfarm.where_built([out]) == {out: [builder]}
@@ -216,13 +187,13 @@ def test_nix_own_hook_builds_the_same_pairings(
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_failing_build_fails_as_with_nix_own_hook(mfarm: Farm, work: Path, client: str) -> None:
     results = {}
-    for hook in (_ours(mfarm, client, work), _theirs(client)):
+    for hook in (_ours(mfarm, client, work), own_hook(client)):
         salt = fresh_salt("fail")
         argv = _build_argv(
             mfarm, "m234", salt, hook=hook, extra=["--arg", "fail", "true", "--keep-failed"]
         )
-        results[hook] = _client(mfarm, client, argv, work)
-    ours, theirs = results[_ours(mfarm, client, work)], results[_theirs(client)]
+        results[hook] = run_client(mfarm, client, argv, work)
+    ours, theirs = results[_ours(mfarm, client, work)], results[own_hook(client)]
     # Nix 2.29+ takes any failed hook for a MiscFailure (exit 1), whatever it exits with; before,
     # it honoured 100 (the build failed) as for a local build, where build-remote exits 1.
     honours_hook_status = _version(client) < (2, 29)
@@ -253,7 +224,7 @@ def test_ctrl_c_during_the_copy_back_leaves_nothing(mfarm: Farm, work: Path) -> 
     before = _names(store_dir)
     proc = subprocess.Popen(
         mfarm.client_argv(client, argv, cwd=work),
-        env=_env(mfarm, work),
+        env=client_env(mfarm, work),
         cwd=work,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -279,17 +250,17 @@ def test_ctrl_c_during_the_copy_back_leaves_nothing(mfarm: Farm, work: Path) -> 
     tops = [n for n in new if f"top-{salt}" in n and not n.endswith((".drv", ".lock"))]
     for name in tops:  # an output is there only if it is valid and whole
         path = f"/nix/store/{name}"
-        verify = _client(mfarm, client, ["nix-store", "--verify-path", path], work)
+        verify = run_client(mfarm, client, ["nix-store", "--verify-path", path], work)
         assert verify.returncode == 0, (name, verify.stderr)
 
 
 def test_a_multi_user_client_builds_through_its_daemon(mfarm: Farm, work: Path) -> None:
     salt = fresh_salt("daemon")
     argv = _build_argv(mfarm, "m226", salt, hook="nixdist-hook")
-    done = _client(mfarm, "2.34", argv, work, daemon=True)
+    done = run_client(mfarm, "2.34", argv, work, daemon=True)
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
-    verify = _client(mfarm, "2.34", ["nix-store", "--verify-path", out], work)
+    verify = run_client(mfarm, "2.34", ["nix-store", "--verify-path", out], work)
     assert verify.returncode == 0, verify.stderr
     assert mfarm.where_built([out]) == {out: ["m226"]}
 
@@ -317,14 +288,14 @@ def test_no_machine_report_is_the_one_nix_own_hook_prints(
     )
     salt = fresh_salt("report")
     said = {}
-    for hook in (_ours(mfarm, client, work), _theirs(client)):
+    for hook in (_ours(mfarm, client, work), own_hook(client)):
         argv = nix_build_argv(
             ["feat.nix", "--argstr", "salt", salt], builders=f"@{machines}", hook=None
         )
-        done = _client(mfarm, client, [*argv, "--option", "build-hook", hook], work)
+        done = run_client(mfarm, client, [*argv, "--option", "build-hook", hook], work)
         assert done.returncode != 0
         said[hook] = _report(done.stderr)
-    assert said[_ours(mfarm, client, work)] == said[_theirs(client)]
+    assert said[_ours(mfarm, client, work)] == said[own_hook(client)]
 
 
 @pytest.mark.parametrize("client", ["host", "2.34"])
@@ -335,15 +306,15 @@ def test_a_chroot_store_gets_its_outputs(mfarm: Farm, work: Path, client: str) -
     hook = str(NIXDIST.with_name("nixdist-hook")) if client == "host" else "nixdist-hook"
     argv = _build_argv(mfarm, "m234", salt, hook=hook, extra=["--store", str(chroot)])
     if client == "host":
-        done = _run(mfarm, argv, work)
+        done = run_in_work(mfarm, argv, work)
         nix_store = ["nix-store"]
     else:
-        done = _client(mfarm, client, argv, work)
+        done = run_client(mfarm, client, argv, work)
         nix_store = mfarm.client_argv(client, ["nix-store"], cwd=work)
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
     assert (chroot / out.lstrip("/")).is_file()
-    verify = _run(mfarm, [*nix_store, "--store", str(chroot), "--verify-path", out], work)
+    verify = run_in_work(mfarm, [*nix_store, "--store", str(chroot), "--verify-path", out], work)
     assert verify.returncode == 0, verify.stderr
     assert mfarm.where_built([out]) == {out: ["m234"]}
     assert not (Path("/nix/store") / Path(out).name).exists()

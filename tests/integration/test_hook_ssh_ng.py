@@ -11,8 +11,6 @@ or refuses an unsigned input with the words Nix's own hook shows.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import urllib.parse
 from pathlib import Path
@@ -20,11 +18,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from clients import client_hook, own_hook, run_client
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
-from nixrun import HANG_GUARD_S, fresh_salt, nix_build_argv
+from nixrun import fresh_salt, nix_build_argv
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable, Iterator, Sequence
 
     from nixdist.farm import Farm
@@ -78,12 +78,6 @@ def work(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _env(farm: Farm, work: Path) -> dict[str, str]:
-    env = {**os.environ, **farm.env(), "NIXDIST_STATE_DIR": str(work / "state")}
-    env.pop("NIX_REMOTE_SYSTEMS", None)
-    return env
-
-
 def _line(farm: Farm, name: str, **params: str) -> str:
     """The builder's machines line, with `params` added to its URI."""
     prefix = f"ssh-ng://{farm.alias(name)}"
@@ -98,28 +92,6 @@ def _line(farm: Farm, name: str, **params: str) -> str:
     return prefix + "?" + query + line[len(prefix) :]
 
 
-def _client(
-    farm: Farm, version: str, argv: Sequence[str], work: Path
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        farm.client_argv(version, argv, cwd=work),
-        env=_env(farm, work),
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=HANG_GUARD_S,
-    )
-
-
-def _ours(farm: Farm, client: str) -> str:
-    return str(farm.client_store_dir(client).parents[1] / "bin" / "nixdist-hook")
-
-
-def _theirs(client: str) -> str:
-    return "/usr/libexec/nix/build-remote" if client == "2.8" else "/usr/bin/nix __build-remote"
-
-
 def _build(
     farm: Farm,
     client: str,
@@ -131,12 +103,12 @@ def _build(
     extra: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     argv = nix_build_argv(["drvs.nix", "--argstr", "salt", salt, *extra], builders=line, hook=None)
-    return _client(farm, client, [*argv, "--option", "build-hook", hook], work)
+    return run_client(farm, client, [*argv, "--option", "build-hook", hook], work)
 
 
 def _outputs(farm: Farm, client: str, out: str, work: Path) -> tuple[str, list[str]]:
-    drv = _client(farm, client, ["nix-store", "-q", "--deriver", out], work).stdout.strip()
-    outputs = _client(farm, client, ["nix-store", "-q", "--outputs", drv], work).stdout.split()
+    drv = run_client(farm, client, ["nix-store", "-q", "--deriver", out], work).stdout.strip()
+    outputs = run_client(farm, client, ["nix-store", "-q", "--outputs", drv], work).stdout.split()
     return drv, outputs
 
 
@@ -146,27 +118,29 @@ def test_a_dag_builds_on_an_ssh_ng_builder(
     ngfarm: Farm, work: Path, client: str, builder: str
 ) -> None:
     salt = fresh_salt(f"ng-{client}-{builder}")
-    done = _build(ngfarm, client, _line(ngfarm, builder), salt, work, hook=_ours(ngfarm, client))
+    done = _build(
+        ngfarm, client, _line(ngfarm, builder), salt, work, hook=client_hook(ngfarm, client)
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
     assert f"remote log of top {salt}" in done.stderr
     drv, outputs = _outputs(ngfarm, client, out, work)
     assert len(outputs) == 2
-    verify = _client(ngfarm, client, ["nix-store", "--verify", "--check-contents"], work)
+    verify = run_client(ngfarm, client, ["nix-store", "--verify", "--check-contents"], work)
     assert verify.returncode == 0, verify.stderr
-    here = _client(ngfarm, client, ["nix-store", "--dump-db", *outputs], work)
+    here = run_client(ngfarm, client, ["nix-store", "--dump-db", *outputs], work)
     there = ngfarm.run_in(builder, ["nix-store", "--dump-db", *outputs]).stdout.decode()
     assert here.stdout == there
     assert ngfarm.where_built(outputs) == {o: [builder] for o in outputs}
     # The daemon's log stream reached the client's log store, for `nix log`.
-    log = _client(ngfarm, client, ["nix-store", "-l", drv], work)
+    log = run_client(ngfarm, client, ["nix-store", "-l", drv], work)
     assert f"remote log of top {salt}" in log.stdout
     leaf = next(
         p
-        for p in _client(ngfarm, client, ["nix-store", "-qR", drv], work).stdout.split()
+        for p in run_client(ngfarm, client, ["nix-store", "-qR", drv], work).stdout.split()
         if f"leaf-{salt}.drv" in p
     )
-    assert f"leaf log {salt}" in _client(ngfarm, client, ["nix-store", "-l", leaf], work).stdout
+    assert f"leaf log {salt}" in run_client(ngfarm, client, ["nix-store", "-l", leaf], work).stdout
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -176,7 +150,7 @@ def test_nix_own_hook_builds_the_same_pairings(
 ) -> None:
     """The reference: Nix's own hook builds on these ssh-ng builders too."""
     done = _build(
-        ngfarm, client, _line(ngfarm, builder), fresh_salt("own"), work, hook=_theirs(client)
+        ngfarm, client, _line(ngfarm, builder), fresh_salt("own"), work, hook=own_hook(client)
     )
     assert done.returncode == 0, done.stderr[-4000:]
     [out] = done.stdout.split()
@@ -186,7 +160,7 @@ def test_nix_own_hook_builds_the_same_pairings(
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_failing_build_fails_as_with_nix_own_hook(ngfarm: Farm, work: Path, client: str) -> None:
     said = {}
-    for hook in (_ours(ngfarm, client), _theirs(client)):
+    for hook in (client_hook(ngfarm, client), own_hook(client)):
         done = _build(
             ngfarm,
             client,
@@ -203,21 +177,21 @@ def test_a_failing_build_fails_as_with_nix_own_hook(ngfarm: Farm, work: Path, cl
         assert "  second error line" in stderr
         assert "failed with exit code 3" in stderr
         assert "\n       Reason: builder failed with exit code 3.\n" in stderr
-    assert "lacks a signature" not in said[_ours(ngfarm, client)]
+    assert "lacks a signature" not in said[client_hook(ngfarm, client)]
 
 
 def test_an_untrusting_daemon_builds_by_path(ngfarm: Farm, work: Path) -> None:
     """The daemon does not trust us: it gets the .drv closure and builds the derivation by
     its path, its inputs too (as with Nix 2.34's own hook)."""
     line = _line(ngfarm, "n234", **{"remote-program": UNTRUSTING})
-    for hook in (_ours(ngfarm, "2.34"), _theirs("2.34")):
+    for hook in (client_hook(ngfarm, "2.34"), own_hook("2.34")):
         salt = fresh_salt("untrusted")
         done = _build(ngfarm, "2.34", line, salt, work, hook=hook)
         assert done.returncode == 0, done.stderr[-4000:]
         [out] = done.stdout.split()
         _, outputs = _outputs(ngfarm, "2.34", out, work)
         assert ngfarm.where_built(outputs) == {o: ["n234"] for o in outputs}
-        verify = _client(ngfarm, "2.34", ["nix-store", "--verify-path", *outputs], work)
+        verify = run_client(ngfarm, "2.34", ["nix-store", "--verify-path", *outputs], work)
         assert verify.returncode == 0, verify.stderr
 
 
@@ -228,9 +202,9 @@ def test_an_untrusting_daemon_refuses_an_unsigned_input_as_with_nix_own_hook(
     not trust us: both hooks fail with the daemon's words, and nothing is retried."""
     line = _line(ngfarm, "n234", **{"remote-program": UNTRUSTING})
     said = {}
-    for hook in (_ours(ngfarm, "2.34"), _theirs("2.34")):
+    for hook in (client_hook(ngfarm, "2.34"), own_hook("2.34")):
         salt = fresh_salt("unsigned")
-        local = _client(
+        local = run_client(
             ngfarm,
             "2.34",
             [
@@ -255,4 +229,4 @@ def test_an_untrusting_daemon_refuses_an_unsigned_input_as_with_nix_own_hook(
     for done in said.values():
         assert done.returncode == 1
         assert "lacks a signature by a trusted key" in done.stderr
-    assert "on another builder" not in said[_ours(ngfarm, "2.34")].stderr
+    assert "on another builder" not in said[client_hook(ngfarm, "2.34")].stderr
