@@ -16,6 +16,30 @@ if TYPE_CHECKING:
     from nixdist.farm import Farm
 
 
+#: A two-derivation DAG for client tests: `leaf` (printing "leaf log SALT"), then `top` (two
+#: outputs, printing "remote log of top SALT"; `fail`: two error lines and exit 3; `big`: MiB
+#: of random bytes in its dev output). `leaf` is an attribute too, to build it alone.
+DRVS = """\
+{ salt, fail ? false, big ? 0 }:
+let
+  leaf = derivation {
+    name = "leaf-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo leaf log ${salt}; echo leaf ${salt} > $out" ];
+  };
+in derivation {
+  name = "top-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
+  outputs = [ "out" "dev" ];
+  args = [ "-c" ''
+    echo "remote log of top ${salt}"
+    ${if fail then "echo 'first error line' >&2; echo '  second error line' >&2; exit 3" else ""}
+    read x < ${leaf}; echo "$x top" > $out
+    /bin/mkdir $dev; echo d > $dev/x; /bin/ln -s $out $dev/l
+    ${if big > 0 then "/bin/dd if=/dev/urandom of=$dev/big bs=1M count=${toString big}" else ""}
+  '' ];
+} // { inherit leaf; }
+"""
+
+
 def client_env(farm: Farm, work: Path) -> dict[str, str]:
     """The farm's environment, with a state directory of the test's own."""
     env = {**os.environ, **farm.env(), "NIXDIST_STATE_DIR": str(work / "state")}

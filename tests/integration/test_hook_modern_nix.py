@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from clients import client_env, own_hook, run_client, run_in_work
+from clients import DRVS, client_env, own_hook, run_client, run_in_work
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
 from nixrun import HANG_GUARD_S, fresh_salt, nix_build_argv
@@ -46,26 +46,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 NIXDIST_WRAPPER = f"""#!/bin/sh
 PYTHONPATH={SRC}:{sysconfig.get_paths()["purelib"]} exec /usr/bin/python3 -c \\
   'import sys; sys.argv[0] = "nixdist"; from nixdist.cli import main; main()' "$@"
-"""
-
-DRVS = """\
-{ salt, fail ? false, big ? 0 }:
-let
-  leaf = derivation {
-    name = "leaf-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo leaf ${salt} > $out" ];
-  };
-in derivation {
-  name = "top-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
-  outputs = [ "out" "dev" ];
-  args = [ "-c" ''
-    echo "remote log of top ${salt}"
-    ${if fail then "echo 'first error line' >&2; echo '  second error line' >&2; exit 3" else ""}
-    read x < ${leaf}; echo "$x top" > $out
-    /bin/mkdir $dev; echo d > $dev/x; /bin/ln -s $out $dev/l
-    ${if big > 0 then "/bin/dd if=/dev/urandom of=$dev/big bs=1M count=${toString big}" else ""}
-  '' ];
-}
 """
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from clients import client_hook, own_hook, run_client
+from clients import DRVS, client_hook, own_hook, run_client
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
 from nixrun import fresh_salt, nix_build_argv
@@ -38,25 +38,6 @@ NIXDIST = Path(sys.executable).with_name("nixdist")
 SRC = Path(__file__).resolve().parents[2] / "src"
 #: What Nix's own tests run as an untrusting daemon (nix-daemon-untrusting.sh).
 UNTRUSTING = "nix-daemon --extra-experimental-features daemon-trust-override --force-untrusted"
-
-DRVS = """\
-{ salt, fail ? false }:
-let
-  leaf = derivation {
-    name = "leaf-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
-    args = [ "-c" "echo leaf log ${salt}; echo leaf ${salt} > $out" ];
-  };
-in derivation {
-  name = "top-${salt}"; system = builtins.currentSystem; builder = "/bin/sh";
-  outputs = [ "out" "dev" ];
-  args = [ "-c" ''
-    echo "remote log of top ${salt}"
-    ${if fail then "echo 'first error line' >&2; echo '  second error line' >&2; exit 3" else ""}
-    read x < ${leaf}; echo "$x top" > $out
-    /bin/mkdir $dev; echo d > $dev/x; /bin/ln -s $out $dev/l
-  '' ];
-} // { inherit leaf; }
-"""
 
 
 @pytest.fixture(scope="module")
