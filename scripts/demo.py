@@ -542,7 +542,8 @@ def dashboard_answers(address: str) -> bool:
 
 
 def start_dashboard(console: Console, farm: Farm) -> None:
-    """Leave `nixdist serve` running on `DASHBOARD` for the demo farm (or reuse the one there)."""
+    """Leave `nixdist dashboard` running on `DASHBOARD` for the demo farm (or reuse the one
+    there)."""
     url = f"http://{DASHBOARD}/"
     if not dashboard_answers(DASHBOARD):
         log = farm.directory / "dashboard.log"
@@ -550,7 +551,7 @@ def start_dashboard(console: Console, farm: Farm) -> None:
             subprocess.Popen(
                 [
                     str(NIXDIST),
-                    "serve",
+                    "dashboard",
                     "--machines",
                     str(farm.machines_file),
                     "--listen",
@@ -570,7 +571,7 @@ def start_dashboard(console: Console, farm: Farm) -> None:
                 )
                 return
             time.sleep(0.2)
-    console.print(f"Dashboard: {url}  (nixdist serve; live running builds, /metrics, /api/status)")
+    console.print(f"Dashboard: {url}  (nixdist dashboard: running builds, /metrics, /api/status)")
 
 
 def print_hints(console: Console, farm: Farm, *, keep: bool) -> None:
