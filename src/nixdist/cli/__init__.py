@@ -22,7 +22,7 @@ _SUBCOMMANDS = {
     "hook": "nixdist.cli.hook",
     "status": "nixdist.cli.status",
     "explain": "nixdist.cli.explain",
-    "history": "nixdist.cli.status",
+    "history": "nixdist.cli.history",
     "check": "nixdist.cli.check",
     "dashboard": "nixdist.cli.dashboard",
     "serve": "nixdist.cli.dashboard:dashboard",  # its first name, kept

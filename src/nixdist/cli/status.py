@@ -1,14 +1,14 @@
-"""`nixdist status` and `nixdist history`: what runs where, what ran, and how it went.
+"""`nixdist status`: what runs where, and how the last builds went (`nixdist.cli.history`:
+every build attempt).
 
-Both read the state database (``<state dir>/nixdist.db``) that every hook process writes, and
-Nix's slot locks; neither connects to a builder (``nixdist check`` does).
+It reads the state database (``<state dir>/nixdist.db``) that every hook process writes, and
+Nix's slot locks; it does not connect to a builder (``nixdist check`` does). The tables and
+time words here are `nixdist history`'s too.
 
 ``status``: one row per machine of the machines file (``--machines FILE``, default: what Nix
 reads) — slots in use, up or down (with the reason and when it is retried), the builder's last
 load report and its age — then the running builds with their phase, then the last builds.
-``history``: finished and running build attempts, newest first, filtered by ``--machine``,
-``--status``, ``--since``/``--until`` (``30m``, ``2h``, ``1d`` ago, or a Unix time),
-``--drv``; ``--limit``. Both take ``--json``.
+``--json`` for the same as data.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from rich.text import Text
 
 from nixdist.cli.machines import effective_machines
 from nixdist.scheduler.policy import format_bytes
-from nixdist.settings import load_settings
 from nixdist.state.db import StateDB
 from nixdist.state.paths import db_path, state_dir
-from nixdist.state.report import build_json, status_report
+from nixdist.state.report import status_report
 from nixdist.state.rows import Outcome
 from nixdist.state.slots import SlotDirectory
 
@@ -85,7 +84,7 @@ def console() -> Console:
     return out
 
 
-def _emit_json(data: Any) -> None:  # noqa: ANN401 - any JSON value
+def emit_json(data: Any) -> None:  # noqa: ANN401 - any JSON value
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -162,88 +161,9 @@ def status(machines_file: str | None, recent: int, as_json: bool) -> None:
         if db is not None:
             db.close()
     if as_json:
-        _emit_json(report.to_json())
+        emit_json(report.to_json())
         return
     out = console()
     out.print(machines_table(report))
     out.print(builds_table("running builds", report.running, report.time))
     out.print(builds_table("recent builds", report.recent, report.time))
-
-
-def _prune(now: float) -> None:
-    days = load_settings().history_days
-    if days <= 0:
-        click.echo("history-days is 0: the history is kept forever")
-        return
-    db = open_db()
-    if db is None:
-        click.echo("no history yet")
-        return
-    with db:
-        decisions, builds = db.prune(now - days * 86400)
-    click.echo(f"forgot {decisions} decisions and {builds} builds older than {days:g} days")
-
-
-@click.command()
-@click.option("--machine", help="Only builds on this machine (its store URI).")
-@click.option(
-    "--machines",
-    "machines_file",
-    metavar="FILE",
-    help="Only builds on the machines of this machines file (default: on any machine).",
-)
-@click.option(
-    "--status",
-    "status_",
-    type=click.Choice([s.value for s in Outcome]),
-    help="Only builds with this status.",
-)
-@click.option("--since", help="Only builds started since (30m, 2h, 1d ago, or a Unix time).")
-@click.option("--until", help="Only builds started until (same forms).")
-@click.option("--drv", help="Only attempts of this derivation (store path).")
-@click.option("--limit", default=50, show_default=True, help="At most this many builds.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option(
-    "--prune",
-    is_flag=True,
-    help="Forget decisions and finished builds older than the history-days setting, now.",
-)
-def history(  # noqa: PLR0917 - click passes one argument per option
-    machine: str | None,
-    machines_file: str | None,
-    status_: str | None,
-    since: str | None,
-    until: str | None,
-    drv: str | None,
-    limit: int,
-    as_json: bool,
-    prune: bool,
-) -> None:
-    """Remote builds, newest first."""
-    now = time.time()
-    if prune:
-        _prune(now)
-        return
-    db = open_db()
-    builds: list[BuildRow] = []
-    if db is not None:
-        try:
-            builds = db.builds(
-                machine=machine,
-                machines=(
-                    None
-                    if machines_file is None
-                    else [m.uri for m in effective_machines(os.environ, machines_file)[0]]
-                ),
-                status=status_,
-                since=0.0 if since is None else parse_when(since, now),
-                until=None if until is None else parse_when(until, now),
-                drv_path=drv,
-                limit=limit,
-            )
-        finally:
-            db.close()
-    if as_json:
-        _emit_json([build_json(b, now) for b in builds])
-        return
-    console().print(builds_table(f"{len(builds)} builds", builds, now))

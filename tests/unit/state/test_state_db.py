@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 from click.testing import CliRunner
 
-from nixdist.cli.status import history
+from nixdist.cli.history import history
 from nixdist.state.db import StateDB
 from nixdist.state.rows import Outcome
 
