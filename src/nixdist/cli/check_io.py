@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -41,12 +40,17 @@ from nixdist.errors import ConfigError, ProtocolError, StoreRefusedError, Transp
 from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model import nixbase32
 from nixdist.model.hashes import Hash, HashAlgo
-from nixdist.model.machines import decode_host_key, machines_from_env_and_setting, parse_machines
-from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
+from nixdist.model.machines import decode_host_key
 from nixdist.model.path_info import PathInfo
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import serve, worker
-from nixdist.state.config import effective_build_hook, host_system, read_config_file
+from nixdist.state.config import (
+    NixView,
+    effective_build_hook,
+    host_system,
+    nix_view,
+    read_machines_file,
+)
 from nixdist.state.slots import default_current_load_dir
 from nixdist.store.daemon import DaemonStore
 from nixdist.store.remote import RemoteStore, open_remote
@@ -238,44 +242,6 @@ def check_builders(
 
 # ---------------------------------------------------------------------------------------
 # Gathering the facts of this host, with I/O
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NixView:
-    """Nix's settings on this host, and the machines it would use."""
-
-    conf: NixConf
-    machines: tuple[Machine, ...]
-    origin: str  # where the machines come from, in words
-    system: str
-
-
-def nix_view(environ: Mapping[str, str]) -> NixView:
-    """Nix's configuration, and its machines (``NIX_REMOTE_SYSTEMS``, else ``builders``) as
-    `nixdist machines` reads them. ConfigError for a bad file."""
-    conf = load_nix_conf(environ, read_file=read_config_file)
-    conf_dir = os.path.normpath(environ.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
-    settings = nix_settings(conf, default_system=host_system(), conf_dir=conf_dir)
-    remote_systems = environ.get("NIX_REMOTE_SYSTEMS")
-    text = machines_from_env_and_setting(settings.builders, remote_systems)
-    if remote_systems is None:
-        source, origin = "<builders>", f"builders = {settings.builders}"
-    else:
-        source, origin = "<NIX_REMOTE_SYSTEMS>", f"NIX_REMOTE_SYSTEMS={remote_systems}"
-    machines = parse_machines(
-        text, source=source, read_file=read_config_file, default_system=settings.system
-    )
-    return NixView(conf=conf, machines=machines, origin=origin, system=settings.system)
-
-
-def read_machines_file(path: str, *, default_system: str) -> tuple[Machine, ...]:
-    """The machines in the file `path`; ConfigError when it is missing or malformed."""
-    text = read_config_file(path)
-    if text is None:
-        raise ConfigError("no such file", file=path)
-    return parse_machines(
-        text, source=path, read_file=read_config_file, default_system=default_system
-    )
 
 
 def _uses_daemon(environ: Mapping[str, str], conf: NixConf) -> bool:

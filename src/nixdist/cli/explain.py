@@ -26,7 +26,6 @@ from nixdist.cli.status import console, open_db
 from nixdist.errors import ConfigError
 from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model.derivation import parse_derivation, required_system_features
-from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 from nixdist.model.request import BuildRequest
 from nixdist.scheduler.policy import (
     Accept,
@@ -37,7 +36,7 @@ from nixdist.scheduler.policy import (
     render_decision,
 )
 from nixdist.settings import load_settings
-from nixdist.state.config import host_system, read_config_file
+from nixdist.state.config import nix_settings_here, read_config_file
 from nixdist.state.report import status_report
 from nixdist.state.slots import SlotDirectory
 from nixdist.state.view import machine_state
@@ -71,11 +70,7 @@ def _request(drv: str | None, system: str | None, features: str) -> BuildRequest
 
 def _local_capabilities(env: Mapping[str, str]) -> LocalCapabilities:
     """This host's capabilities, from its nix.conf, as Nix would send them to the hook."""
-    conf = load_nix_conf(env, read_file=read_config_file)
-    conf_dir = os.path.normpath(env.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
-    nix = nix_settings(
-        conf, default_system=host_system(), conf_dir=conf_dir, cpu_count=os.cpu_count() or 1
-    )
+    _, nix = nix_settings_here(env)
     return LocalCapabilities(
         system=nix.system,
         extra_platforms=nix.extra_platforms,

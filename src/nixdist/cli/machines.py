@@ -29,15 +29,11 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from nixdist.errors import ConfigError
 from nixdist.model.machines import (
     machine_to_json,
-    machines_from_env_and_setting,
-    parse_machines,
     render_speed_factor,
 )
-from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
-from nixdist.state.config import host_system, read_config_file
+from nixdist.state.config import nix_settings_here, nix_view, read_machines_file
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -54,25 +50,11 @@ def effective_machines(env: Mapping[str, str], file: str | None) -> tuple[tuple[
 
     Also returns where they were read from, in words, for the table's title.
     """
-    conf = load_nix_conf(env, read_file=read_config_file)
-    conf_dir = os.path.normpath(env.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
-    settings = nix_settings(conf, default_system=host_system(), conf_dir=conf_dir)
     if file is not None:
-        text = read_config_file(file)
-        if text is None:
-            raise ConfigError("no such file", file=file)
-        source = origin = file
-    else:
-        remote_systems = env.get("NIX_REMOTE_SYSTEMS")
-        text = machines_from_env_and_setting(settings.builders, remote_systems)
-        if remote_systems is None:
-            source, origin = "<builders>", f"builders = {settings.builders}"
-        else:
-            source, origin = "<NIX_REMOTE_SYSTEMS>", f"NIX_REMOTE_SYSTEMS={remote_systems}"
-    found = parse_machines(
-        text, source=source, read_file=read_config_file, default_system=settings.system
-    )
-    return found, origin
+        _, settings = nix_settings_here(env)
+        return read_machines_file(file, default_system=settings.system), file
+    view = nix_view(env)
+    return view.machines, view.origin
 
 
 def _display(text: str) -> Text:

@@ -1,21 +1,28 @@
-"""Reading configuration from disk: machines files (with their ``@file`` includes).
+"""Reading configuration from disk: this host's Nix settings and machines files (with their
+``@file`` includes).
 
-The parsers are pure (`nixdist.model.machines`); this module gives them the file system.
+The parsers are pure (`nixdist.model.machines`, `nixdist.model.nixconf`); this module gives
+them the file system. `nix_view` is the one reader of what this host's Nix would use (its
+``nix.conf``, then ``NIX_REMOTE_SYSTEMS`` or ``builders``), for every command that shows or
+checks it; the hook reads the machines Nix sends it (`load_machines`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
 from nixdist.model.machines import machines_from_env_and_setting, parse_machines
+from nixdist.model.nixconf import DEFAULT_CONF_DIR, load_nix_conf, nix_settings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from nixdist.model.machines import Machine
+    from nixdist.model.nixconf import NixConf, NixSettings
 
 
 _MACHINE_NAMES: Final = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686", "i586": "i686"}
@@ -86,4 +93,54 @@ def load_machines(
     text = machines_from_env_and_setting(builders, environ.get("NIX_REMOTE_SYSTEMS"))
     return parse_machines(
         text, source="<builders>", read_file=read_config_file, default_system=default_system
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NixView:
+    """Nix's settings on this host, and the machines it would use."""
+
+    conf: NixConf
+    settings: NixSettings
+    machines: tuple[Machine, ...]
+    origin: str  # where the machines come from, in words
+
+    @property
+    def system(self) -> str:
+        return self.settings.system
+
+
+def nix_settings_here(environ: Mapping[str, str]) -> tuple[NixConf, NixSettings]:
+    """This host's ``nix.conf`` and the settings it gives (without reading the machines)."""
+    conf = load_nix_conf(environ, read_file=read_config_file)
+    conf_dir = os.path.normpath(environ.get("NIX_CONF_DIR") or DEFAULT_CONF_DIR)
+    settings = nix_settings(
+        conf, default_system=host_system(), conf_dir=conf_dir, cpu_count=os.cpu_count() or 1
+    )
+    return conf, settings
+
+
+def nix_view(environ: Mapping[str, str]) -> NixView:
+    """Nix's configuration, and its machines (``NIX_REMOTE_SYSTEMS``, else ``builders``) as
+    Nix would read them. `ConfigError` (naming the file, line and field) when they cannot be."""
+    conf, settings = nix_settings_here(environ)
+    remote_systems = environ.get("NIX_REMOTE_SYSTEMS")
+    text = machines_from_env_and_setting(settings.builders, remote_systems)
+    if remote_systems is None:
+        source, origin = "<builders>", f"builders = {settings.builders}"
+    else:
+        source, origin = "<NIX_REMOTE_SYSTEMS>", f"NIX_REMOTE_SYSTEMS={remote_systems}"
+    machines = parse_machines(
+        text, source=source, read_file=read_config_file, default_system=settings.system
+    )
+    return NixView(conf=conf, settings=settings, machines=machines, origin=origin)
+
+
+def read_machines_file(path: str, *, default_system: str) -> tuple[Machine, ...]:
+    """The machines of the machines file `path` (a `ConfigError` when there is none)."""
+    text = read_config_file(path)
+    if text is None:
+        raise ConfigError("no such file", file=path)
+    return parse_machines(
+        text, source=path, read_file=read_config_file, default_system=default_system
     )
