@@ -43,7 +43,7 @@ from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import decode_host_key
 from nixdist.model.path_info import PathInfo
 from nixdist.model.store_path import STORE_DIR, StorePath
-from nixdist.protocol import serve, worker
+from nixdist.protocol import serve
 from nixdist.state.config import (
     NixView,
     effective_build_hook,
@@ -52,7 +52,6 @@ from nixdist.state.config import (
     read_machines_file,
 )
 from nixdist.state.slots import default_current_load_dir
-from nixdist.store.daemon import DaemonStore
 from nixdist.store.remote import RemoteStore, open_remote
 from nixdist.transport.openssh import ControlMasters, ssh_environment, target_for_machine
 from nixdist.wire.nar import Contents, Regular, encode_nar
@@ -135,11 +134,7 @@ def _serve_session(
         store.close()
     observed = Observed(
         handshake_ms=handshake_ms,
-        serve_protocol=(
-            worker.format_version(store.version)
-            if isinstance(store, DaemonStore)
-            else serve.format_version(store.version)
-        ),
+        serve_protocol=serve.format_version(store.version),  # 2.x serve, 1.x daemon
         write_tried=True,
         write_error=error,
     )

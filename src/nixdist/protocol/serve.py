@@ -76,7 +76,8 @@ if TYPE_CHECKING:
 
 SERVE_MAGIC_1: Final = 0x390C9DEB  # client greeting
 SERVE_MAGIC_2: Final = 0x5452EECB  # server greeting
-#: The daemon protocol's server greeting: seen when ``nix-daemon --stdio`` answers instead.
+#: The daemon protocol's server greeting (`nixdist.protocol.worker`): seen here when
+#: ``nix-daemon --stdio`` answers instead.
 WORKER_MAGIC_2: Final = 0x6478696F
 
 PROTOCOL_VERSION: Final = 0x207  # what we announce: 2.7

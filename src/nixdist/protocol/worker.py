@@ -56,10 +56,12 @@ from nixdist.errors import RemoteProtocolError, WireError
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol.logjson import Msg, Result, Start, Stop, Verbosity
 from nixdist.protocol.serve import (
+    WORKER_MAGIC_2,
     BuildResult,
     BuildStatus,
     encode_basic_derivation,
     encode_store_paths,
+    format_version,
     parse_peer_store_path,
     read_count,
     read_store_paths,
@@ -84,7 +86,8 @@ if TYPE_CHECKING:
     from nixdist.protocol.logjson import Field
 
 WORKER_MAGIC_1: Final = 0x6E697863  # client greeting
-WORKER_MAGIC_2: Final = 0x6478696F  # daemon greeting
+# WORKER_MAGIC_2, the daemon's greeting, is `nixdist.protocol.serve`'s too (it tells a daemon
+# answering in the place of nix-store --serve); versions read as serve's (`format_version`).
 
 PROTOCOL_VERSION: Final = 0x126  # what we announce: 1.38
 MIN_VERSION: Final = 0x120  # 1.32, Nix 2.4
@@ -137,10 +140,6 @@ class BuildMode(IntEnum):
     NORMAL = 0
     REPAIR = 1
     CHECK = 2
-
-
-def format_version(version: int) -> str:
-    return f"{version >> 8}.{version & 0xFF}"
 
 
 # ---------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ LAST = worker.encode_stderr(worker.Last())
 
 def _daemon_hello() -> bytes:
     return (
-        encode_u64(worker.WORKER_MAGIC_2)
+        encode_u64(serve.WORKER_MAGIC_2)
         + encode_u64(0x126)
         + encode_texts([])
         + encode_text("2.34.8")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nixdist.errors import RemoteProtocolError, WireError
-from nixdist.protocol import worker
+from nixdist.protocol import serve, worker
 from nixdist.protocol.logjson import Msg, Result, Start, Stop, Verbosity
 from nixdist.wire.primitives import Reader, encode_text, encode_texts, encode_u64, maybe_decode
 
@@ -62,8 +62,8 @@ def test_an_unknown_activity_field_type_is_refused() -> None:
     [
         (worker.WORKER_MAGIC_1, 0x126, "greeting"),
         (0x5452EECB, 0x207, "greeting"),  # a nix-store --serve answering
-        (worker.WORKER_MAGIC_2, 0x11F, "1.31"),
-        (worker.WORKER_MAGIC_2, 0x226, "2.38"),
+        (serve.WORKER_MAGIC_2, 0x11F, "1.31"),
+        (serve.WORKER_MAGIC_2, 0x226, "2.38"),
     ],
 )
 def test_a_daemon_we_cannot_speak_to_is_refused_in_words(
@@ -75,7 +75,7 @@ def test_a_daemon_we_cannot_speak_to_is_refused_in_words(
 
 @given(st.integers(min_value=worker.MIN_VERSION, max_value=0x1FF))
 def test_every_version_we_speak_is_taken_and_negotiated_down(version: int) -> None:
-    hello = encode_u64(worker.WORKER_MAGIC_2) + encode_u64(version)
+    hello = encode_u64(serve.WORKER_MAGIC_2) + encode_u64(version)
     assert worker.decode_server_hello(Reader(hello)) == version
     assert worker.negotiated_version(worker.PROTOCOL_VERSION, version) == min(version, 0x126)
 

@@ -53,7 +53,7 @@ LAST = worker.encode_stderr(worker.Last())
 
 
 def hello(version: int = 0x126, trust: worker.Trust = worker.Trust.TRUSTED) -> bytes:
-    out = encode_u64(worker.WORKER_MAGIC_2) + encode_u64(version)
+    out = encode_u64(serve.WORKER_MAGIC_2) + encode_u64(version)
     if version >= worker.SINCE_FEATURES:
         out += encode_texts([])
     out += encode_text("2.34.8") if version >= worker.SINCE_NIX_VERSION else b""
