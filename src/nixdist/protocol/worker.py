@@ -344,6 +344,14 @@ def encode_frame(data: bytes | memoryview) -> bytes:
     return encode_u64(len(data)) + bytes(data)
 
 
+def encode_frames(data: bytes) -> bytes:
+    """`data` as frames of at most `FRAME_SIZE` bytes (none for no data)."""
+    view = memoryview(data)
+    return b"".join(
+        encode_frame(view[start : start + FRAME_SIZE]) for start in range(0, len(view), FRAME_SIZE)
+    )
+
+
 END_OF_FRAMES: Final = encode_u64(0)
 
 

@@ -28,10 +28,9 @@ own ``max-silent-time``, ``timeout`` and ``keep-failed`` apply — as with Nix's
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from nixdist.errors import (
-    NixdistError,
     RemoteProtocolError,
     StoreRefusedError,
     TransportError,
@@ -39,7 +38,7 @@ from nixdist.errors import (
 )
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import worker
-from nixdist.store.session import WireSession, blames_peer
+from nixdist.store.session import WireSession, blamed, blames_peer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +48,9 @@ if TYPE_CHECKING:
     from nixdist.protocol.logjson import LogMessage
     from nixdist.protocol.serve import BuildOptions, BuildResult
     from nixdist.transport.child import ByteChannel
+    from nixdist.wire.primitives import Reader
+
+_T = TypeVar("_T")
 
 #: QueryPathInfo requests written ahead of their replies (a pipe holds 64 KiB both ways).
 PIPELINE: Final = 128
@@ -117,6 +119,12 @@ class DaemonStore:
                     if self.on_log is not None:
                         self.on_log(message)
 
+    def _call(self, request: bytes, decode: Callable[[Reader], _T]) -> _T:
+        """Send `request`, read its log stream, then its result."""
+        self._session.send(request)
+        self._await_last()
+        return self._session.recv(decode)
+
     # -- operations ---------------------------------------------------------------------------
 
     @blames_peer
@@ -130,9 +138,10 @@ class DaemonStore:
         paths = frozenset(paths)
         if not paths:
             return frozenset()
-        self._session.send(worker.encode_query_valid_paths(paths, substitute=substitute))
-        self._await_last()
-        return self._session.recv(partial(worker.decode_valid_paths, store_dir=self.store_dir))
+        return self._call(
+            worker.encode_query_valid_paths(paths, substitute=substitute),
+            partial(worker.decode_valid_paths, store_dir=self.store_dir),
+        )
 
     @blames_peer
     def query_path_infos(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]:
@@ -171,14 +180,12 @@ class DaemonStore:
 
     def dump(self, path: StorePath) -> Iterator[bytes]:
         """The NAR of `path`, streamed as it arrives (consume it before the next call)."""
-        try:
-            self._session.send(worker.encode_nar_from_path(path))
-            self._await_last()
-            yield from self._session.stream_nar(path)
-        except NixdistError as err:
-            if err.peer is None:
-                err.peer = self.name
-            raise
+        return blamed(self.name, self._dump(path))
+
+    def _dump(self, path: StorePath) -> Iterator[bytes]:
+        self._session.send(worker.encode_nar_from_path(path))
+        self._await_last()
+        yield from self._session.stream_nar(path)
 
     @blames_peer
     def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None:
@@ -188,20 +195,7 @@ class DaemonStore:
         ``NoCheckSigs`` too); an untrusting one refuses them with `StoreRefusedError`.
         """
         self._session.send(worker.encode_add_to_store_nar(info, check_sigs=False))
-        sent = 0
-        for chunk in nar:
-            sent += len(chunk)
-            if sent > info.nar_size:
-                break
-            view = memoryview(chunk)
-            for start in range(0, len(view), worker.FRAME_SIZE):
-                self._session.send(worker.encode_frame(view[start : start + worker.FRAME_SIZE]))
-        if sent != info.nar_size:
-            # The daemon would take a short NAR as the whole one: end the session instead.
-            self.channel.kill()
-            raise RemoteProtocolError(
-                f"NAR of {info.path} is {sent} bytes, its path info says {info.nar_size}"
-            )
+        self._session.send_nar(info, nar, frame=worker.encode_frames)
         self._session.send(worker.END_OF_FRAMES)
         self._await_last()
 
@@ -212,20 +206,18 @@ class DaemonStore:
         drv: BasicDerivation,
         options: BuildOptions,  # noqa: ARG002 - see the module docstring
     ) -> BuildResult:
-        self._session.send(worker.encode_build_derivation(drv_path, drv))
-        self._await_last()
-        return self._session.recv(partial(worker.decode_build_result, version=self.version))
+        return self._call(
+            worker.encode_build_derivation(drv_path, drv),
+            partial(worker.decode_build_result, version=self.version),
+        )
 
     @blames_peer
     def build_paths(self, drv_paths: Iterable[StorePath]) -> dict[StorePath, BuildResult]:
         """Build every output of each derivation (their ``.drv`` closures must be there)."""
-        self._session.send(worker.encode_build_paths_with_results(drv_paths))
-        self._await_last()
-        return self._session.recv(
-            partial(
-                worker.decode_build_paths_results, version=self.version, store_dir=self.store_dir
-            )
+        decode = partial(
+            worker.decode_build_paths_results, version=self.version, store_dir=self.store_dir
         )
+        return self._call(worker.encode_build_paths_with_results(drv_paths), decode)
 
     def forward_log(self, fd: int, on_message: Callable[[LogMessage], None] | None = None) -> None:
         """From now on ssh's stderr goes to `fd` and the log streams' messages to
@@ -234,12 +226,7 @@ class DaemonStore:
         self.on_log = on_message
 
     def abort(self) -> None:
-        """End the session at once (kill the process)."""
-        self.channel.kill()
+        self._session.abort()
 
     def close(self) -> None:
-        """End the session (EOF on the daemon's stdin) and reap the process."""
-        try:
-            self.channel.close()
-        except TransportError:
-            self.channel.kill()
+        self._session.close()

@@ -19,7 +19,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from nixdist.errors import (
-    NixdistError,
     RemoteProtocolError,
     StoreRefusedError,
     TransportError,
@@ -28,7 +27,7 @@ from nixdist.errors import (
 from nixdist.model.store_path import STORE_DIR, StorePath
 from nixdist.protocol import serve
 from nixdist.protocol import serve_messages as msg
-from nixdist.store.session import WireSession, blames_peer
+from nixdist.store.session import WireSession, blamed, blames_peer
 from nixdist.transport.child import ByteChannel, Channel
 
 if TYPE_CHECKING:
@@ -169,30 +168,17 @@ class ServeStore:
 
         The generator must be consumed to the end before the next command.
         """
-        try:
-            self._request(msg.DumpStorePathRequest(path=path))
-            yield from self._session.stream_nar(path)
-        except NixdistError as err:
-            if err.peer is None:
-                err.peer = self.name
-            raise
+        return blamed(self.name, self._dump(path))
+
+    def _dump(self, path: StorePath) -> Iterator[bytes]:
+        self._request(msg.DumpStorePathRequest(path=path))
+        yield from self._session.stream_nar(path)
 
     @blames_peer
     def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None:
         """Add a path with its metadata; `nar` must total exactly ``info.nar_size`` bytes."""
-        self.channel.write(msg.encode_add_to_store_nar_header(info, self.version))
-        sent = 0
-        for chunk in nar:
-            sent += len(chunk)
-            if sent > info.nar_size:
-                break
-            self.channel.write(chunk)
-        if sent != info.nar_size:
-            # The server is now waiting for bytes that will never be right: end the session.
-            self.channel.kill()
-            raise RemoteProtocolError(
-                f"NAR of {info.path} is {sent} bytes, its path info says {info.nar_size}"
-            )
+        self._session.send(msg.encode_add_to_store_nar_header(info, self.version))
+        self._session.send_nar(info, nar)
         self._recv(msg.decode_success_reply)
 
     @blames_peer
@@ -209,13 +195,7 @@ class ServeStore:
         self.channel.forward_stderr_to(fd)
 
     def abort(self) -> None:
-        """End the session at once (kill the process): after a failure mid-command the server
-        may be blocked writing a reply nobody will read."""
-        self.channel.kill()
+        self._session.abort()
 
     def close(self) -> None:
-        """End the session (EOF on the server's stdin) and reap the process."""
-        try:
-            self.channel.close()
-        except TransportError:
-            self.channel.kill()
+        self._session.close()

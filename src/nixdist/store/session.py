@@ -7,7 +7,8 @@ streams through `stream_nar` as it arrives. Every wait is bounded by the session
 timeout (or the greeting's deadline).
 
 `blames_peer` marks the errors escaping a store's method with the store's name, so the hook
-can tell a lost builder (fail over) from a failing local store (give up).
+can tell a lost builder (fail over) from a failing local store (give up); `blamed` does the
+same for a NAR streamed out of a store.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import functools
 import time
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
 
-from nixdist.errors import NixdistError, RemoteProtocolError, WireError
+from nixdist.errors import NixdistError, RemoteProtocolError, TransportError, WireError
 from nixdist.wire.nar_reader import NarReader
 from nixdist.wire.primitives import Reader, maybe_decode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
+    from nixdist.model.path_info import PathInfo
     from nixdist.model.store_path import StorePath
     from nixdist.transport.child import ByteChannel
 
@@ -55,6 +57,16 @@ def blames_peer(
     return wrapper
 
 
+def blamed(name: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`chunks` (a NAR a store streams), errors naming store `name` as their `peer`."""
+    try:
+        yield from chunks
+    except NixdistError as err:
+        if err.peer is None:
+            err.peer = name
+        raise
+
+
 class WireSession:
     """A `Channel` and what was read from it but not decoded yet."""
 
@@ -66,6 +78,39 @@ class WireSession:
 
     def send(self, data: bytes | memoryview) -> None:
         self.channel.write(data)
+
+    def send_nar(
+        self,
+        info: PathInfo,
+        nar: Iterable[bytes],
+        frame: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        """Send `nar` (each chunk through `frame`, if given), which must total exactly
+        ``info.nar_size`` bytes: otherwise the peer is waiting for bytes that will never be
+        right, and the session is ended."""
+        sent = 0
+        for chunk in nar:
+            sent += len(chunk)
+            if sent > info.nar_size:
+                break
+            self.send(chunk if frame is None else frame(chunk))
+        if sent != info.nar_size:
+            self.channel.kill()
+            raise RemoteProtocolError(
+                f"NAR of {info.path} is {sent} bytes, its path info says {info.nar_size}"
+            )
+
+    def abort(self) -> None:
+        """End the session at once (kill the peer): after a failure mid-command it may be
+        blocked writing a reply nobody will read."""
+        self.channel.kill()
+
+    def close(self) -> None:
+        """End the session (EOF on the peer's stdin) and reap it."""
+        try:
+            self.channel.close()
+        except TransportError:
+            self.channel.kill()
 
     def recv(self, decode: Callable[[Reader], _T], *, timeout: float | None = None) -> _T:
         """The next value `decode` reads, waiting at most `timeout` seconds in all (else the
