@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from nixdist.model.machines import Machine
     from nixdist.scheduler.policy import Decision, MachineState
+    from nixdist.settings import Settings
 
 
 def _request(drv: str | None, system: str | None, features: str) -> BuildRequest:
@@ -79,9 +80,10 @@ def _local_capabilities(env: Mapping[str, str]) -> LocalCapabilities:
     )
 
 
-def _states(machines: Sequence[Machine], env: Mapping[str, str]) -> list[MachineState]:
+def _states(
+    machines: Sequence[Machine], env: Mapping[str, str], settings: Settings
+) -> list[MachineState]:
     """What the hook would see of each machine now (`nixdist.state.view`)."""
-    settings = load_settings(env)
     db = open_db()
     try:
         report = status_report(machines, db, SlotDirectory.default(environ=env), recent=0)
@@ -116,12 +118,13 @@ def explain(
     local = _local_capabilities(env)
     request = dataclasses.replace(_request(drv, system, features), am_willing=local.max_jobs > 0)
     machines, origin = effective_machines(env, machines_file)
+    settings = load_settings(env)
     decision = choose(
         request,
         local,
-        _states(machines, env),
+        _states(machines, env, settings),
         supported_schemes=SUPPORTED_SCHEMES,
-        min_free_disk=load_settings(env).min_free_disk,
+        min_free_disk=settings.min_free_disk,
     )
     if as_json:
         click.echo(json.dumps(_as_json(request, machines, decision), indent=2))

@@ -51,7 +51,7 @@ from nixdist.model.derivation import parse_derivation, to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookExit
 from nixdist.protocol.serve import BuildOptions, BuildStatus
-from nixdist.state.paths import state_dir, uploads_dir
+from nixdist.state.paths import uploads_dir
 from nixdist.state.rows import Outcome, Phase
 from nixdist.store.claims import UploadClaims
 from nixdist.store.copy import copy_closure, copy_paths
@@ -145,6 +145,7 @@ class _Job:
     settings: HookSettings
     out: HookOutput
     environ: Mapping[str, str]
+    state: Path  # nixdist's state directory
     open_local: Callable[[LocalStore, Mapping[str, str]], ServeStore]
 
     @classmethod
@@ -157,6 +158,7 @@ class _Job:
         store: LocalStore,
         out: HookOutput,
         environ: Mapping[str, str],
+        state: Path,
         open_local: Callable[[LocalStore, Mapping[str, str]], ServeStore],
     ) -> _Job:
         """The job of `request`, its derivation read at its real path in `store`."""
@@ -171,6 +173,7 @@ class _Job:
             settings=settings,
             out=out,
             environ=environ,
+            state=state,
             open_local=open_local,
         )
 
@@ -197,6 +200,7 @@ def build_remotely(
         store=store,
         out=out,
         environ=environ,
+        state=picker.config.state_dir,
         open_local=open_local,
     )
     if len(job.outputs) != len(job.drv.outputs):
@@ -337,7 +341,7 @@ def _kept_failed_note(job: _Job) -> str:
 def _upload(job: _Job, local: ServeStore, picked: Picked) -> CopyReport:
     """The inputs the builder lacks, claimed path by path against other hooks' uploads."""
     uri = picked.machine.uri
-    claims = UploadClaims(uploads_dir(state_dir(job.environ), uri))
+    claims = UploadClaims(uploads_dir(job.state, uri))
     shown = CopyActivities(job.out, source=LOCAL_STORE, destination=uri)
     try:
         sent = copy_paths(

@@ -38,9 +38,9 @@ from nixdist.protocol.hook import (
     decode_settings,
     parse_hook_verbosity,
 )
+from nixdist.settings import load_settings
 from nixdist.state.config import load_machines
 from nixdist.state.once import first_time
-from nixdist.state.paths import state_dir
 
 # Imported where first needed, not here: the state database (sqlite3), ssh, the serve
 # protocol and the build. Nix waits for the hook's first reply with its whole build loop, so
@@ -48,21 +48,20 @@ from nixdist.state.paths import state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
 
 
-def _warn_unsupported(
-    machines: Sequence[Machine], environ: Mapping[str, str], out: HookOutput
-) -> None:
+def _warn_unsupported(machines: Sequence[Machine], state: Path, out: HookOutput) -> None:
     for machine in machines:
         if machine.scheme not in SUPPORTED_SCHEMES:
             warning = (
                 f"{machine.source}: skipping builder '{machine.uri}': "
                 f"nixdist cannot build on {machine.scheme}:// stores"
             )
-            if first_time(state_dir(environ), warning):  # once per Nix run, not per build
+            if first_time(state, warning):  # once per Nix run, not per build
                 out.warn(warning)
 
 
@@ -79,12 +78,13 @@ def run(argv: Sequence[str], environ: Mapping[str, str], out: HookOutput) -> int
         out.warn(f"nixdist cannot build remotely for this store: {err}")
         out.reply(Reply.DECLINE_PERMANENTLY)
         return HookExit.OK
+    config = load_settings(environ)  # once per hook process: everything below gets it
     machines = load_machines(settings.builders, environ, default_system=settings.system)
-    _warn_unsupported(machines, environ, out)
+    _warn_unsupported(machines, config.state_dir, out)
     if not machines:
         out.reply(Reply.DECLINE_PERMANENTLY)
         return HookExit.OK
-    picker = MachinePicker(machines, settings, environ, out)
+    picker = MachinePicker(machines, settings, config, environ, out)
     try:
         return _answer(nix, picker, settings=settings, store=store, environ=environ, out=out)
     finally:

@@ -35,9 +35,8 @@ from nixdist.scheduler.policy import (
     render_no_machine_report,
     render_rejections,
 )
-from nixdist.settings import load_settings
 from nixdist.state.once import first_time
-from nixdist.state.paths import ssh_dir, state_dir
+from nixdist.state.paths import ssh_dir
 from nixdist.state.slots import SlotDirectory
 from nixdist.state.view import machine_state
 
@@ -47,12 +46,14 @@ from nixdist.state.view import machine_state
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from nixdist.hook.output import HookOutput
     from nixdist.hook.picked import Picked
     from nixdist.model.machines import Machine
     from nixdist.model.request import BuildRequest
     from nixdist.protocol.hook import HookSettings
+    from nixdist.settings import Settings
     from nixdist.state.db import StateDB
     from nixdist.state.health import Health
     from nixdist.state.history import History
@@ -71,12 +72,12 @@ FAILOVER_WAIT_S: Final = 600.0
 SLOT_POLL_S: Final = 0.02
 
 
-def open_state_db(environ: Mapping[str, str], out: HookOutput) -> StateDB | None:
-    """The state database, or None (with a debug line) when it cannot be used."""
+def open_state_db(state: Path, out: HookOutput) -> StateDB | None:
+    """The state database in `state`, or None (with a debug line) when it cannot be used."""
     from nixdist.state.db import StateDB  # noqa: PLC0415 - see the imports
 
     try:
-        return StateDB.open(state_dir(environ))
+        return StateDB.open(state)
     except StateError as err:
         out.debug(f"nixdist: running without history and health: {err}")
         return None
@@ -94,13 +95,15 @@ class MachinePicker:
         self,
         machines: Sequence[Machine],
         settings: HookSettings,
+        config: Settings,
         environ: Mapping[str, str],
         out: HookOutput,
     ) -> None:
+        """`settings` are what Nix sent, `config` nixdist's own (`nixdist.settings`)."""
         self.machines = tuple(machines)
         self.environ = environ
         self.out = out
-        self.config = load_settings(environ)
+        self.config = config
         self.local = LocalCapabilities(
             system=settings.system,
             extra_platforms=settings.extra_platforms,
@@ -116,7 +119,7 @@ class MachinePicker:
 
     @functools.cached_property
     def db(self) -> StateDB | None:
-        return open_state_db(self.environ, self.out)
+        return open_state_db(self.config.state_dir, self.out)
 
     def close(self) -> None:
         """Close the state database, if it was opened."""
@@ -141,7 +144,7 @@ class MachinePicker:
         from nixdist.transport.openssh import ControlMasters  # noqa: PLC0415 - see the imports
 
         return ControlMasters(
-            ssh_dir(state_dir(self.environ)), connect_timeout_s=self.config.connect_timeout_s
+            ssh_dir(self.config.state_dir), connect_timeout_s=self.config.connect_timeout_s
         )
 
     def down_reason(self, uri: str) -> str | None:
@@ -214,7 +217,7 @@ class MachinePicker:
             self.health.answered(machine.uri)
             if result.problem is not None and self.out.wants(Verbosity.TALKATIVE):
                 note = f"no full load report from '{machine.uri}': {result.problem}"
-                if first_time(state_dir(self.environ), note):  # once per Nix run
+                if first_time(self.config.state_dir, note):  # once per Nix run
                     self.out.log(Verbosity.TALKATIVE, note)
         return renewed
 
@@ -359,7 +362,7 @@ class MachinePicker:
         """
         retry = dataclasses.replace(request, am_willing=False)
         deadline = time.monotonic() + FAILOVER_WAIT_S
-        waiting: Decision | None = None
+        waiting = False
         while True:
             picked, decision = self.pick(retry)
             if not isinstance(picked, Reply):
@@ -368,9 +371,9 @@ class MachinePicker:
             if picked is not Reply.POSTPONE or time.monotonic() > deadline:
                 self.record(retry, decision)
                 return None
-            if waiting is None:
+            if not waiting:
                 self.record(retry, decision)  # the wait starts: said once
-                waiting = decision
+                waiting = True
             time.sleep(FAILOVER_POLL_S)
 
     def record(self, request: BuildRequest, decision: Decision) -> None:

@@ -22,6 +22,7 @@ from nixdist.model.machines import parse_machines
 from nixdist.model.request import BuildRequest
 from nixdist.protocol.hook import HookSettings
 from nixdist.scheduler.policy import Accept
+from nixdist.settings import load_settings
 from nixdist.state.db import StateDB
 from nixdist.state.rows import Down, ProbeRow
 from nixdist.state.slots import SlotDirectory
@@ -79,6 +80,7 @@ def test_explain_and_the_hook_choose_alike(tmp_path: Path) -> None:
         picker = MachinePicker(
             machines,
             HookSettings(system="x86_64-linux", max_jobs=0),
+            load_settings(env),
             env,
             HookOutput(devnull.fileno()),
         )
@@ -133,6 +135,7 @@ def test_a_renewed_report_counts_this_hosts_slots_once_under_the_main_lock(
         picker = MachinePicker(
             [local],
             HookSettings(system="x86_64-linux", max_jobs=0),
+            load_settings(env),
             env,
             HookOutput(devnull.fileno()),
         )
