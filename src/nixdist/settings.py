@@ -46,16 +46,18 @@ def parse_size(text: str, *, name: str) -> int:
     return int(match[1]) << (10 * _UNITS[match[2].upper()])
 
 
-def _seconds(*, zero_ok: bool) -> Callable[[Value, str], float]:
+def _amount(unit: str, *, zero_ok: bool) -> Callable[[Value, str], float]:
+    """A parser of a finite number of `unit` (seconds, days), 0 allowed with `zero_ok`."""
+
     def parse(value: Value, name: str) -> float:
         try:
-            seconds = math.nan if isinstance(value, bool) else float(value)
+            amount = math.nan if isinstance(value, bool) else float(value)
         except ValueError:
-            seconds = math.nan
-        if not (0 <= seconds < math.inf) or (seconds == 0 and not zero_ok):
-            kind = "a number of seconds >= 0" if zero_ok else "a positive number of seconds"
+            amount = math.nan
+        if not (0 <= amount < math.inf) or (amount == 0 and not zero_ok):
+            kind = f"a number of {unit} >= 0" if zero_ok else f"a positive number of {unit}"
             raise ConfigError(f"{value!r} is not {kind}", file=name)
-        return seconds
+        return amount
 
     return parse
 
@@ -71,16 +73,6 @@ def _size(value: Value, name: str) -> int:
     if isinstance(value, bool):
         raise ConfigError(f"{value!r} is not a size (like 512M or 2G)", file=name)
     return parse_size(str(value), name=name)
-
-
-def _days(value: Value, name: str) -> float:
-    try:
-        days = math.nan if isinstance(value, bool) else float(value)
-    except ValueError:
-        days = math.nan
-    if not 0 <= days < math.inf:
-        raise ConfigError(f"{value!r} is not a number of days >= 0", file=name)
-    return days
 
 
 def _text(value: Value, name: str) -> str:
@@ -118,7 +110,7 @@ SETTINGS: Final = (
         default="15",
         meaning="seconds a builder may take to answer (ssh's connect, the store's greeting, a "
         "load probe); ssh keep-alives give a frozen builder up after about as long",
-        parse=_seconds(zero_ok=False),
+        parse=_amount("seconds", zero_ok=False),
     ),
     Setting(
         field="probe_interval_s",
@@ -126,7 +118,7 @@ SETTINGS: Final = (
         env="NIXDIST_PROBE_INTERVAL",
         default="5",
         meaning="seconds a builder's load report is reused; 0: never ask for one",
-        parse=_seconds(zero_ok=True),
+        parse=_amount("seconds", zero_ok=True),
     ),
     Setting(
         field="min_free_disk",
@@ -152,7 +144,7 @@ SETTINGS: Final = (
         default="5",
         meaning="seconds the hook waits for a busy builder's slot before answering `postpone` "
         "(which Nix retries only after its build-poll-interval); 0: postpone at once",
-        parse=_seconds(zero_ok=True),
+        parse=_amount("seconds", zero_ok=True),
     ),
     Setting(
         field="history_days",
@@ -161,7 +153,7 @@ SETTINGS: Final = (
         default="30",
         meaning="days the history (decisions, build attempts) is kept; the hook prunes it once "
         "a day, `nixdist history --prune` at once; 0: kept forever",
-        parse=_days,
+        parse=_amount("days", zero_ok=True),
     ),
     Setting(
         field="dashboard_token",

@@ -68,22 +68,6 @@ def is_stopped(pid: int) -> bool:
     return process_state(pid) in {"T", "t"}
 
 
-def pids_in_ns(ns: int) -> list[int]:
-    """Live processes whose mount namespace is `ns`, in pid order."""
-    if ns == own_mount_ns():
-        raise FarmError(f"refusing to act on the host's own mount namespace {ns}")
-    found: list[int] = []
-    for entry in _PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == os.getpid():
-            continue
-        if mount_ns(pid) == ns and is_alive(pid):
-            found.append(pid)
-    return sorted(found)
-
-
 def pids_outside_own_ns() -> list[int]:
     """Live processes in any mount namespace but this process's own, in pid order.
 

@@ -13,7 +13,6 @@ the same activities ``build-remote`` produces through Nix's ``copyPaths``:
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -26,6 +25,7 @@ from nixdist.protocol.logjson import (
     Stop,
     Verbosity,
 )
+from nixdist.transport.child import write_all
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -147,9 +147,6 @@ class RemoteLog:
     def __call__(self, message: LogMessage) -> None:
         if isinstance(message, Result) and message.type == LOG_FILE_TYPE:
             line = message.fields[0] if message.fields else ""
-            data = f"{line}\n".encode("utf-8", "surrogateescape")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._log_fd, view) :]
+            write_all(self._log_fd, f"{line}\n".encode("utf-8", "surrogateescape"))
             return
         self._out.event(message)

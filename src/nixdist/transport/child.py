@@ -64,7 +64,7 @@ class _StderrPump:
                 forward = self._forward_fd
             if forward is not None:
                 with contextlib.suppress(OSError):
-                    _write_all(forward, data)
+                    write_all(forward, data)
         os.close(self._fd)
 
     def join(self, timeout: float) -> None:
@@ -76,7 +76,8 @@ class _StderrPump:
         return text.decode("utf-8", "replace").strip()
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to `fd` (a pipe may take it in parts)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -154,7 +155,7 @@ class Channel:
         if self._stdin_fd is None:
             raise TransportError(f"{self.description}: write after close")
         try:
-            _write_all(self._stdin_fd, data)
+            write_all(self._stdin_fd, data)
         except (BrokenPipeError, ConnectionResetError) as err:
             raise self.closed_error("the connection closed while sending") from err
 
