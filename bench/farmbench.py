@@ -71,6 +71,14 @@ CONTENDERS: Final = ("build-remote", "nixdist")
 HANG_GUARD_S: Final = 900
 
 
+def workload_names(base: str, scheme: str) -> tuple[str, str]:
+    """A workload's key and label: ``w1`` and ``W1``, or ``w1-ng`` and ``W1 ssh-ng`` when its
+    builders are listed as ``ssh-ng://``."""
+    if scheme == "ssh":
+        return base, base.upper()
+    return f"{base}-ng", f"{base.upper()} {scheme}"
+
+
 def profile_dir(directory: str | None, tag: str) -> Path | None:
     """Where workload `tag` keeps its hook profiles, when profiling was asked for."""
     return None if directory is None else Path(directory) / tag

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, med_best, median, ratio
-from farmbench import CONTENDERS, BuildRun, FarmBench, profile_dir, round_order
+from farmbench import CONTENDERS, BuildRun, FarmBench, profile_dir, round_order, workload_names
 
 from nixdist.farm import make_spec
 from nixdist.farm.builds import fresh_salt
@@ -65,12 +65,11 @@ class W1Options:
 
     @property
     def key(self) -> str:
-        """The workload's name: ``w1``, or ``w1-ng`` over ssh-ng."""
-        return "w1" if self.scheme == "ssh" else "w1-ng"
+        return workload_names("w1", self.scheme)[0]
 
     @property
     def label(self) -> str:
-        return "W1" if self.scheme == "ssh" else "W1 ssh-ng"
+        return workload_names("w1", self.scheme)[1]
 
 
 def run(base: Path, opts: W1Options, log: Callable[[str], None]) -> Outcome:

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, median, ratio
-from farmbench import BuildRun, FarmBench, profile_dir, round_order, run_cmd, words
+from farmbench import BuildRun, FarmBench, profile_dir, round_order, run_cmd, words, workload_names
 from w1_dag import describe_run
 
 from nixdist.farm import make_spec
@@ -77,12 +77,11 @@ class W2Options:
 
     @property
     def key(self) -> str:
-        """The workload's name: ``w2``, or ``w2-ng`` over ssh-ng."""
-        return "w2" if self.scheme == "ssh" else "w2-ng"
+        return workload_names("w2", self.scheme)[0]
 
     @property
     def label(self) -> str:
-        return "W2" if self.scheme == "ssh" else "W2 ssh-ng"
+        return workload_names("w2", self.scheme)[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
