@@ -26,8 +26,8 @@ from rich.text import Text
 
 from nixdist.cli.machines import effective_machines
 from nixdist.scheduler.policy import format_bytes
-from nixdist.state.db import StateDB
-from nixdist.state.paths import db_path, state_dir
+from nixdist.state.db import StateDB, open_state_db
+from nixdist.state.paths import state_dir
 from nixdist.state.report import status_report
 from nixdist.state.rows import Outcome
 from nixdist.state.slots import SlotDirectory
@@ -42,12 +42,9 @@ _AGO: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def open_db(*, create: bool = False) -> StateDB | None:
-    """The state database of this user, or None when there is none yet."""
-    directory = state_dir(os.environ)
-    if not create and not db_path(directory).exists():
-        return None
-    return StateDB.open(directory)
+def open_db() -> StateDB | None:
+    """The state database of this user's settings, or None when there is none yet."""
+    return open_state_db(state_dir(os.environ), create=False)
 
 
 def parse_when(text: str, now: float) -> float:

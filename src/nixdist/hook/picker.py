@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final, assert_never
 
-from nixdist.errors import NixdistError, ProtocolError, StateError, TransportError
+from nixdist.errors import NixdistError, ProtocolError, TransportError
 from nixdist.protocol.hook import Reply
 from nixdist.protocol.logjson import Verbosity
 from nixdist.scheduler.policy import (
@@ -46,7 +46,6 @@ from nixdist.state.view import machine_state
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
 
     from nixdist.hook.output import HookOutput
     from nixdist.hook.picked import Picked
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
     from nixdist.model.request import BuildRequest
     from nixdist.protocol.hook import HookSettings
     from nixdist.settings import Settings
+    from nixdist.state.advisory import Advisory
     from nixdist.state.db import StateDB
     from nixdist.state.health import Health
     from nixdist.state.history import History
@@ -70,17 +70,6 @@ FAILOVER_POLL_S: Final = 0.5
 FAILOVER_WAIT_S: Final = 600.0
 #: While waiting for a busy machine's slot instead of postponing, how often to look.
 SLOT_POLL_S: Final = 0.02
-
-
-def open_state_db(state: Path, out: HookOutput) -> StateDB | None:
-    """The state database in `state`, or None (with a debug line) when it cannot be used."""
-    from nixdist.state.db import StateDB  # noqa: PLC0415 - see the imports
-
-    try:
-        return StateDB.open(state)
-    except StateError as err:
-        out.debug(f"nixdist: running without history and health: {err}")
-        return None
 
 
 def _waiting_helps(decision: Postpone) -> bool:
@@ -118,26 +107,28 @@ class MachinePicker:
     # The state database and ssh are set up on first use (a decline needs neither).
 
     @functools.cached_property
-    def db(self) -> StateDB | None:
-        return open_state_db(self.config.state_dir, self.out)
+    def advice(self) -> Advisory:
+        from nixdist.state.advisory import Advisory  # noqa: PLC0415 - see the imports
+
+        return Advisory.open(self.config.state_dir, self.out.debug)
 
     def close(self) -> None:
         """Close the state database, if it was opened."""
-        db = self.__dict__.get("db")
-        if db is not None:
-            db.close()
+        advice = self.__dict__.get("advice")
+        if advice is not None:
+            advice.close()
 
     @functools.cached_property
     def health(self) -> Health:
         from nixdist.state.health import Health  # noqa: PLC0415 - see the imports
 
-        return Health(self.db)
+        return Health(self.advice)
 
     @functools.cached_property
     def history(self) -> History:
         from nixdist.state.history import History  # noqa: PLC0415 - see the imports
 
-        return History(self.db, self.out.debug)
+        return History(self.advice)
 
     @functools.cached_property
     def masters(self) -> ControlMasters:
@@ -167,13 +158,7 @@ class MachinePicker:
     # -- load reports ------------------------------------------------------------------------
 
     def _probes(self) -> dict[str, ProbeRow]:
-
-        if self.db is None:
-            return {}
-        try:
-            return {row.uri: row for row in self.db.all_probes()}
-        except StateError:
-            return {}
+        return self.advice(lambda db: {row.uri: row for row in db.all_probes()}, {})
 
     def refresh_loads(self, fitting: Sequence[Machine]) -> tuple[dict[str, ProbeRow], set[str]]:
         """The load reports of `fitting` (the machines that could take the build), and which
@@ -188,7 +173,7 @@ class MachinePicker:
         if not fitting or self.config.probe_interval_s <= 0:
             return {}, set()
         rows = self._probes()
-        if self.db is None:
+        if not self.advice.available:
             return rows, set()
         now = time.time()
         stale = [
@@ -222,14 +207,14 @@ class MachinePicker:
         return renewed
 
     def _store_reports(self, rows: Sequence[ProbeRow]) -> None:
-        if not rows or self.db is None:  # no rows: the database is not even opened
+        if not rows:  # the database is not even opened
             return
-        for row in rows:
-            try:
-                self.db.put_probe(row)
-            except StateError as err:
-                self.out.debug(f"load report not recorded: {err}")
-                return
+
+        def put(db: StateDB) -> None:
+            for row in rows:
+                db.put_probe(row)
+
+        self.advice(put, None)
 
     def _probe_all(
         self, machines: Sequence[Machine]

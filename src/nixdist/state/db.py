@@ -470,3 +470,11 @@ def _build_row(row: Sequence[object]) -> BuildRow:
     except ValueError as err:
         raise StateError(f"a build row says {err}") from None
     return BuildRow(**fields)
+
+
+def open_state_db(root: Path, *, create: bool = True) -> StateDB | None:
+    """The state database of the state directory `root`; None when it does not exist yet and
+    `create` is false. Raises `StateError` (`nixdist.state.advisory` turns that into advice)."""
+    if not create and not db_path(root).exists():
+        return None
+    return StateDB.open(root)

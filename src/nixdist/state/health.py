@@ -15,15 +15,13 @@ a build never fails because of it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING, Final
 
-from nixdist.errors import StateError
 from nixdist.state.rows import Down
 
 if TYPE_CHECKING:
-    from nixdist.state.db import StateDB
+    from nixdist.state.advisory import Advisory
 
 BACKOFF_BASE_S: Final = 30.0
 BACKOFF_MAX_S: Final = 600.0
@@ -38,44 +36,30 @@ def backoff(failures: int) -> float:
 
 
 class Health:
-    """The health records of the builders, in one state database (None: nothing is kept)."""
+    """The health records of the builders, in the state database (advice: when it cannot be
+    read or written, every builder is up and failures are counted from here)."""
 
-    def __init__(self, db: StateDB | None) -> None:
-        self._db = db
+    def __init__(self, advice: Advisory) -> None:
+        self._advice = advice
 
     def down(self, uri: str, *, now: float | None = None) -> Down | None:
         """The record of `uri` if it is to be skipped now, else None."""
-        if self._db is None:
-            return None
         now = time.time() if now is None else now
-        try:
-            record = self._db.health(uri)
-        except StateError:
-            return None
+        record = self._advice(lambda db: db.health(uri), None)
         return record if record is not None and now < record.until else None
 
     def failed(self, uri: str, reason: str, *, now: float | None = None) -> Down:
         """Record a failed connection to (or a lost build on) `uri`; returns the new record."""
         now = time.time() if now is None else now
-        previous = None
-        if self._db is not None:
-            try:
-                previous = self._db.health(uri)
-            except StateError:
-                previous = None
+        previous = self._advice(lambda db: db.health(uri), None)
         failures = previous.failures + 1 if previous is not None else 1
         since = previous.since if previous is not None else now
         record = Down(
             uri=uri, reason=reason, failures=failures, since=since, until=now + backoff(failures)
         )
-        if self._db is not None:
-            with contextlib.suppress(StateError):  # health is advice: never fail a build over it
-                self._db.put_health(record)
+        self._advice(lambda db: db.put_health(record), None)
         return record
 
     def answered(self, uri: str) -> None:
         """`uri` connected: forget its failures."""
-        if self._db is None:
-            return
-        with contextlib.suppress(StateError):
-            self._db.clear_health(uri)
+        self._advice(lambda db: db.clear_health(uri), None)

@@ -1,9 +1,8 @@
 """What the hook writes into the history as it works, never failing a build over it.
 
-`History` wraps an optional `StateDB`: every write that fails (a full disk, a read-only state
-directory, a database another version left behind) is dropped after one debug line through
-`on_error`, and the build goes on. `BuildRecord` follows one remote build attempt through its
-phases, with the time and bytes of each (design.md §3: "record in history").
+`History` writes through `nixdist.state.advisory.Advisory`: a write that fails is dropped
+after one debug line, and the build goes on. `BuildRecord` follows one remote build attempt
+through its phases, with the time and bytes of each (design.md §3: "record in history").
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Final
 
-from nixdist.errors import StateError
 from nixdist.state.paths import pruned_marker
 from nixdist.state.rows import Outcome, Phase
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from nixdist.state.advisory import Advisory
     from nixdist.state.db import StateDB
 
 
@@ -31,19 +30,11 @@ PRUNE_EVERY_S: Final = DAY_S
 class History:
     """The hook's writer of decisions and build attempts."""
 
-    def __init__(self, db: StateDB | None, on_error: Callable[[str], None]) -> None:
-        self._db = db
-        self._on_error = on_error
+    def __init__(self, advice: Advisory) -> None:
+        self._advice = advice
 
     def _write(self, action: Callable[[StateDB], object]) -> object:
-        if self._db is None:
-            return None
-        try:
-            return action(self._db)
-        except StateError as err:
-            self._on_error(f"history not recorded: {err}")
-            self._db = None  # one message per process is enough
-            return None
+        return self._advice(action, None)
 
     def decision(
         self,
@@ -69,10 +60,11 @@ class History:
     def prune_if_due(self, *, keep_days: float, now: float | None = None) -> None:
         """Forget what is older than `keep_days` (0: keep everything), at most once a day for
         every process of this state directory (the marker's mtime says when it was done)."""
-        if self._db is None or keep_days <= 0:
+        root = self._advice.root
+        if root is None or keep_days <= 0:
             return
         now = time.time() if now is None else now
-        marker = pruned_marker(self._db.path.parent)
+        marker = pruned_marker(root)
         try:
             if now - marker.stat().st_mtime < PRUNE_EVERY_S:
                 return

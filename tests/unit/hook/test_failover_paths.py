@@ -32,6 +32,7 @@ from nixdist.protocol import serve_messages as msg
 from nixdist.protocol.hook import AcceptedWork, HookExit, HookSettings
 from nixdist.protocol.serve import BuildResult, BuildStatus, encode_store_paths
 from nixdist.settings import Settings
+from nixdist.state.advisory import Advisory
 from nixdist.state.history import History
 from nixdist.state.slots import SlotDirectory
 from nixdist.store.daemon import DaemonStore
@@ -76,7 +77,7 @@ class _Picker:
 
     def __init__(self, state: Path, spares: list[Picked]) -> None:
         self.config = Settings(state_dir=state)
-        self.history = History(None, on_error=print)
+        self.history = History(Advisory(None, print))
         self.spares = spares
         self.down: list[tuple[str, str]] = []
         self.asked = 0

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from nixdist.state.advisory import Advisory
 from nixdist.state.db import StateDB
 from nixdist.state.health import BACKOFF_BASE_S, BACKOFF_MAX_S, Health, backoff
 
@@ -21,21 +22,21 @@ def test_backoff_doubles_up_to_a_cap(failures: int, seconds: float) -> None:
 
 def test_a_failure_is_remembered_until_the_pause_ends(tmp_path: Path) -> None:
     with StateDB.open(tmp_path) as db, StateDB.open(tmp_path) as other:
-        health = Health(db)
+        health = Health(Advisory(db))
         assert health.down("ssh://b1", now=1000) is None
         record = health.failed("ssh://b1", "connection refused", now=1000)
         assert record.until == 1000 + BACKOFF_BASE_S
         # Another process (a new Health on the same directory) sees it.
-        seen = Health(other).down("ssh://b1", now=1001)
+        seen = Health(Advisory(other)).down("ssh://b1", now=1001)
         assert seen == record
         assert seen.describe(1001) == f"connection refused (retrying in {BACKOFF_BASE_S - 1:g} s)"
-        assert Health(other).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
+        assert Health(Advisory(other)).down("ssh://b1", now=1000 + BACKOFF_BASE_S) is None
         assert health.down("ssh://b2", now=1001) is None
 
 
 def test_consecutive_failures_lengthen_the_pause_and_an_answer_clears_it(tmp_path: Path) -> None:
     with StateDB.open(tmp_path) as db:
-        health = Health(db)
+        health = Health(Advisory(db))
         health.failed("ssh://b1", "refused", now=0)
         second = health.failed("ssh://b1", "timed out", now=40)
         assert (second.failures, second.since, second.until) == (2, 0, 40 + 2 * BACKOFF_BASE_S)
@@ -47,7 +48,7 @@ def test_consecutive_failures_lengthen_the_pause_and_an_answer_clears_it(tmp_pat
 
 def test_a_database_that_fails_means_up(tmp_path: Path) -> None:
     db = StateDB.open(tmp_path)
-    health = Health(db)
+    health = Health(Advisory(db))
     health.failed("ssh://b1", "refused", now=0)
     db.close()  # every later query raises StateError
     assert health.down("ssh://b1", now=1) is None
@@ -56,7 +57,7 @@ def test_a_database_that_fails_means_up(tmp_path: Path) -> None:
 
 
 def test_without_a_database_nothing_breaks() -> None:
-    health = Health(None)
+    health = Health(Advisory(None))
     assert health.failed("ssh://b1", "refused", now=0).failures == 1
     assert health.down("ssh://b1", now=1) is None
     health.answered("ssh://b1")

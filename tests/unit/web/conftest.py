@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.model.machines import Machine
+from nixdist.state.advisory import Advisory
 from nixdist.state.db import StateDB
 from nixdist.state.history import History
 from nixdist.state.rows import Down, Outcome, Phase
@@ -97,7 +98,7 @@ def filled_state(tmp_path: Path) -> Filled:
     state = tmp_path / "state"
     errors: list[str] = []
     with StateDB.open(state) as db:
-        history = History(db, errors.append)
+        history = History(Advisory(db, errors.append))
         _finished(history, "one", B1.uri, Outcome.BUILT, up=(1000, 1), down=(500, 1))
         _finished(history, "two", B1.uri, Outcome.BUILT, up=(2000, 2), down=(700, 1))
         _finished(history, "bad", B2.uri, Outcome.FAILED, up=(10, 1), error="exit code 3\nlog tail")
