@@ -270,6 +270,12 @@ def test_status_and_history_agree_with_the_stores(
     for build in history:
         check_phases(build)
 
+    # The hook's answers to Nix: one accept per build, naming the machine it went to.
+    decisions = nixdist_json(env, "history", "--decisions", "--limit", "10000")
+    accepted = [(d["drv_path"], d["machine"]) for d in decisions if d["decision"] == "accept"]
+    assert sorted(accepted) == sorted((b["drv_path"], b["machine"]) for b in history)
+    assert {d["decision"] for d in decisions} <= {"accept", "postpone"}
+
     # Download: exactly the output, its NAR size as both stores report it.
     here = sizes(outputs)
     for build in history:

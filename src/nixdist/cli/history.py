@@ -2,22 +2,32 @@
 
 Filtered by ``--machine`` (or ``--machines FILE``), ``--status``, ``--since``/``--until``
 (``30m``, ``2h``, ``1d`` ago, or a Unix time), ``--drv``; ``--limit``; ``--json``.
+``--decisions`` shows the hook's answers to Nix instead (accept, postpone, decline, with the
+reasons), filtered by ``--since``, ``--drv`` and ``--limit``.
 ``--prune`` forgets now what the hook would forget at its next daily pruning: decisions and
 finished attempts older than the ``history-days`` setting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import click
 
 from nixdist.cli.machines import effective_machines
-from nixdist.cli.status import builds_table, console, emit_json, open_db, parse_when
+from nixdist.cli.status import (
+    builds_table,
+    console,
+    decisions_table,
+    emit_json,
+    open_db,
+    parse_when,
+)
 from nixdist.settings import load_settings
 from nixdist.state.report import build_json
-from nixdist.state.rows import BuildRow, Outcome
+from nixdist.state.rows import BuildRow, DecisionRow, Outcome
 
 
 def _prune(now: float) -> None:
@@ -32,6 +42,22 @@ def _prune(now: float) -> None:
     with db:
         decisions, builds = db.prune(now - days * 86400)
     click.echo(f"forgot {decisions} decisions and {builds} builds older than {days:g} days")
+
+
+def _decisions(
+    *, since: str | None, drv: str | None, limit: int, as_json: bool, now: float
+) -> None:
+    db = open_db()
+    decisions: list[DecisionRow] = []
+    if db is not None:
+        with db:
+            decisions = db.decisions(
+                since=0.0 if since is None else parse_when(since, now), drv_path=drv, limit=limit
+            )
+    if as_json:
+        emit_json([dataclasses.asdict(d) for d in decisions])
+        return
+    console().print(decisions_table(f"{len(decisions)} decisions", decisions))
 
 
 @click.command()
@@ -54,6 +80,12 @@ def _prune(now: float) -> None:
 @click.option("--limit", default=50, show_default=True, help="At most this many builds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
+    "--decisions",
+    "show_decisions",
+    is_flag=True,
+    help="Show the hook's answers to Nix (accept, postpone, decline) and their reasons.",
+)
+@click.option(
     "--prune",
     is_flag=True,
     help="Forget decisions and finished builds older than the history-days setting, now.",
@@ -67,12 +99,16 @@ def history(  # noqa: PLR0917 - click passes one argument per option
     drv: str | None,
     limit: int,
     as_json: bool,
+    show_decisions: bool,
     prune: bool,
 ) -> None:
     """Remote builds, newest first."""
     now = time.time()
     if prune:
         _prune(now)
+        return
+    if show_decisions:
+        _decisions(since=since, drv=drv, limit=limit, as_json=as_json, now=now)
         return
     db = open_db()
     builds: list[BuildRow] = []

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from nixdist.state.report import StatusReport
-    from nixdist.state.rows import BuildRow
+    from nixdist.state.rows import BuildRow, DecisionRow
 
 _AGO: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -116,6 +116,23 @@ _V = TypeVar("_V", int, float)
 def _unknown(value: _V | None, show: Callable[[_V], str]) -> str:
     """`value` shown, or ``-`` when the builder did not tell it."""
     return "-" if value is None else show(value)
+
+
+def decisions_table(title: str, decisions: list[DecisionRow]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("time", "derivation", "system", "answer", "machine", "reasons"):
+        table.add_column(name)
+    for d in decisions:
+        style = {"accept": "green", "postpone": "yellow"}.get(d.decision, "red")
+        table.add_row(
+            _clock(d.time),
+            Text(_name(d.drv_path)),
+            Text(d.system),
+            Text(d.decision, style=style),
+            Text(d.machine or ""),
+            Text("\n".join(d.reasons)),
+        )
+    return table
 
 
 def builds_table(title: str, builds: tuple[BuildRow, ...] | list[BuildRow], now: float) -> Table:

@@ -261,11 +261,15 @@ class StateDB:
             ),
         )
 
-    def decisions(self, *, since: float = 0.0, limit: int = 1000) -> list[DecisionRow]:
+    def decisions(
+        self, *, since: float = 0.0, drv_path: str | None = None, limit: int = 1000
+    ) -> list[DecisionRow]:
+        """The newest decisions made since `since` (about `drv_path` only, if given)."""
         rows = self._execute(
             "SELECT id, time, pid, drv_path, system, features, decision, machine, reasons "
-            "FROM decisions WHERE time >= ? ORDER BY id DESC LIMIT ?",
-            (since, limit),
+            "FROM decisions WHERE time >= ? AND (? IS NULL OR drv_path = ?) "
+            "ORDER BY id DESC LIMIT ?",
+            (since, drv_path, drv_path, limit),
         )
         return [
             DecisionRow(
