@@ -11,15 +11,18 @@ import json
 import math
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import FrameType
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 REPO: Final = BENCH_DIR.parent
@@ -47,6 +50,23 @@ def nix_own_hook(client_nix: str | None) -> str:
 def client_label(client_nix: str | None) -> str:
     """How tables name the client: ``host Nix`` or ``Nix 2.34 client``."""
     return "host Nix" if client_nix is None else f"Nix {client_nix} client"
+
+
+def missing_tools() -> list[str]:
+    """What a benchmark that builds through both hooks needs and this machine lacks."""
+    missing = [t for t in ("nix-build", "nix-store", "nix-instantiate") if not shutil.which(t)]
+    missing += [str(p) for p in (BUILD_REMOTE, NIXDIST_HOOK) if not p.exists()]
+    return missing
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    del frame
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM a KeyboardInterrupt, so that a killed benchmark cleans up as on Ctrl-C."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def timestamp() -> str:

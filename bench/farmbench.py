@@ -13,6 +13,10 @@ where <hook> is Nix 2.8's ``/usr/libexec/nix/build-remote`` ("build-remote") or 
 run, instantiated before the clock starts. nixdist keeps one ``NIXDIST_STATE_DIR`` per farm for
 the whole benchmark, as a user's machine does: its ssh control masters are started by the first
 nixdist build on each builder and reused afterwards (they outlive hook processes by design).
+bench/hook_vs_build_remote.py times both states, under two more names of nixdist:
+"nixdist-cold" starts afresh, with a new, empty state directory (no control master yet; the
+previous directory's masters are stopped first, untimed), and "nixdist-warm" builds with the
+state directory as it is, its masters alive.
 
 With a `client_nix` version (``--client-nix 2.34``) every Nix command of the client side
 (nix-instantiate, nix-build, nix-store --add, the queries and deletions of the client's store)
@@ -23,9 +27,10 @@ version's own hook (``/usr/bin/nix __build-remote`` from 2.17 on, `common.nix_ow
 timed builds pay the same ~0.1 s for entering the chroot. The builders are unchanged.
 
 After every timed build (untimed from here on) `FarmBench.check` reads what happened from the
-stores themselves: how many outputs are valid locally, and which builder built each one (a path
-a builder built itself is "ultimate" in its database). Then `FarmBench.forget` deletes the run's
-paths locally and empties the builders' stores, so the next run starts with nothing valid there.
+stores themselves: how many outputs of the derivations in the build's closure are valid
+locally, and which builder built each one (a path a builder built itself is "ultimate" in its
+database). Then `FarmBench.forget` deletes the run's paths locally and empties the builders'
+stores, so the next run starts with nothing valid there.
 
 With a `profile_dir`, nixdist's hook runs under cProfile instead (a small wrapper script), and
 every hook process writes ``hook-<pid>.prof`` there: `summarise_profiles` adds them up. This is
@@ -49,7 +54,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from common import NIXDIST_HOOK, PYTHON, nix_own_hook
 
@@ -67,6 +72,11 @@ if TYPE_CHECKING:
 
 #: The two hooks compared, in the order of even rounds (odd rounds flip it).
 CONTENDERS: Final = ("build-remote", "nixdist")
+#: nixdist with a new, empty state directory (no ssh control master yet), and nixdist again with
+#: the state directory as it is (its masters alive): see the module's docstring.
+NIXDIST_COLD: Final = "nixdist-cold"
+NIXDIST_WARM: Final = "nixdist-warm"
+_NIXDIST: Final = frozenset({"nixdist", NIXDIST_COLD, NIXDIST_WARM})
 #: A guard against a hang, never a performance limit.
 HANG_GUARD_S: Final = 900
 
@@ -124,6 +134,23 @@ class BuildRun:
     error: str = ""
 
 
+def run_problems(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Runs (`BuildRun`s as JSON) that failed, or whose outputs were not all built remotely and
+    valid locally."""
+    problems: list[str] = []
+    for run in runs:
+        name = f"{run.get('contender')} round {int(run.get('round', 0)) + 1}"
+        outputs = run.get("outputs")
+        if not run.get("ok"):
+            problems.append(f"{name}: nix-build failed")
+        elif not outputs == run.get("built_remotely") == run.get("valid_locally"):
+            problems.append(
+                f"{name}: {run.get('built_remotely')} of {outputs} outputs built"
+                f" remotely, {run.get('valid_locally')} valid locally"
+            )
+    return problems
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checked:
     outputs: int
@@ -149,7 +176,7 @@ class FarmBench:
         self.client_nix = client_nix  # None: the host's Nix, else a farm client's version
         self.specs = tuple(specs)
         self.farm = Farm(self.base / "farm", alias_prefix=f"nxb{os.getpid()}{tag}-")
-        self.state_dir = self.base / "nixdist-state"
+        self.state_dirs = [self.base / "nixdist-state"]  # the last is nixdist's now
         self.exprs = self.base / "exprs"
         self.created: set[str] = set()  # local store paths to delete at the end
         self.keep: set[str] = set()  # local inputs shared by every run: deleted at the end only
@@ -188,11 +215,23 @@ class FarmBench:
             return store_path
         return str(self.farm.client_store_dir(self.client_nix) / Path(store_path).name)
 
+    @property
+    def state_dir(self) -> Path:
+        """nixdist's ``NIXDIST_STATE_DIR`` now."""
+        return self.state_dirs[-1]
+
+    def fresh_state_dir(self) -> Path:
+        """Start nixdist afresh ("nixdist-cold"): stop the masters of its state directory and
+        give it a new one, empty."""
+        self.stop_masters()
+        self.state_dirs.append(self.base / f"nixdist-state-{len(self.state_dirs)}")
+        return self.state_dir
+
     def hook_env(self, contender: str) -> tuple[Path | str, dict[str, str]]:
         """The hook (the ``build-hook`` setting) and the extra environment of `contender`."""
         if contender == "build-remote":
             return nix_own_hook(self.client_nix), {}
-        if contender == "nixdist":
+        if contender in _NIXDIST:
             if self.profile_dir is not None:
                 hook = self._profiling_hook()
             elif self.client_nix is not None:  # written by client_argv; an absolute path for 2.8
@@ -251,6 +290,8 @@ class FarmBench:
         self, drvs: Sequence[str], contender: str, *, extra: Sequence[str] = ()
     ) -> tuple[float, Run]:
         """The timed part: one ``nix-build -j0`` of `drvs` through `contender`'s hook."""
+        if contender == NIXDIST_COLD:
+            self.fresh_state_dir()
         hook, extra_env = self.hook_env(contender)
         argv = nix_build_argv(drvs, builders=f"@{self.farm.machines_file}", hook=hook, extra=extra)
         argv = self.nix_argv(argv)
@@ -273,9 +314,18 @@ class FarmBench:
         invalid = set(result.stdout.split())
         return [p for p in wanted if p not in invalid]
 
+    def closure(self, roots: Iterable[str]) -> list[str]:
+        """The closure of those of `roots` that are valid in the client's store."""
+        valid = self.valid_paths(roots)
+        if not valid:
+            return []
+        return words(self.run_nix(["nix-store", "-qR", *valid]), "nix-store -qR")
+
     def check(self, drvs: Sequence[str]) -> Checked:
-        """What the stores say: outputs valid here, and where each one was built."""
-        outputs = self.outputs(drvs)
+        """What the stores say about the outputs of every derivation a build of `drvs` needed:
+        valid here, and where each one was built."""
+        needed = [p for p in self.closure(drvs) if p.endswith(".drv")]
+        outputs = self.outputs(needed) if needed else []
         where = self.farm.where_built(outputs)
         placements = collections.Counter(b[0] for b in where.values() if len(b) == 1)
         return Checked(
@@ -334,10 +384,7 @@ class FarmBench:
 
     def expand(self, roots: Iterable[str]) -> set[str]:
         """`roots` (derivations and sources of ours), their closures and every output."""
-        valid = self.valid_paths(roots)
-        if not valid:
-            return set()
-        closure = words(self.run_nix(["nix-store", "-qR", *valid]), "nix-store -qR")
+        closure = self.closure(roots)
         drvs = [p for p in closure if p.endswith(".drv")]
         outputs = self.outputs(drvs) if drvs else []
         return set(closure) | set(outputs)
@@ -355,13 +402,15 @@ class FarmBench:
                 return
         self.created.difference_update(paths)
 
-    def stop_masters(self) -> None:
-        masters = ControlMasters(ssh_dir(self.state_dir))
+    def stop_masters(self, state_dir: Path | None = None) -> None:
+        """Stop the ssh control masters of nixdist's state directory (now, or `state_dir`)."""
+        state_dir = self.state_dir if state_dir is None else state_dir
+        masters = ControlMasters(ssh_dir(state_dir))
         for machine in self.farm.machines():
             target = target_for_machine(machine, self.env)
             masters.stop_master(target)
             sock = masters.socket_path(target)
-            if not sock.is_relative_to(self.state_dir):  # the short-path fallback under /tmp
+            if not sock.is_relative_to(state_dir):  # the short-path fallback under /tmp
                 shutil.rmtree(sock.parent, ignore_errors=True)
 
     def remove_slot_locks(self) -> None:
@@ -379,8 +428,9 @@ class FarmBench:
         with it; the host's are cleaned path by path."""
         host = self.client_nix is None
         if self.farm.state_file.exists():
-            with contextlib.suppress(Exception):
-                self.stop_masters()
+            for state_dir in self.state_dirs:
+                with contextlib.suppress(Exception):
+                    self.stop_masters(state_dir)
             if host:
                 with contextlib.suppress(Exception):
                     self.remove_slot_locks()

@@ -1,13 +1,8 @@
 """Benchmark: nixdist-hook against Nix 2.8's own build-remote, on the same farm, in one run.
 
-A local farm (`nixdist.farm.Farm`: by default 3 builders x 2 jobs, each a real sshd with its own
-Nix store) is brought up in a temporary directory under a unique alias prefix. Every workload is
-then built with::
-
-    NIX_SSHOPTS="-F <farm>/ssh_config" nix-build <drvs> --no-out-link -j0 \\
-        --option substituters '' --builders @<farm>/machines --option build-hook <hook>
-
-where <hook> is ``/usr/libexec/nix/build-remote`` or the venv's ``nixdist-hook``. Contenders:
+One `farmbench.FarmBench` (a local farm, by default 3 builders x 2 jobs, each a real sshd with
+its own Nix store, in a temporary directory under a unique alias prefix) builds every workload
+the way farmbench describes, through each contender's hook:
 
     build-remote   stock Nix: one new ssh connection per build
     nixdist-cold   nixdist with a fresh NIXDIST_STATE_DIR: no ssh control master yet
@@ -23,13 +18,15 @@ anywhere; derivations are instantiated before the clock starts, so only building
     big-in   one derivation whose input is a ~150 MB tree added with nix-store --add (MB/s up)
     big-out  one derivation writing a ~150 MB output on the builder                  (MB/s down)
 
-Rounds interleave the contenders (the order flips every round) to be fair on a noisy machine;
-best and median are reported, with ratio = nixdist / build-remote (< 1: nixdist is faster).
-Nothing fails on time: this is a measurement. Results also go to bench/results/<timestamp>.json.
+Rounds interleave the contenders (build-remote first in even rounds, last in odd ones; cold
+always before warm) to be fair on a noisy machine; best and median are reported, with ratio =
+nixdist / build-remote (< 1: nixdist is faster). The masters of a workload's nixdist runs are
+stopped before the next workload. After every run the stores are read (`FarmBench.check`: every
+output valid locally and built by one builder) and the run's paths deleted (`FarmBench.forget`).
+Nothing fails on time: this is a measurement; the exit status is 1 when a build failed or an
+output was not built remotely. Results also go to bench/results/<timestamp>.json.
 
-Everything it creates is removed at the end, also on Ctrl-C: the farm (stopped, directory
-deleted), the ssh control masters, the store paths of every run (``nix-store --delete``, locally
-and on the builders), the slot-lock files of its builders in Nix's current-load directory.
+Everything it creates is removed at the end, also on Ctrl-C (`FarmBench.teardown`).
 
     .venv/bin/python bench/hook_vs_build_remote.py [--rounds 3] [--quick] [--only dag,chain]
 """
@@ -37,65 +34,44 @@ and on the builders), the slot-lock files of its builders in Nix's current-load 
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
-import itertools
 import math
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final
 
 from common import (
-    BUILD_REMOTE,
     FIXTURES,
-    NIXDIST_HOOK,
     RESULTS_DIR,
     fmt_ratio,
     fmt_s,
+    interrupt_on_sigterm,
     machine_info,
+    missing_tools,
     ratio,
     render_table,
     summary,
     timestamp,
     write_json,
 )
+from farmbench import NIXDIST_COLD, NIXDIST_WARM, BuildRun, FarmBench, run_problems, words
+from w1_dag import describe_run
 
-from nixdist.farm import Farm, make_spec
-from nixdist.farm.builds import nix_build_argv
-from nixdist.state.paths import ssh_dir
-from nixdist.state.slots import default_current_load_dir, escape_uri
-from nixdist.transport.openssh import ControlMasters, target_for_machine
+from nixdist.farm import make_spec
+from nixdist.farm.builds import fresh_salt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-    from types import FrameType
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
-# A guard against a hang, never a performance limit.
-HANG_GUARD_S: Final = 1800
-CONTENDERS: Final = ("build-remote", "nixdist-cold", "nixdist-warm")
+BUILD_REMOTE: Final = "build-remote"
+CONTENDERS: Final = (BUILD_REMOTE, NIXDIST_COLD, NIXDIST_WARM)
 WORKLOADS: Final = ("dag", "chain", "wide", "big-in", "big-out")
 MB: Final = 1_000_000
 
-# Every derivation logs where it was built, so placements can be counted from nix-build's log.
-_WHERE: Final = r"""
-    echo "building $name on $(cat /etc/nix/nixdist-builder 2>/dev/null || echo local)"
-"""
-
-
-def _with_where(text: str) -> str:
-    return text.replace("@WHERE@", _WHERE)
-
-
-CHAIN_NIX: Final = _with_where(
-    """
+CHAIN_NIX: Final = """
 { salt, n, system ? builtins.currentSystem }:
 let
   step = i: prev: derivation {
@@ -104,30 +80,26 @@ let
     deps = if prev == null then [ ] else [ prev ];
     PATH = "/usr/bin:/bin";
     builder = "/bin/sh";
-    args = [ "-c" ''@WHERE@
+    args = [ "-c" ''
       for d in $deps; do test -e "$d"; done
       echo "$name $salt" > "$out"
     '' ];
   };
 in builtins.foldl' (prev: i: step i prev) (step 1 null) (builtins.genList (i: i + 2) (n - 1))
 """
-)
-WIDE_NIX: Final = _with_where(
-    """
+WIDE_NIX: Final = """
 { salt, n, system ? builtins.currentSystem }:
 builtins.genList (i: derivation {
   name = "nxb-wide-${toString i}";
   inherit system salt;
   PATH = "/usr/bin:/bin";
   builder = "/bin/sh";
-  args = [ "-c" ''@WHERE@
+  args = [ "-c" ''
     echo "$name $salt" > "$out"
   '' ];
 }) n
 """
-)
-BIG_IN_NIX: Final = _with_where(
-    """
+BIG_IN_NIX: Final = """
 { salt, src, system ? builtins.currentSystem }:
 derivation {
   name = "nxb-big-in";
@@ -135,30 +107,25 @@ derivation {
   src = builtins.storePath src;
   PATH = "/usr/bin:/bin";
   builder = "/bin/sh";
-  args = [ "-c" ''@WHERE@
+  args = [ "-c" ''
     echo "$(find "$src" -type f | wc -l) files $salt" > "$out"
   '' ];
 }
 """
-)
-BIG_OUT_NIX: Final = _with_where(
-    """
+BIG_OUT_NIX: Final = """
 { salt, bytes, system ? builtins.currentSystem }:
 derivation {
   name = "nxb-big-out";
   inherit system salt bytes;
   PATH = "/usr/bin:/bin";
   builder = "/bin/sh";
-  args = [ "-c" ''@WHERE@
+  args = [ "-c" ''
     mkdir "$out"
     echo "$salt" > "$out/salt"
     head -c "$bytes" /dev/urandom > "$out/blob"
   '' ];
 }
 """
-)
-# "building <name> on <builder>", from the derivations' own logs (not Nix's quoted lines)
-_PLACEMENT_RE: Final = re.compile(r"^building ([^'\s]+) on ([^'\s]+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,32 +143,11 @@ class Options:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Prepared:
-    """One run's derivations, instantiated (untimed)."""
-
-    drvs: tuple[str, ...]
-    count: int  # derivations that will be built
-    payload_bytes: int  # bytes that must cross the wire (big-in / big-out), else 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Workload:
     name: str
     what: str
-    prepare: Callable[[str], Prepared]
-
-
-@dataclass(slots=True, kw_only=True)
-class Run:
-    workload: str
-    contender: str
-    round: int
-    ok: bool
-    seconds: float
-    count: int
-    payload_bytes: int
-    placements: dict[str, int] = field(default_factory=dict)
-    error: str = ""
+    payload_bytes: int  # bytes that must cross the wire (big-in / big-out), else 0
+    prepare: Callable[[str], tuple[str, ...]]  # salt -> its derivations, instantiated
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -235,7 +181,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     ):
         if unknown := sorted(set(chosen) - set(known)):
             parser.error(f"unknown {name}(s): {', '.join(unknown)}")
-    if "nixdist-warm" in contenders and "nixdist-cold" not in contenders:
+    if NIXDIST_WARM in contenders and NIXDIST_COLD not in contenders:
         parser.error("nixdist-warm needs nixdist-cold (the cold run starts the masters)")
     quick = opts.quick
     return Options(
@@ -252,204 +198,65 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    del frame
-    raise KeyboardInterrupt(f"signal {signum}")
+def farm_bench(opts: Options, base: Path) -> FarmBench:
+    specs = [make_spec(f"b{i}", jobs=opts.jobs) for i in range(1, opts.builders + 1)]
+    return FarmBench(base, "hooks", specs=specs)
 
 
-def _run(
-    argv: Sequence[str], env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv), capture_output=True, text=True, check=False, timeout=HANG_GUARD_S, env=env
-    )
+def workloads(bench: FarmBench, opts: Options) -> list[Workload]:
+    """The chosen workloads, their expressions written (call after `FarmBench.up`)."""
+    big = opts.big_mb * MB
+    chain = bench.write_expr("chain.nix", CHAIN_NIX)
+    wide = bench.write_expr("wide.nix", WIDE_NIX)
+    big_in = bench.write_expr("big-in.nix", BIG_IN_NIX)
+    big_out = bench.write_expr("big-out.nix", BIG_OUT_NIX)
+    tree = bench.base / "nxb-big-input"
+    if "big-in" in opts.workloads:
+        make_tree(tree, big)
 
-
-def _lines(result: subprocess.CompletedProcess[str], what: str) -> list[str]:
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result.stdout.split()
-
-
-class Bench:
-    """The farm, the generated files, and every store path the runs made."""
-
-    def __init__(self, opts: Options, base: Path) -> None:
-        self.opts = opts
-        self.base = base
-        self.farm = Farm(base / "farm", alias_prefix=f"nxb{os.getpid()}-")
-        self.created: set[str] = set()  # local store paths to delete at the end
-        self.state_dirs: list[Path] = []
-        self._salts = itertools.count()
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env.pop("NIX_REMOTE_SYSTEMS", None)
-        self.env = env
-        self.big_tree = base / "nxb-big-input"
-        self.exprs = base / "exprs"
-
-    # ------------------------------------------------------------------ set-up
-
-    def up(self) -> None:
-        specs = [make_spec(f"b{i}", jobs=self.opts.jobs) for i in range(1, self.opts.builders + 1)]
-        self.farm.up(specs)
-        self.env.update(self.farm.env())
-        self.exprs.mkdir()
-        for name, text in (
-            ("chain.nix", CHAIN_NIX),
-            ("wide.nix", WIDE_NIX),
-            ("big-in.nix", BIG_IN_NIX),
-            ("big-out.nix", BIG_OUT_NIX),
-        ):
-            (self.exprs / name).write_text(text)
-        if "big-in" in self.opts.workloads:
-            _make_tree(self.big_tree, self.opts.big_mb * MB)
-
-    def workloads(self) -> list[Workload]:
-        o = self.opts
-        every = {
-            "dag": Workload(
-                name="dag",
-                what="tests/fixtures/dag.nix (10 x 5 + top)",
-                prepare=lambda salt: self._instantiate(FIXTURES / "dag.nix", salt),
-            ),
-            "chain": Workload(
-                name="chain",
-                what=f"{o.chain} tiny derivations in a chain",
-                prepare=lambda salt: self._instantiate(
-                    self.exprs / "chain.nix", salt, n=str(o.chain)
-                ),
-            ),
-            "wide": Workload(
-                name="wide",
-                what=f"{o.wide} independent tiny derivations",
-                prepare=lambda salt: self._instantiate(
-                    self.exprs / "wide.nix", salt, n=str(o.wide)
-                ),
-            ),
-            "big-in": Workload(
-                name="big-in",
-                what=f"1 derivation, {o.big_mb} MB input tree",
-                prepare=self._prepare_big_in,
-            ),
-            "big-out": Workload(
-                name="big-out",
-                what=f"1 derivation, {o.big_mb} MB output",
-                prepare=lambda salt: self._instantiate(
-                    self.exprs / "big-out.nix",
-                    salt,
-                    payload=o.big_mb * MB,
-                    bytes=str(o.big_mb * MB),
-                ),
-            ),
-        }
-        return [every[name] for name in o.workloads]
-
-    def salt(self, tag: str) -> str:
-        return f"{tag}-{os.getpid()}-{time.time_ns()}-{next(self._salts)}"
-
-    def _instantiate(self, expr: Path, salt: str, *, payload: int = 0, **args: str) -> Prepared:
-        argv = ["nix-instantiate", str(expr), "--argstr", "salt", salt]
-        for name, value in args.items():
-            argv += ["--arg", name, value] if value.isdigit() else ["--argstr", name, value]
-        drvs = tuple(_lines(_run(argv, env=self.env), "nix-instantiate"))
-        self.created.update(drvs)
-        # every derivation in the closure is ours (no nixpkgs), so count them all
-        closure = _lines(_run(["nix-store", "-qR", *drvs]), "nix-store -qR")
-        count = sum(1 for path in closure if path.endswith(".drv"))
-        return Prepared(drvs=drvs, count=count, payload_bytes=payload)
-
-    def _prepare_big_in(self, salt: str) -> Prepared:
+    def prepare_big_in(salt: str) -> tuple[str, ...]:
         # a new salt file makes a new store path: no builder has this input yet
-        (self.big_tree / "salt").write_text(salt)
-        [src] = _lines(_run(["nix-store", "--add", str(self.big_tree)]), "nix-store --add")
-        self.created.add(src)
-        prepared = self._instantiate(
-            self.exprs / "big-in.nix", salt, payload=self.opts.big_mb * MB, src=src
-        )
-        return Prepared(drvs=prepared.drvs, count=1, payload_bytes=prepared.payload_bytes)
+        (tree / "salt").write_text(salt)
+        [src] = words(bench.run_nix(["nix-store", "--add", str(tree)]), "nix-store --add")
+        bench.created.add(src)
+        return bench.instantiate(big_in, salt, src=src)
 
-    # ------------------------------------------------------------------ runs
-
-    def build(
-        self, drvs: Sequence[str], hook: Path, extra_env: Mapping[str, str]
-    ) -> tuple[float, subprocess.CompletedProcess[str]]:
-        argv = nix_build_argv(drvs, builders=f"@{self.farm.machines_file}", hook=hook)
-        env = {**self.env, **extra_env}
-        start = time.perf_counter()
-        result = _run(argv, env=env)
-        return time.perf_counter() - start, result
-
-    def new_state_dir(self) -> Path:
-        path = self.base / f"s{len(self.state_dirs)}"
-        self.state_dirs.append(path)
-        return path
-
-    def stop_masters(self, state: Path) -> None:
-        masters = ControlMasters(ssh_dir(state))
-        for machine in self.farm.machines():
-            target = target_for_machine(machine, self.env)
-            masters.stop_master(target)
-            sock = masters.socket_path(target)
-            if not sock.is_relative_to(state):  # the short-path fallback under /tmp
-                shutil.rmtree(sock.parent, ignore_errors=True)
-
-    def forget(self, drvs: Sequence[str]) -> None:
-        """Delete a run's paths locally and on the builders (untimed; keeps disks small)."""
-        paths = self._expand(drvs)
-        for name in self.farm.names():
-            there = sorted(paths & set(self.farm.builder_store_paths(name)))
-            if there:
-                self.farm.run_in(name, ["nix-store", "--delete", *there], check=False)
-        self._delete_local(paths)
-
-    def _expand(self, roots: Iterable[str]) -> set[str]:
-        """`roots` (derivations and sources of ours), their closures and every output."""
-        valid = _valid(roots)
-        if not valid:
-            return set()
-        closure = _lines(_run(["nix-store", "-qR", *valid]), "nix-store -qR")
-        drvs = [p for p in closure if p.endswith(".drv")]
-        outputs = _lines(_run(["nix-store", "-q", "--outputs", *drvs]), "nix-store -q --outputs")
-        return set(closure) | set(outputs)
-
-    def _delete_local(self, paths: set[str]) -> None:
-        local = _valid(paths)
-        if local:
-            result = _run(["nix-store", "--delete", *local])
-            if result.returncode != 0:
-                print(
-                    f"warning: could not delete {len(local)} store paths: "
-                    f"{result.stderr.strip()[-500:]}"
-                )
-                return
-        self.created.difference_update(paths)
-
-    def teardown(self) -> None:
-        for state in self.state_dirs:
-            with contextlib.suppress(Exception):
-                self.stop_masters(state)
-        with contextlib.suppress(Exception):
-            aliases = [self.farm.alias(name) for name in self.farm.names()]
-            current_load = default_current_load_dir(environ=self.env)
-            for alias in aliases:
-                for lock in current_load.glob(f"{escape_uri('ssh://' + alias)}[-.]*"):
-                    lock.unlink(missing_ok=True)
-        with contextlib.suppress(Exception):
-            self.farm.down()
-        with contextlib.suppress(Exception):
-            self._delete_local(self._expand(self.created))
+    every = (
+        Workload(
+            name="dag",
+            what="tests/fixtures/dag.nix (10 x 5 + top)",
+            payload_bytes=0,
+            prepare=lambda salt: bench.instantiate(FIXTURES / "dag.nix", salt),
+        ),
+        Workload(
+            name="chain",
+            what=f"{opts.chain} tiny derivations in a chain",
+            payload_bytes=0,
+            prepare=lambda salt: bench.instantiate(chain, salt, n=opts.chain),
+        ),
+        Workload(
+            name="wide",
+            what=f"{opts.wide} independent tiny derivations",
+            payload_bytes=0,
+            prepare=lambda salt: bench.instantiate(wide, salt, n=opts.wide),
+        ),
+        Workload(
+            name="big-in",
+            what=f"1 derivation, {opts.big_mb} MB input tree",
+            payload_bytes=big,
+            prepare=prepare_big_in,
+        ),
+        Workload(
+            name="big-out",
+            what=f"1 derivation, {opts.big_mb} MB output",
+            payload_bytes=big,
+            prepare=lambda salt: bench.instantiate(big_out, salt, bytes=big),
+        ),
+    )
+    return [w for w in every if w.name in opts.workloads]
 
 
-def _valid(paths: Iterable[str]) -> list[str]:
-    wanted = sorted(paths)
-    if not wanted:
-        return []
-    result = _run(["nix-store", "--check-validity", "--print-invalid", *wanted])
-    invalid = set(result.stdout.split())
-    return [p for p in wanted if p not in invalid]
-
-
-def _make_tree(root: Path, size: int) -> None:
+def make_tree(root: Path, size: int) -> None:
     """~`size` bytes of incompressible data: 3/4 in a few big files, the rest in small ones."""
     root.mkdir()
     big = size * 3 // 4
@@ -470,60 +277,61 @@ def _make_tree(root: Path, size: int) -> None:
         (small_dir / f"f{i:03}").write_bytes(os.urandom(small // count))
 
 
-def run_round(bench: Bench, rnd: int, workloads: Sequence[Workload]) -> Iterator[Run]:
-    order = list(bench.opts.contenders)
-    if rnd % 2 == 1:  # flip the order; warm must still follow cold
-        order = [c for c in order if c != "build-remote"] + (
-            ["build-remote"] if "build-remote" in order else []
-        )
-    else:
-        order = (["build-remote"] if "build-remote" in order else []) + [
-            c for c in order if c != "build-remote"
-        ]
-    for workload in workloads:
-        state: Path | None = None
-        for contender in order:
-            prepared = workload.prepare(bench.salt(f"{workload.name}-{contender}-r{rnd}"))
-            if contender == "build-remote":
-                hook, extra = BUILD_REMOTE, {}
-            else:
-                if contender == "nixdist-cold" or state is None:
-                    state = bench.new_state_dir()
-                hook, extra = NIXDIST_HOOK, {"NIXDIST_STATE_DIR": str(state)}
-            seconds, result = bench.build(prepared.drvs, hook, extra)
-            placements = collections.Counter(m[2] for m in _PLACEMENT_RE.finditer(result.stderr))
-            run = Run(
+def round_order(rnd: int, contenders: Sequence[str]) -> list[str]:
+    """build-remote first in even rounds, last in odd ones; nixdist's cold run always before
+    its warm one (which reuses the cold run's state directory)."""
+    nixdist = [c for c in CONTENDERS if c in contenders and c != BUILD_REMOTE]
+    theirs = [BUILD_REMOTE] if BUILD_REMOTE in contenders else []
+    return theirs + nixdist if rnd % 2 == 0 else nixdist + theirs
+
+
+def run_round(
+    bench: FarmBench, opts: Options, rnd: int, chosen: Sequence[Workload]
+) -> Iterator[BuildRun]:
+    for workload in chosen:
+        for contender in round_order(rnd, opts.contenders):
+            drvs = workload.prepare(fresh_salt(f"{workload.name}-{contender}-r{rnd}"))
+            yield bench.timed_run(
                 workload=workload.name,
                 contender=contender,
-                round=rnd,
-                ok=result.returncode == 0,
-                seconds=seconds,
-                count=prepared.count,
-                payload_bytes=prepared.payload_bytes,
-                placements=dict(sorted(placements.items())),
-                error="" if result.returncode == 0 else result.stderr[-3000:],
+                rnd=rnd,
+                drvs=drvs,
+                derivations=sum(1 for p in bench.closure(drvs) if p.endswith(".drv")),
             )
-            bench.forget(prepared.drvs)
-            yield run
-        if state is not None:
-            bench.stop_masters(state)
+        bench.stop_masters()  # the next workload's nixdist-cold starts without them
 
 
-def report(opts: Options, runs: Sequence[Run]) -> list[dict[str, object]]:
+def run_all(
+    bench: FarmBench, opts: Options, chosen: Sequence[Workload], runs: list[BuildRun]
+) -> None:
+    """Every round, appending to `runs` as they finish (so an interrupt keeps them)."""
+    for rnd in range(opts.rounds):
+        for run in run_round(bench, opts, rnd, chosen):
+            runs.append(run)
+            if opts.verbose or not run.ok:
+                print(describe_run(run), flush=True)
+        print(f"round {rnd + 1}/{opts.rounds} done", flush=True)
+
+
+def report(
+    opts: Options, chosen: Sequence[Workload], runs: Sequence[BuildRun]
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
-    for workload in opts.workloads:
-        row: dict[str, object] = {"workload": workload}
-        mine = [r for r in runs if r.workload == workload]
+    for workload in chosen:
+        mine = [r for r in runs if r.workload == workload.name]
         if not mine:
             continue
-        row["derivations"] = mine[0].count
-        row["payload_bytes"] = mine[0].payload_bytes
+        row: dict[str, object] = {
+            "workload": workload.name,
+            "derivations": mine[0].derivations,
+            "payload_bytes": workload.payload_bytes,
+        }
         for contender in opts.contenders:
             times = [r.seconds for r in mine if r.contender == contender and r.ok]
             failed = sum(1 for r in mine if r.contender == contender and not r.ok)
             row[contender] = {**summary(times), "failed": failed}
-        base = row.get("build-remote")
-        for contender in ("nixdist-cold", "nixdist-warm"):
+        base = row.get(BUILD_REMOTE)
+        for contender in (NIXDIST_COLD, NIXDIST_WARM):
             ours = row.get(contender)
             if isinstance(base, dict) and isinstance(ours, dict):
                 row[f"ratio_{contender}"] = {
@@ -545,10 +353,11 @@ def _stat(row: Mapping[str, object], contender: str, key: str) -> float:
 
 def print_tables(opts: Options, rows: Sequence[Mapping[str, object]]) -> None:
     """Wall times with ratios, then `print_derived`."""
+    with_ratio = BUILD_REMOTE in opts.contenders
     headers = ["workload", "drvs"]
     for contender in opts.contenders:
         headers.append(f"{contender} med [best] s")
-        if contender != "build-remote" and "build-remote" in opts.contenders:
+        if contender != BUILD_REMOTE and with_ratio:
             headers.append("ratio med [best]")
     table = []
     for row in rows:
@@ -561,9 +370,9 @@ def print_tables(opts: Options, rows: Sequence[Mapping[str, object]]) -> None:
             if failed:
                 cell += f" ({int(failed)} failed)"
             cells.append(cell)
-            if contender != "build-remote" and "build-remote" in opts.contenders:
-                r_med = ratio(med, _stat(row, "build-remote", "median"))
-                r_best = ratio(best, _stat(row, "build-remote", "best"))
+            if contender != BUILD_REMOTE and with_ratio:
+                r_med = ratio(med, _stat(row, BUILD_REMOTE, "median"))
+                r_best = ratio(best, _stat(row, BUILD_REMOTE, "best"))
                 cells.append(f"{fmt_ratio(r_med)} [{fmt_ratio(r_best)}]")
         table.append(cells)
     print()
@@ -606,55 +415,37 @@ def print_derived(opts: Options, rows: Sequence[Mapping[str, object]]) -> None:
     print(render_table(["workload", *opts.contenders], derived))
 
 
-def run_all(bench: Bench, runs: list[Run]) -> None:
-    """Every round, appending to `runs` as they finish (so an interrupt keeps them)."""
-    opts = bench.opts
-    workloads = bench.workloads()
-    for rnd in range(opts.rounds):
-        for run in run_round(bench, rnd, workloads):
-            runs.append(run)
-            if opts.verbose or not run.ok:
-                where = " ".join(f"{k}:{v}" for k, v in run.placements.items())
-                print(
-                    f"  round {rnd + 1} {run.workload:<8} {run.contender:<13} "
-                    f"{run.seconds:8.3f} s  {'ok' if run.ok else 'FAILED'}  [{where}]",
-                    flush=True,
-                )
-                if not run.ok:
-                    print(run.error)
-        print(f"round {rnd + 1}/{opts.rounds} done", flush=True)
-
-
-def missing_tools() -> list[str]:
-    missing = [t for t in ("nix-build", "nix-store", "nix-instantiate") if not shutil.which(t)]
-    missing += [str(p) for p in (BUILD_REMOTE, NIXDIST_HOOK) if not p.exists()]
-    return missing
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parse_options(argv)
     if missing := missing_tools():
         print(f"missing: {', '.join(missing)}")
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupt_on_sigterm()
     info = machine_info()
     base = Path(tempfile.mkdtemp(prefix="nxb-"))
-    bench = Bench(opts, base)
-    runs: list[Run] = []
+    bench = farm_bench(opts, base)
+    chosen: list[Workload] = []
+    runs: list[BuildRun] = []
     interrupted = False
     try:
         print(f"farm: {opts.builders} builders x {opts.jobs} jobs in {base} ...", flush=True)
         bench.up()
-        run_all(bench, runs)
+        chosen = workloads(bench, opts)
+        run_all(bench, opts, chosen, runs)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted; cleaning up", flush=True)
     finally:
         bench.teardown()
         shutil.rmtree(base, ignore_errors=True)
-    rows = report(opts, runs)
+    rows = report(opts, chosen, runs)
     if rows:
         print_tables(opts, rows)
+    problems = [
+        f"{w.name}: {problem}"
+        for w in chosen
+        for problem in run_problems(asdict(r) for r in runs if r.workload == w.name)
+    ]
     options = {k: v for k, v in asdict(opts).items() if k != "json_path"}
     path = write_json(
         opts.json_path,
@@ -663,14 +454,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": info,
             "options": options,
             "interrupted": interrupted,
+            "failures": problems,
             "summary": rows,
             "runs": [asdict(r) for r in runs],
         },
     )
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
     print(f"\nresults: {path}")
     if interrupted:
         return 130
-    return 0 if runs and all(r.ok for r in runs) else 1
+    return 0 if runs and not problems else 1
 
 
 if __name__ == "__main__":

@@ -34,30 +34,30 @@ import argparse
 import contextlib
 import dataclasses
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from common import (
     BENCH_DIR,
-    BUILD_REMOTE,
-    NIXDIST_HOOK,
     PYTHON,
     RESULTS_DIR,
     Outcome,
     client_label,
+    interrupt_on_sigterm,
     machine_info,
+    missing_tools,
     nix_own_hook,
     render_table,
     row_headers,
     timestamp,
     write_json,
 )
+from farmbench import run_problems, summarise_profiles
 
 from nixdist.errors import ConfigError
 from nixdist.farm.releases import KNOWN_VERSIONS, parse_nix_version
@@ -65,7 +65,6 @@ from nixdist.farm.rootfs import ensure_rootfs_info
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from types import FrameType
 
     Workload: TypeAlias = Callable[[Path, Callable[[str], None]], Outcome]
 
@@ -76,11 +75,6 @@ EXTRA: Final = {
     "nar": ("nar_dump.py", ("--runs", "2", "--scale", "0.2")),
     "hooks": ("hook_vs_build_remote.py", ("--quick",)),
 }
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> NoReturn:
-    del frame
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -300,12 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown := sorted(set(wanted) - {*DEFAULT, *EXTRA}):
         print(f"unknown workload(s): {', '.join(unknown)}")
         return 2
-    missing = [t for t in ("nix-build", "nix-store", "nix-instantiate") if not shutil.which(t)]
-    missing += [str(p) for p in (BUILD_REMOTE, NIXDIST_HOOK) if not p.exists()]
-    if missing:
+    if missing := missing_tools():
         print(f"missing: {', '.join(missing)}")
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupt_on_sigterm()
     info = {**machine_info(), "nixdist": nixdist_source(), "client": client_info(opts.client_nix)}
     print(f"nixdist under test: {info['nixdist']}", flush=True)
     print(f"client: {info['client']}", flush=True)
@@ -358,8 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def print_profiles(directory: Path, keys: Sequence[str]) -> None:
-    from farmbench import summarise_profiles  # noqa: PLC0415 - only when profiling
-
     for key in keys:
         if (directory / key).is_dir():
             print(f"\n=== {key.upper()}: nixdist-hook under cProfile, summed, by cumulative time")
@@ -371,23 +361,10 @@ def print_profiles(directory: Path, keys: Sequence[str]) -> None:
 
 def _run_problems(data: dict[str, object]) -> list[str]:
     """Runs that failed or whose outputs were not all built remotely."""
-    problems: list[str] = []
     runs = data.get("runs")
     if not isinstance(runs, list):
-        return problems
-    for run in runs:
-        if not isinstance(run, dict):
-            continue
-        name = f"{run.get('contender')} round {int(run.get('round', 0)) + 1}"
-        outputs = run.get("outputs")
-        if not run.get("ok"):
-            problems.append(f"{name}: nix-build failed")
-        elif not outputs == run.get("built_remotely") == run.get("valid_locally"):
-            problems.append(
-                f"{name}: {run.get('built_remotely')} of {run.get('outputs')} outputs built"
-                f" remotely, {run.get('valid_locally')} valid locally"
-            )
-    return problems
+        return []
+    return run_problems(run for run in runs if isinstance(run, dict))
 
 
 if __name__ == "__main__":
