@@ -23,20 +23,15 @@ A builder may run another Nix than the host's (``nix=2.8|2.26|2.34``,
 The CLI (`nixdist farm …`, `nixdist.cli.farm`) and the integration tests both use `Farm`.
 Builder specifications and the TOML farm file are described in `nixdist.farm.spec`, the files
 a builder sees in `nixdist.farm.render`, the on-disk layout and lifecycle in
-`nixdist.farm.farm`.
+`nixdist.farm.farm`, how a builder's processes are started, found and entered in
+`nixdist.farm.builders`.
 """
 
 from __future__ import annotations
 
+from nixdist.farm.builders import BuilderState, BuilderStatus
 from nixdist.farm.errors import FarmError
-from nixdist.farm.farm import (
-    DEFAULT_FARM_DIR,
-    FARM_DIR_ENV,
-    BuilderState,
-    BuilderStatus,
-    Farm,
-    default_farm_dir,
-)
+from nixdist.farm.farm import DEFAULT_FARM_DIR, FARM_DIR_ENV, Farm, default_farm_dir
 from nixdist.farm.spec import (
     DEFAULT_ALIAS_PREFIX,
     BuilderSpec,

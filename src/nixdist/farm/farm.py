@@ -23,32 +23,9 @@ Layout of a farm directory (default ``/var/lib/nixdist/farm``, or ``$NIXDIST_FAR
         sshd.pid          written by the launcher, the pid of the builder's sshd
         launch.log        stdout/stderr of the launcher and of sshd
 
-Starting a builder runs, detached (``setsid --fork``, stdio on files; `nixdist.farm.launch`)::
-
-    unshare --mount --propagation private -- /bin/sh -c <launch script> \\
-        <pidfile> <src> <target> … -- /usr/sbin/sshd -D -f /etc/ssh/sshd_config -E …
-
-The script writes its pid, bind-mounts the builder's directories over ``/nix``, ``/etc/nix``,
-``/etc/ssh``, ``/root`` and ``/tmp`` (a target that contains the farm directory itself goes
-last, so every source is still reachable when it is mounted) and execs sshd, which keeps the
-pid. The builder is up when its sshd logs ``Server listening on 127.0.0.1 port <port>``.
-Every session and build the builder runs inherits the namespace (or a copy of it: Nix run as
-root unshares one for itself); stopping a builder SIGKILLs every process in it. A process
-counts as the builder's if it is in a mount namespace other than the farm's own and its
-``/proc/PID/root/nix`` is the builder's ``nix/`` directory (`nixdist.farm.procs`), so a
-recycled pid or namespace inode is never mistaken for it.
-
-A builder with a Nix version of its own (``nix=2.34``) runs the same sshd command chrooted in
-that version's root filesystem (`nixdist.farm.rootfs`; `nixdist.farm.launch.chroot_argv`): the
-same directories are bound on the same targets under the chroot, with /proc, /dev, /sys and the
-farm directory at its own path. Its processes' ``/proc/PID/root/nix`` is still its ``nix/``.
-
-A builder with a ``user`` (an ordinary user clients log in as, see `nixdist.farm.spec`) also
-gets ``/home``, ``/etc/passwd`` and ``/etc/group`` of its own (`render.render_passwd`), and
-its sshd command is wrapped so that a ``nix-daemon`` runs beside it
-(`nixdist.farm.launch.with_daemon`): the user's ``nix-store --serve`` reaches the store (owned
-by root) through it, as on a real multi-user machine. The builder is up once the daemon's
-socket exists too.
+How a builder's processes are started, found, entered and killed (its mount namespace, a
+chroot for a builder with a Nix version of its own, a nix-daemon for one with a user) is
+`nixdist.farm.builders`.
 
 Ports are chosen once (a free loopback port) and kept across stop/start and up/down; a new one
 is chosen only when the old one is taken by something else at start.
@@ -61,24 +38,15 @@ import contextlib
 import fcntl
 import os
 import shutil
-import subprocess
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from nixdist.errors import ConfigError
 from nixdist.farm import client, launch, procs, render
+from nixdist.farm.builders import NOISE_MARKER, Builders, BuilderState, BuilderStatus
 from nixdist.farm.errors import FarmError
-from nixdist.farm.layout import (
-    atomic_write,
-    check_host,
-    chroot_argv,
-    mount_args,
-    prepare_builder,
-    user_home,
-    valid_paths,
-)
+from nixdist.farm.layout import atomic_write, check_host, prepare_builder, user_home, valid_paths
 from nixdist.farm.releases import KNOWN_VERSIONS
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import (
@@ -92,47 +60,20 @@ from nixdist.farm.statefile import BuilderRecord, FarmState, encode_state, load_
 from nixdist.model.machines import Machine
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 DEFAULT_FARM_DIR: Final = Path("/var/lib/nixdist/farm")
 FARM_DIR_ENV: Final = "NIXDIST_FARM_DIR"
 DEFAULT_BUILDER_COUNT: Final = 2
-_NOISE_MARKER: Final = "# nixdist farm: noisy shell"
 #: What `Farm.hide_proc` covers.
 _HIDDEN_PROC: Final = ("/proc/loadavg", "/proc/meminfo")
-
-
-_CHROOT_SSHD: Final = "/usr/sbin/sshd"  # in every root filesystem (openssh-server)
 
 
 def _restart_needed(old: BuilderSpec, new: BuilderSpec) -> bool:
     """Whether a running builder must restart for `new`: another root filesystem, accounts,
     or a nix-daemon that must read its trusted-users again."""
     return (old.nix, old.user, old.trusted) != (new.nix, new.user, new.trusted)
-
-
-class BuilderState(StrEnum):
-    RUNNING = "running"
-    FROZEN = "frozen"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BuilderStatus:
-    """A builder as it is now."""
-
-    spec: BuilderSpec
-    alias: str
-    port: int
-    state: BuilderState
-    pid: int | None
-    mount_ns: int | None
-    store_paths: int
-    noisy: bool
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 def default_farm_dir() -> Path:
@@ -156,8 +97,11 @@ class Farm:
         if alias_prefix is not None:
             check_alias_prefix(alias_prefix)
         self._alias_prefix_arg = alias_prefix
-        self.sshd = sshd or shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
-        self.start_timeout = start_timeout
+        self._builders = Builders(
+            directory=self.directory,
+            sshd=sshd or shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin"),
+            start_timeout=start_timeout,
+        )
         self.machines_file = self.directory / "machines"
         self.ssh_config = self.directory / "ssh_config"
         self.known_hosts = self.directory / "known_hosts"
@@ -169,6 +113,16 @@ class Farm:
         return f"Farm({str(self.directory)!r})"
 
     # ---------------------------------------------------------------- paths and names
+
+    @property
+    def sshd(self) -> str | None:
+        """The host's sshd, which builders without a Nix version of their own run."""
+        return self._builders.sshd
+
+    @property
+    def start_timeout(self) -> float:
+        """Seconds a builder may take to start listening."""
+        return self._builders.start_timeout
 
     @property
     def nix_sshopts(self) -> str:
@@ -188,17 +142,14 @@ class Farm:
         return self.alias_prefix + name
 
     def builder_dir(self, name: str) -> Path:
-        return self.directory / "builders" / name
+        return self._builders.builder_dir(name)
 
     def store_dir(self, name: str) -> Path:
         """The physical directory that builder `name` sees as ``/nix/store``."""
         return self.builder_dir(name) / "nix" / "store"
 
-    def _db_path(self, name: str) -> Path:
-        return self.builder_dir(name) / "nix" / "var" / "nix" / "db" / "db.sqlite"
-
     def sshd_log(self, name: str) -> Path:
-        return self.builder_dir(name) / "etc-ssh" / "sshd.log"
+        return self._builders.sshd_log(name)
 
     def ssh_argv(self, name: str) -> list[str]:
         """``ssh -F <farm>/ssh_config <alias>``: append the remote command."""
@@ -234,7 +185,7 @@ class Farm:
             old = {r.spec.name: r for r in state.records}
             for name, record in old.items():
                 if name not in names:
-                    self._kill(record)
+                    self._builders.kill(record)
                     shutil.rmtree(self.builder_dir(name), ignore_errors=True)
             used = {old[n].port for n in names if n in old}
             records: list[BuilderRecord] = []
@@ -248,7 +199,7 @@ class Farm:
                     # Another Nix: restart it in the other root filesystem (same store;
                     # every Nix from 2.8 to 2.34 uses store schema 10). Another user or
                     # trust: new accounts, a new nix-daemon.
-                    record = replace(self._kill(previous), spec=spec)
+                    record = replace(self._builders.kill(previous), spec=spec)
                 else:
                     record = replace(previous, spec=spec)
                 prepare_builder(self.builder_dir(record.spec.name), record, self.client_key)
@@ -256,7 +207,7 @@ class Farm:
             state.records = records
             self._save(state)
             for i, record in enumerate(state.records):
-                if self._live_pid(record) is None:
+                if self._builders.live_pid(record) is None:
                     state.records[i] = self._start(state, record)
                     self._save(state)
             return self._statuses(state)
@@ -268,7 +219,7 @@ class Farm:
         with self._locked():
             state = self._load()
             for i, record in enumerate(state.records):
-                state.records[i] = self._kill(record)
+                state.records[i] = self._builders.kill(record)
             self._save_if_exists(state)
 
     def reset(self, *, ssh_config: Path | None = None) -> None:
@@ -297,7 +248,7 @@ class Farm:
             state = self._load()
             i = state.index(name)
             self._ensure_rootfs([state.records[i].spec])
-            if self._live_pid(state.records[i]) is None:
+            if self._builders.live_pid(state.records[i]) is None:
                 prepare_builder(
                     self.builder_dir(state.records[i].spec.name), state.records[i], self.client_key
                 )
@@ -310,7 +261,7 @@ class Farm:
         with self._locked():
             state = self._load()
             i = state.index(name)
-            state.records[i] = self._kill(state.records[i])
+            state.records[i] = self._builders.kill(state.records[i])
             self._save(state)
 
     def freeze(self, name: str) -> list[int]:
@@ -320,13 +271,13 @@ class Farm:
         """
         with self._locked():
             record = self._running_record(name)
-            return procs.stop_all(lambda: self._pids(record))
+            return procs.stop_all(lambda: self._builders.pids(record))
 
     def thaw(self, name: str) -> None:
         """SIGCONT every process of builder `name`."""
         with self._locked():
             record = self._running_record(name)
-            procs.continue_all(lambda: self._pids(record))
+            procs.continue_all(lambda: self._builders.pids(record))
 
     def set_noisy(self, name: str, *, noisy: bool) -> None:
         """Make root's shell on builder `name` print a line on stdout for every new session.
@@ -343,7 +294,7 @@ class Farm:
                 bashrc = home / ".bashrc"
                 if noisy:
                     home.mkdir(parents=True, exist_ok=True)
-                    bashrc.write_text(f"{_NOISE_MARKER}\necho 'welcome to farm builder {name}'\n")
+                    bashrc.write_text(f"{NOISE_MARKER}\necho 'welcome to farm builder {name}'\n")
                 else:
                     bashrc.unlink(missing_ok=True)
 
@@ -405,12 +356,12 @@ class Farm:
     def processes(self, name: str) -> list[int]:
         """Pids of every live process of builder `name` (empty when it is stopped)."""
         state = self._load()
-        return self._pids(state.record(name))
+        return self._builders.pids(state.record(name))
 
     def builder_store_paths(self, name: str) -> tuple[str, ...]:
         """The valid paths in builder `name`'s store (read from its database), sorted."""
         self._load().index(name)
-        return valid_paths(self._db_path(name))
+        return valid_paths(self._builders.db_path(name))
 
     def built_paths(self, name: str) -> tuple[str, ...]:
         """The paths builder `name` built itself, sorted.
@@ -420,7 +371,7 @@ class Farm:
         demo tell where a derivation was built, from the builders' own stores.
         """
         self._load().index(name)
-        return valid_paths(self._db_path(name), only_built=True)
+        return valid_paths(self._builders.db_path(name), only_built=True)
 
     def where_built(self, paths: Iterable[str]) -> dict[str, list[str]]:
         """For each of `paths`, the builders that built it (usually one, or none)."""
@@ -442,25 +393,7 @@ class Farm:
         command gets a namespace of its own with the same mounts. `check` raises `FarmError`
         on a non-zero exit, with the command's stderr.
         """
-        state = self._load()
-        record = state.record(name)
-        pid = self._live_pid(record)
-        if pid is not None:
-            # --root without a path: sshd's, i.e. the builder's chroot for a versioned builder
-            # (and the host's root otherwise, even when this runs in a chroot of its own).
-            full = ["nsenter", f"--target={pid}", "--mount", "--root", "--wd=/", "--", *argv]
-        elif record.spec.nix is not None:
-            full = self._enter_argv(record.spec, argv, chroot=True)
-        else:
-            full = self._enter_argv(record.spec, argv, chroot=False)
-        result = subprocess.run(
-            full,
-            input=input,
-            capture_output=True,
-            env={**launch.CLEAN_ENV, **(env or {})},
-            cwd="/",
-            check=False,
-        )
+        result = self._builders.run(self._load().record(name), argv, input=input, env=env)
         if check and result.returncode != 0:
             stderr = result.stderr.decode(errors="replace").strip()
             raise FarmError(
@@ -572,122 +505,25 @@ class Farm:
         if versions:
             ensure_rootfs_many(versions)
 
-    def _enter_argv(
-        self,
-        spec: BuilderSpec,
-        command: Sequence[str],
-        *,
-        chroot: bool,
-        pidfile: Path | None = None,
-    ) -> list[str]:
-        """`command` in a new namespace of builder `spec`: chrooted in its root filesystem, or
-        with its directories over the host's (`nixdist.farm.layout`)."""
-        base = self.builder_dir(spec.name)
-        if chroot:
-            return chroot_argv(base, spec, command, farm_dir=self.directory, pidfile=pidfile)
-        mounts = mount_args(base, spec, farm_dir=self.directory)
-        return launch.namespace_argv(mounts, command, pidfile=pidfile)
-
-    def _pids(self, record: BuilderRecord) -> list[int]:
-        """Live processes in the builder's namespace (or a copy Nix made of it) whose /nix is
-        the builder's own."""
-        if record.mount_ns is None or record.mount_ns == procs.own_mount_ns():
-            return []
-        try:
-            mine = (self.builder_dir(record.spec.name) / "nix").stat()
-        except FileNotFoundError:
-            return []
-        found: list[int] = []
-        # Not only its namespace: Nix as root (its nix-daemon, a root login's nix-store)
-        # unshares a copy of it, so any process outside this one's namespace may be its.
-        for pid in procs.pids_outside_own_ns():
-            try:
-                theirs = Path(f"/proc/{pid}/root/nix").stat()
-            except OSError:
-                continue
-            if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
-                found.append(pid)
-        return found
-
-    def _live_pid(self, record: BuilderRecord) -> int | None:
-        """The builder's sshd pid if that process is alive and really the builder's."""
-        if record.pid is None:
-            return None
-        return record.pid if record.pid in self._pids(record) else None
-
     def _running_record(self, name: str) -> BuilderRecord:
         state = self._load()
         record = state.record(name)
-        if self._live_pid(record) is None:
+        if self._builders.live_pid(record) is None:
             raise FarmError(f"builder {name} is not running")
         return record
 
-    def _kill(self, record: BuilderRecord) -> BuilderRecord:
-        procs.kill_all(lambda: self._pids(record))
-        return replace(record, pid=None, mount_ns=None)
-
     def _start(self, state: FarmState, record: BuilderRecord) -> BuilderRecord:
         name = record.spec.name
-        self._kill(record)  # leftovers of a builder whose sshd died
+        self._builders.kill(record)  # leftovers of a builder whose sshd died
         if not launch.port_bindable(record.port):
             record = replace(record, port=launch.free_port({r.port for r in state.records}))
             state.records[state.index(name)] = record
             prepare_builder(self.builder_dir(record.spec.name), record, self.client_key)
             self._save(state)
-        assert self.sshd is not None  # checked by _check_host  # noqa: S101 - narrowing
-        base = self.builder_dir(name)
-        pidfile = base / "sshd.pid"
-        sshd_args = ["-D", "-f", render.INNER_SSHD_CONFIG, "-E", render.INNER_SSHD_LOG]
-        command = [self.sshd if record.spec.nix is None else _CHROOT_SSHD, *sshd_args]
-        daemon_log = base / "etc-nix" / Path(render.INNER_DAEMON_LOG).name
-        socket = base / launch.DAEMON_SOCKET.removeprefix("/")
-        if record.spec.user is not None:
-            command = launch.with_daemon(command, log=render.INNER_DAEMON_LOG)
-            socket.unlink(missing_ok=True)
-        if record.spec.nix is not None:
-            argv = self._enter_argv(record.spec, command, chroot=True, pidfile=pidfile)
-        else:
-            argv = self._enter_argv(record.spec, command, chroot=False, pidfile=pidfile)
-        pid, ns = launch.start_sshd(
-            name=name,
-            argv=argv,
-            pidfile=pidfile,
-            launch_log=base / "launch.log",
-            sshd_log=self.sshd_log(name),
-            port=record.port,
-            timeout=self.start_timeout,
-        )
-        if record.spec.user is not None:
-            launch.wait_for_socket(name, socket, daemon_log, timeout=self.start_timeout)
-        return replace(record, pid=pid, mount_ns=ns)
+        return self._builders.launch(record)
 
     def _status(self, state: FarmState, record: BuilderRecord) -> BuilderStatus:
-        name = record.spec.name
-        pid = self._live_pid(record)
-        if pid is None:
-            run_state = BuilderState.STOPPED
-        elif procs.is_stopped(pid):
-            run_state = BuilderState.FROZEN
-        else:
-            run_state = BuilderState.RUNNING
-        bashrc = self.builder_dir(name) / "home" / ".bashrc"
-        try:
-            noisy = bashrc.read_text().startswith(_NOISE_MARKER)
-        except OSError:
-            noisy = False
-        return BuilderStatus(
-            spec=record.spec,
-            alias=state.alias_prefix + name,
-            port=record.port,
-            state=run_state,
-            pid=pid,
-            mount_ns=record.mount_ns if pid is not None else None,
-            store_paths=len(valid_paths(self._db_path(name))),
-            noisy=noisy,
-        )
+        return self._builders.status(record, alias=state.alias_prefix + record.spec.name)
 
     def _statuses(self, state: FarmState) -> tuple[BuilderStatus, ...]:
         return tuple(self._status(state, record) for record in state.records)
-
-
-# -------------------------------------------------------------------- helpers

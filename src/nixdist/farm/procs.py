@@ -4,7 +4,7 @@ Every process of a builder — its ``sshd`` listener, the per-connection ``sshd`
 the ``nix-store --serve`` sessions, the builds they start, anything `Farm.run_in` entered —
 lives in the builder's mount namespace, so ``/proc/PID/ns/mnt`` names them all; except that
 Nix run as root unshares a copy of that namespace for itself (`pids_outside_own_ns`), so the
-farm finds a builder's processes by their ``/nix`` (see `nixdist.farm.farm`). A namespace
+farm finds a builder's processes by their ``/nix`` (see `nixdist.farm.builders`). A namespace
 is identified by the inode number of that link (``mnt:[4026532177]``). Zombies have no
 namespace link any more and count as gone.
 
