@@ -283,7 +283,7 @@ def test_cli_up_status_stop_down(tmp_path: Path) -> None:
     try:
         out = nixdist(
             "up",
-            "--builders",
+            "--count",
             "1",
             "--builder",
             f"c2:systems={host_system()},riscv64-linux;features=big-parallel;jobs=2;speed=3",

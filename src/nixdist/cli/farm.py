@@ -1,6 +1,6 @@
 """`nixdist farm`: run N Nix builder hosts on this machine (root only). See `nixdist.farm`.
 
-    nixdist farm up --builders 3
+    nixdist farm up --count 3
     nixdist farm up --builder b1:jobs=2 --builder 'b2:systems=x86_64-linux,aarch64-linux;speed=2'
     nixdist farm up --config farm.toml --ssh-include
     nixdist farm status [--json]
@@ -148,6 +148,16 @@ def _hints(farm: Farm) -> str:
     )
 
 
+def _count(count: int | None, old_count: int | None) -> int | None:
+    """--count, or --builders, its deprecated name (with a warning on stderr)."""
+    if old_count is None:
+        return count
+    if count is not None:
+        raise click.UsageError("give --count only (--builders is its old name)")
+    click.echo("warning: 'nixdist farm up --builders N' is deprecated; use --count N", err=True)
+    return old_count
+
+
 @click.group()
 def farm() -> None:
     """Run Nix builder hosts on this machine: sshd + own store per builder (needs root)."""
@@ -156,11 +166,19 @@ def farm() -> None:
 @farm.command()
 @_dir_option
 @click.option(
-    "--builders",
-    "count",
+    "--count",
     type=click.IntRange(min=0),
     default=None,
+    metavar="N",
     help="N plain builders b1..bN (host system, 1 job).",
+)
+@click.option(
+    # Its name before --count; `nixdist setup --builders` is nix.conf's builders value.
+    "--builders",
+    "old_count",
+    type=click.IntRange(min=0),
+    default=None,
+    hidden=True,
 )
 @click.option("--builder", "builder_specs", multiple=True, metavar="SPEC", help=_BUILDER_HELP)
 @click.option(
@@ -184,6 +202,7 @@ def up(  # click passes options by name
     *,
     directory: Path | None,
     count: int | None,
+    old_count: int | None,
     builder_specs: tuple[str, ...],
     config_file: Path | None,
     alias_prefix: str | None,
@@ -191,14 +210,14 @@ def up(  # click passes options by name
 ) -> None:
     """Create and start the builders (idempotent: running builders are left alone).
 
-    Without --builders/--builder/--config the farm keeps the builders it has (two plain
+    Without --count/--builder/--config the farm keeps the builders it has (two plain
     builders for a new farm). Builders not named any more are stopped and removed.
     """
     config = load_farm_toml(config_file) if config_file is not None else None
     prefix = alias_prefix or (config.alias_prefix if config else None)
     specs = combine_specs(
         config=config.builders if config else (),
-        count=count,
+        count=_count(count, old_count),
         overrides=[parse_builder_option(text) for text in builder_specs],
     )
     the_farm = _farm(directory, prefix)

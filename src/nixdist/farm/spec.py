@@ -67,8 +67,8 @@ of a build user before it uses one) and ``/home`` (``builders/<name>/homes``).
 The builder's own ``system-features`` are ``features`` and ``mandatory`` together, so a
 derivation that needs a feature the builder lacks fails there too, as on a real machine.
 
-``--builders N`` stands for ``b1`` … ``bN`` with the defaults. Sources combine in the order
-``--config``, then ``--builders`` (names not defined yet), then each ``--builder`` (replacing
+``--count N`` stands for ``b1`` … ``bN`` with the defaults. Sources combine in the order
+``--config``, then ``--count`` (names not defined yet), then each ``--builder`` (replacing
 a builder of the same name, or adding one), see `combine_specs`.
 """
 
@@ -276,7 +276,7 @@ def check_alias_prefix(prefix: str, *, source: str = "alias prefix") -> None:
 def plain_specs(count: int) -> tuple[BuilderSpec, ...]:
     """``b1`` … ``b<count>``, each with the defaults."""
     if count < 0:
-        raise ConfigError(f"--builders must be >= 0, not {count}", file="--builders")
+        raise ConfigError(f"--count must be >= 0, not {count}", file="--count")
     return tuple(make_spec(f"b{i}") for i in range(1, count + 1))
 
 
