@@ -22,7 +22,7 @@ import nixinfo
 from nixdist.cli.check_io import (
     WRITE_TEST_NAME,
 )
-from nixdist.cli.check_probe import (
+from nixdist.cli.check_ssh import (
     key_fingerprint,
 )
 from nixdist.farm import host_system

@@ -10,9 +10,7 @@ import grp
 import os
 import posixpath
 import pwd
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,13 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from nixdist.cli.check_probe import (
-    ProbeOutput,
-    Reach,
-    parse_probe_output,
-    remote_programs,
-    render_probe_script,
-)
+from nixdist.cli.check_ssh import Reach
 from nixdist.cli.checks import (
     BuilderReport,
     CheckReport,
@@ -53,7 +45,9 @@ from nixdist.state.config import (
 )
 from nixdist.state.slots import default_current_load_dir
 from nixdist.store.remote import RemoteStore, open_remote
-from nixdist.transport.openssh import ControlMasters, ssh_environment, target_for_machine
+from nixdist.transport.check_script import run_check_script
+from nixdist.transport.openssh import ControlMasters, target_for_machine
+from nixdist.transport.remote_script import ScriptOutput
 from nixdist.wire.nar import Contents, Regular, encode_nar
 from nixdist.wire.primitives import encode_u64
 
@@ -141,33 +135,19 @@ def _serve_session(
     return observed, None if error else str(info.path)
 
 
-def _probe(
+def _ask_shell(
     target: SshTarget,
     masters: ControlMasters,
     environ: Mapping[str, str],
     *,
     timeout: float,
     delete: str | None,
-) -> ProbeOutput:
-    nix_store, nix = remote_programs(target.remote_program)
-    script = render_probe_script(nix_store=nix_store, nix=nix, delete=delete)
-    argv = masters.command_argv(target, shlex.join(["sh", "-c", script]))
+) -> ScriptOutput:
+    """The check script's answer; a builder that cannot be reached is an answer's error."""
     try:
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=ssh_environment(environ),
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return ProbeOutput(error=f"no answer within {timeout:g} s")
-    output = parse_probe_output(done.stdout.decode("utf-8", "replace"))
-    if not output.sections:
-        said = done.stderr.decode("utf-8", "replace").strip()
-        return dataclasses.replace(output, error=said or f"ssh exited {done.returncode}")
-    return output
+        return run_check_script(target, masters, environ, timeout=timeout, delete=delete)
+    except (TransportError, ConfigError) as err:
+        return ScriptOutput(error=str(err))
 
 
 def observe_builder(
@@ -183,7 +163,7 @@ def observe_builder(
     connect_ms = round((time.monotonic() - started) * 1000, 1)
     try:
         observed, added = _serve_session(target, masters, environ, timeout)
-        probe = _probe(target, masters, environ, timeout=timeout, delete=added)
+        probe = _ask_shell(target, masters, environ, timeout=timeout, delete=added)
     finally:
         masters.stop_master(target)
     return dataclasses.replace(observed, connect_ms=connect_ms, probe=probe)

@@ -2,8 +2,10 @@
 
 Click-free, so that a dashboard can run the same checks; `nixdist.cli.check` only renders the
 `CheckReport`. Four modules: this one judges builders (findings from what was observed, pure),
-`nixdist.cli.checks_local` this host (pure); `nixdist.cli.check_probe` reads what builders and
-ssh print (pure); `nixdist.cli.check_io` talks to the builders and reads this host's settings.
+`nixdist.cli.checks_local` this host (pure); `nixdist.cli.check_ssh` puts ssh's errors in
+words (pure); `nixdist.cli.check_io` talks to the builders and reads this host's settings.
+What builders are asked, and the parsers of their answers, are `nixdist.transport.check_script`
+and `nixdist.transport.probe`.
 
 Each check gives a `Finding` (ok / warn / fail / skip, a message in words, a hint). A builder
 is *usable* unless one of its checks failed; warnings keep it usable.
@@ -32,8 +34,8 @@ Per builder (`check_builders`), in order; a check that cannot run after a failur
   `LOW_DISK_BYTES`, a failure below `FULL_DISK_BYTES`.
 
 The builder-side commands run in one session as a ``sh -c`` script whose sections are framed
-by marker lines (`render_probe_script`, `parse_probe_output`): a noisy shell cannot garble
-them, and what precedes the first marker is the shell's chatter.
+by marker lines (`nixdist.transport.check_script`, the load probe's sections among them): a
+noisy shell cannot garble them, and what precedes the first marker is the shell's chatter.
 
 This host (`local_findings`): ``build-hook`` runs nixdist (``…/nixdist-hook`` or ``…/nixdist
 hook``); Nix's ``builders`` lists a machine; the ``current-load`` directory (slot locks) is
@@ -50,22 +52,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from nixdist.cli.check_probe import (
+from nixdist.cli.check_ssh import (
     FINGERPRINT,
-    DiskSpace,
-    ProbeOutput,
     Reach,
-    RemoteSettings,
     classify_ssh_error,
     key_fingerprint,
-    parse_df,
-    parse_nix_version,
-    parse_show_config,
     ssh_gist,
 )
 from nixdist.errors import ParseError
 from nixdist.model.machines import decode_host_key
-from nixdist.transport.probe import parse_report
+from nixdist.transport.check_script import RemoteSettings, parse_nix_version, parse_show_config
+from nixdist.transport.probe import DiskSpace, parse_df, read_report
+from nixdist.transport.remote_script import ScriptOutput
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -221,7 +219,7 @@ class Observed:
     noisy_greeting: bool = False  # serve_error is ServeStore's "printed on stdout" text
     write_tried: bool = False
     write_error: str | None = None
-    probe: ProbeOutput = field(default_factory=ProbeOutput)
+    probe: ScriptOutput = field(default_factory=ScriptOutput)  # the check script's answer
 
 
 _CONNECT_HINTS: Final = {
@@ -294,7 +292,7 @@ def _pinned_fingerprint(pinned_key: str | None) -> str:
 
 
 def _serve_findings(host: str, observed: Observed) -> list[Finding]:
-    noise = observed.probe.noise
+    noise = observed.probe.noise.strip()
     shell_hint = _SHELL_HINT.format(host=host)
     quiet = _ok(Check.SHELL, "prints nothing on stdout")
     if observed.noisy_greeting:
@@ -320,7 +318,7 @@ def _section(observed: Observed, name: str) -> tuple[str | None, str]:
         return None, observed.probe.error
     if section is None:
         return None, "no answer"
-    return None, section.text[:300] or f"exit status {section.status}"
+    return None, section.text.strip()[:300] or f"exit status {section.status}"
 
 
 def systems_finding(machine: Machine, settings: RemoteSettings) -> Finding:
@@ -405,8 +403,7 @@ def disk_finding(space: DiskSpace) -> Finding:
 def load_finding(observed: Observed) -> Finding:
     """What the hook's load probe learns there: a warning when it cannot tell everything
     (the hook then counts its own slots for what is missing, like build-remote)."""
-    section = observed.probe.sections.get("load")
-    report = parse_report(section.text if section is not None else "")
+    report = read_report(observed.probe)
     if report.problem is None:
         assert report.load_per_core is not None  # noqa: S101 - a whole report has them all
         assert report.mem_available is not None  # noqa: S101

@@ -1,5 +1,7 @@
-"""The pure parts of `nixdist check`: parsers of what builders print, ssh's words, the probe
-script's framing, and the verdict rules (`assess_builder`, `local_findings`).
+"""The pure parts of `nixdist check`: ssh's words and the verdict rules
+(`assess_builder`, `local_findings`). What builders are asked and the parsers of their
+answers are tested in `tests/unit/transport` (test_check_script, test_probe,
+test_remote_script).
 
 ssh's messages below are what OpenSSH 9.2 printed against the local farm.
 """
@@ -9,37 +11,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
-import subprocess
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from nixdist.cli.check_io import (
     WRITE_TEST_NAME,
     check_builders,
     write_test_path,
 )
-from nixdist.cli.check_probe import (
-    PROBE_MARKER,
-    DiskSpace,
-    ProbeOutput,
-    Reach,
-    RemoteSettings,
-    Section,
-    classify_ssh_error,
-    key_fingerprint,
-    parse_df,
-    parse_nix_version,
-    parse_probe_output,
-    parse_show_config,
-    remote_programs,
-    render_probe_script,
-    ssh_gist,
-)
+from nixdist.cli.check_ssh import Reach, classify_ssh_error, key_fingerprint, ssh_gist
 from nixdist.cli.checks import (
     BUILDER_CHECKS,
     FULL_DISK_BYTES,
@@ -65,12 +46,13 @@ from nixdist.cli.checks_local import LocalFacts, hook_is_nixdist, is_trusted, lo
 from nixdist.errors import ParseError
 from nixdist.model.hashes import Hash, HashAlgo
 from nixdist.model.machines import Machine
-from nixdist.transport.probe import parse_report
+from nixdist.transport.check_script import (
+    RemoteSettings,
+)
+from nixdist.transport.probe import DiskSpace
+from nixdist.transport.remote_script import ScriptOutput, Section
 from nixdist.wire.nar import Contents, Regular
 from nixdist.wire.nar_reader import decode_nar
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 HOST_KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrO+kDW8/XB8Jtv128k+yzhPjuPcWe3N0eOIR//a/SV"
 HOST_KEY_FP = "SHA256:GIWio3zmq72DlxW91WsQY5/AApiz7Jo52UzujCbkbkg"  # ssh-keygen -lf
@@ -105,82 +87,11 @@ BANNER_TIMEOUT = (
 
 
 # ---------------------------------------------------------------------------------------
-# Parsers
-
-
-def test_parse_df() -> None:
-    text = (
-        "Filesystem     1024-blocks     Used Available Capacity Mounted on\n"
-        "/dev/vda         264212084 24847060  81543852      24% /nix\n"
-    )
-    assert parse_df(text) == DiskSpace(
-        size_bytes=264212084 * 1024, free_bytes=81543852 * 1024, mount="/nix"
-    )
-
-
-def test_parse_df_names_with_spaces_and_noise() -> None:
-    text = (
-        "some warning\nFilesystem 1024-blocks Used Available Capacity Mounted on\n"
-        "my disk 100 40 60 40% /mnt/with space\n"
-    )
-    assert parse_df(text) == DiskSpace(size_bytes=102400, free_bytes=61440, mount="/mnt/with space")
-
-
-@pytest.mark.parametrize("text", ["", "df: /nix/store: No such file or directory", "a b c"])
-def test_parse_df_refuses(text: str) -> None:
-    with pytest.raises(ParseError, match="no filesystem line"):
-        parse_df(text)
-
-
-def test_parse_nix_version() -> None:
-    assert parse_nix_version("nix-store (Nix) 2.8.0\n") == "2.8.0"
-    assert parse_nix_version("welcome\nnix-store (Nix) 2.18.1pre\n") == "2.18.1pre"
-    with pytest.raises(ParseError):
-        parse_nix_version("bash: nix-store: command not found")
+# ssh's key fingerprints
 
 
 def _setting(value: object) -> dict[str, object]:
     return {"aliases": [], "defaultValue": value, "description": "…", "value": value}
-
-
-def test_parse_show_config_nix_2_8() -> None:
-    data = {
-        "system": _setting("x86_64-linux"),
-        "extra-platforms": _setting(["aarch64-linux", "i686-linux"]),
-        "system-features": _setting(["big-parallel", "kvm"]),
-        "trusted-users": _setting(["root"]),
-    }
-    text = "warning: show-config is deprecated\n" + json.dumps(data)
-    assert parse_show_config(text) == RemoteSettings(
-        system="x86_64-linux",
-        extra_platforms=frozenset({"aarch64-linux", "i686-linux"}),
-        system_features=frozenset({"big-parallel", "kvm"}),
-        trusted_users=("root",),
-    )
-
-
-def test_parse_show_config_flat_and_string_lists() -> None:
-    text = json.dumps({"system": "aarch64-linux", "system-features": "kvm  benchmark"})
-    settings = parse_show_config(text)
-    assert settings.system == "aarch64-linux"
-    assert settings.extra_platforms == frozenset()
-    assert settings.system_features == frozenset({"kvm", "benchmark"})
-    assert settings.platforms == frozenset({"aarch64-linux"})
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("", "no JSON object"),
-        ("error: unrecognised flag '--json'", "no JSON object"),
-        ("{not json", "bad JSON"),
-        ('{"system": {"value": ""}}', "no 'system'"),
-        ('{"max-jobs": {"value": 1}}', "no 'system'"),
-    ],
-)
-def test_parse_show_config_refuses(text: str, message: str) -> None:
-    with pytest.raises(ParseError, match=message):
-        parse_show_config(text)
 
 
 def test_key_fingerprint_is_ssh_keygens() -> None:
@@ -235,85 +146,7 @@ def test_ssh_gist_drops_banners_and_advice() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The probe script
-
-
-def _marked(name: str, body: str, status: int = 0) -> str:
-    return f"\n{PROBE_MARKER} begin {name}\n{body}\n\n{PROBE_MARKER} end {name} {status}\n"
-
-
-def test_parse_probe_output() -> None:
-    text = (
-        "welcome to b2\n"
-        + _marked("version", "nix-store (Nix) 2.8.0")
-        + _marked("config", "error: no nix", 127)
-        + f"\n{PROBE_MARKER} begin df\nFilesystem"  # cut short
-    )
-    out = parse_probe_output(text)
-    assert out.noise == "welcome to b2"
-    assert out.sections == {
-        "version": Section(status=0, text="nix-store (Nix) 2.8.0"),
-        "config": Section(status=127, text="error: no nix"),
-    }
-    assert out.error == ""
-
-
-def test_parse_probe_output_quiet_and_empty() -> None:
-    assert parse_probe_output(_marked("df", "")).noise == ""
-    assert parse_probe_output("") == ProbeOutput()
-    # An end marker without its begin, or for another section, is ignored.
-    out = parse_probe_output(f"{PROBE_MARKER} end x 0\n" + _marked("a", "1"))
-    assert out.sections == {"a": Section(status=0, text="1")}
-
-
-@given(
-    noise=st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=40).map(str.strip),
-    body=st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=80).map(str.strip),
-    status=st.integers(min_value=0, max_value=255),
-)
-def test_parse_probe_output_round_trip(noise: str, body: str, status: int) -> None:
-    if PROBE_MARKER in noise or PROBE_MARKER in body:
-        return
-    out = parse_probe_output(noise + _marked("version", body, status))
-    assert out.noise == noise
-    assert out.sections == {"version": Section(status=status, text=body)}
-
-
-def _fake_program(path: Path, script: str) -> None:
-    path.write_text(f"#!/bin/sh\n{script}\n")
-    path.chmod(0o755)
-
-
-def test_probe_script_runs_under_sh(tmp_path: Path) -> None:
-    """The script, run by a real sh with fake nix-store and nix: sections, statuses, stderr."""
-    _fake_program(tmp_path / "nix-store", 'echo "nix-store (Nix) 2.8.0"; [ "$1" = --version ]')
-    _fake_program(tmp_path / "nix", "echo 'nix: unknown flag' >&2; exit 1")
-    script = render_probe_script(
-        nix_store=str(tmp_path / "nix-store"),
-        nix=str(tmp_path / "nix"),
-        store_dir=str(tmp_path),
-        delete="/nix/store/x-it's",
-    )
-    done = subprocess.run(
-        ["sh", "-c", script], capture_output=True, text=True, check=False, env=dict(os.environ)
-    )
-    out = parse_probe_output("hello from .bashrc\n" + done.stdout)
-    assert out.noise == "hello from .bashrc"
-    assert out.sections["version"] == Section(status=0, text="nix-store (Nix) 2.8.0")
-    assert out.sections["config"] == Section(status=1, text="nix: unknown flag")
-    assert out.sections["df"].status == 0
-    assert parse_df(out.sections["df"].text).size_bytes > 0
-    assert out.sections["delete"] == Section(status=1, text="nix-store (Nix) 2.8.0")
-    assert out.sections["load"].status == 0
-    assert parse_report(out.sections["load"].text).os == "Linux"
-
-
-def test_remote_programs() -> None:
-    assert remote_programs("nix-store") == ("nix-store", "nix")
-    assert remote_programs("/opt/nix/bin/nix-store") == (
-        "/opt/nix/bin/nix-store",
-        "/opt/nix/bin/nix",
-    )
+# The write test
 
 
 def test_write_test_path_is_a_valid_unsigned_input_addressed_path() -> None:
@@ -347,27 +180,26 @@ CONFIG = json.dumps(
     }
 )
 DF = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda 4194304 0 4194304 0% /"
-LOAD = """\
-nixdist-probe os Linux
-nixdist-probe loadavg 0.52 0.58 0.59 1/456 7890
-nixdist-probe cores 4
-nixdist-probe mem-bytes 8589934592
-nixdist-probe builds 1
-nixdist-probe df /dev/vda1 1000000 10000 990000 1% /
-"""
+LOAD = {  # the load probe's sections
+    "os": Section(status=0, text="Linux\n"),
+    "loadavg": Section(status=0, text="0.52 0.58 0.59 1/456 7890\n"),
+    "cores": Section(status=0, text="4\n"),
+    "mem": Section(status=0, text="8589934592"),
+    "builds": Section(status=0, text="1\n"),
+}
 
 HEALTHY = Observed(
     connect_ms=12.3,
     handshake_ms=45.6,
     serve_protocol="2.7",
     write_tried=True,
-    probe=ProbeOutput(
+    probe=ScriptOutput(
         sections={
-            "version": Section(status=0, text="nix-store (Nix) 2.8.0"),
+            "version": Section(status=0, text="nix-store (Nix) 2.8.0\n"),
             "config": Section(status=0, text=CONFIG),
+            **LOAD,
             "df": Section(status=0, text=DF),
-            "load": Section(status=0, text=LOAD),
-            "delete": Section(status=0, text="1 store paths deleted"),
+            "delete": Section(status=0, text="1 store paths deleted\n"),
         }
     ),
 )
@@ -453,7 +285,7 @@ def test_noisy_shell_fails_with_serve_stores_words() -> None:
         serve_error=said,
         noisy_greeting=True,
         write_tried=False,
-        probe=replace(HEALTHY.probe, noise="hi"),
+        probe=replace(HEALTHY.probe, noise="hi\n"),
     )
     report = _assess(observed)
     findings = _by_check(report)
@@ -466,9 +298,12 @@ def test_noisy_shell_fails_with_serve_stores_words() -> None:
 
 
 def test_chatter_the_handshake_survived_is_a_warning() -> None:
-    report = _assess(replace(HEALTHY, probe=replace(HEALTHY.probe, noise="motd")))
+    report = _assess(replace(HEALTHY, probe=replace(HEALTHY.probe, noise="motd\n")))
     assert _by_check(report)[Check.SHELL].status is Status.WARN
+    assert _by_check(report)[Check.SHELL].message == "the shell printed 'motd'"
     assert report.usable
+    blank = _assess(replace(HEALTHY, probe=replace(HEALTHY.probe, noise="\n")))
+    assert _by_check(blank)[Check.SHELL].status is Status.OK
 
 
 def test_serve_failure_other_than_chatter() -> None:
@@ -498,17 +333,20 @@ def test_claims_the_builder_cannot_honour_are_warnings() -> None:
 def test_unreadable_settings() -> None:
     probe = replace(
         HEALTHY.probe,
-        sections={**HEALTHY.probe.sections, "config": Section(status=127, text="nix: not found")},
+        sections={
+            **HEALTHY.probe.sections,
+            "config": Section(status=127, text="sh: nix: not found\n"),
+        },
     )
     findings = _by_check(_assess(replace(HEALTHY, probe=probe)))
     assert findings[Check.SYSTEMS].status is Status.WARN
-    assert "nix: not found" in findings[Check.SYSTEMS].message
+    assert findings[Check.SYSTEMS].message.endswith("(nix show-config): sh: nix: not found")
     assert findings[Check.FEATURES].status is Status.SKIP
 
 
 def test_probe_session_failure() -> None:
     findings = _by_check(
-        _assess(replace(HEALTHY, probe=ProbeOutput(error="no answer within 10 s")))
+        _assess(replace(HEALTHY, probe=ScriptOutput(error="no answer within 10 s")))
     )
     for check in (Check.NIX, Check.SYSTEMS, Check.DISK):
         assert findings[check].status is Status.WARN
@@ -746,11 +584,9 @@ def test_machines_that_cannot_be_tried() -> None:
 
 
 def test_a_builder_whose_load_probe_tells_little_is_warned_about_not_failed() -> None:
-    hidden = LOAD.replace("loadavg 0.52 0.58 0.59 1/456 7890", "loadavg ").replace(
-        "mem-bytes 8589934592", "mem-bytes "
-    )
-    sections = {**HEALTHY.probe.sections, "load": Section(status=0, text=hidden)}
-    observed = dataclasses.replace(HEALTHY, probe=ProbeOutput(sections=sections))
+    hidden = {"loadavg": Section(status=0, text=""), "mem": Section(status=2, text="")}
+    sections = {**HEALTHY.probe.sections, **hidden}
+    observed = dataclasses.replace(HEALTHY, probe=ScriptOutput(sections=sections))
     finding = _by_check(_assess(observed))[Check.LOAD]
     assert finding.status is Status.WARN
     assert finding.message == "no full load report (Linux): it did not tell its load, free memory"

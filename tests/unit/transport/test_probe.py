@@ -1,5 +1,6 @@
-"""The load probe: one constant POSIX script for Linux, macOS and the BSDs, and a parser that
-never turns what it does not understand into a verdict.
+"""The load probe: one constant POSIX script for Linux, macOS and the BSDs, whose sections
+(`nixdist.transport.remote_script`) a reader turns into a report without ever turning what it
+does not understand into a verdict.
 
 The script runs here under /bin/sh with stand-ins for each system's commands (``uname``,
 ``sysctl``, ``vm_stat``, ``ps``, ``df``) printing what those systems print (the samples follow
@@ -18,7 +19,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nixdist.transport.probe import PROBE_SCRIPT, BuilderReport, parse_report
+from nixdist.errors import ParseError
+from nixdist.transport.openssh import ControlMasters, SshTarget
+from nixdist.transport.probe import (
+    PROBE_SCRIPT,
+    BuilderReport,
+    DiskSpace,
+    parse_df,
+    probe_builder,
+    read_report,
+)
+from nixdist.transport.remote_script import MARKER, ScriptOutput, parse_output
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -106,25 +117,30 @@ def _stand_ins(bin_dir: Path, system: Mapping[str, object]) -> None:
     (bin_dir / "sysctl").chmod(0o755)
 
 
+def _run(bin_dir: Path | None = None) -> BuilderReport:
+    """The report of the probe run here, with `bin_dir`'s stand-ins first on the PATH."""
+    env = None if bin_dir is None else {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    done = subprocess.run(
+        ["/bin/sh", "-c", PROBE_SCRIPT], env=env, capture_output=True, text=True, check=False
+    )
+    return read_report(parse_output(done.stdout))
+
+
+def _answer(noise: str = "", **sections: str) -> str:
+    """What the probe prints when its sections print `sections` (name: text, status 0)."""
+    framed = (f"\n{MARKER} begin {k}\n{v}\n{MARKER} end {k} 0\n" for k, v in sections.items())
+    return noise + "".join(framed)
+
+
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_the_script_reads_each_system(tmp_path: Path, name: str) -> None:
     _stand_ins(tmp_path, SYSTEMS[name])
-    done = subprocess.run(
-        ["/bin/sh", "-c", PROBE_SCRIPT],
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert parse_report(done.stdout) == EXPECTED[name]
+    assert _run(tmp_path) == EXPECTED[name]
 
 
 def test_the_script_reads_this_linux_machine() -> None:
-    done = subprocess.run(
-        ["/bin/sh", "-c", PROBE_SCRIPT], capture_output=True, text=True, check=False
-    )
-    report = parse_report(done.stdout)
-    assert report.problem is None, done.stdout
+    report = _run()
+    assert report.problem is None, report
     assert report.os == "Linux"
     assert report.cores == os.cpu_count()
     meminfo = Path("/proc/meminfo").read_text()
@@ -133,16 +149,15 @@ def test_the_script_reads_this_linux_machine() -> None:
     assert abs(report.mem_available - available) < available / 10  # whole, even past 2^31
 
 
+def test_probe_builder_runs_it_through_the_bounded_runner(tmp_path: Path) -> None:
+    """A local target: the same runner as over ssh, without ssh."""
+    report = probe_builder(SshTarget(host="localhost"), ControlMasters(tmp_path), dict(os.environ))
+    assert (report.problem, report.os) == (None, "Linux")
+
+
 def test_an_unknown_system_tells_only_its_disk(tmp_path: Path) -> None:
     _stand_ins(tmp_path, {"uname": "Haiku", "df": FREEBSD_DF})
-    done = subprocess.run(
-        ["/bin/sh", "-c", PROBE_SCRIPT],
-        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = parse_report(done.stdout)
+    report = _run(tmp_path)
     assert (report.os, report.disk_free, report.load1, report.running_builds) == (
         "Haiku",
         97530865 * 1024,
@@ -152,53 +167,78 @@ def test_an_unknown_system_tells_only_its_disk(tmp_path: Path) -> None:
     assert report.problem == "it did not tell its running builds, load, cores, free memory"
 
 
+#: A whole answer from a Linux builder: 8 cores, 1 GiB free, one build running.
+WHOLE = {
+    "os": "Linux",
+    "loadavg": "0.50 0.40 0.30 1/99 123",
+    "cores": "8",
+    "mem": "1073741824",
+    "builds": "1",
+    "df": "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 1000 10 990 1% /",
+}
+
+
 def test_a_store_that_does_not_exist_yet_leaves_the_rest() -> None:
-    # df printed nothing (no /nix/store yet): only the disk is unknown.
-    text = (
-        "nixdist-probe os Linux\nnixdist-probe loadavg 0.50 0.40 0.30 1/99 123\n"
-        "nixdist-probe cores 8\nnixdist-probe mem-bytes 1073741824\n"
-        "nixdist-probe builds 1\nnixdist-probe df \n"
-    )
-    report = parse_report(text)
+    # df failed (no /nix/store yet): only the disk is unknown.
+    text = _answer(**{**WHOLE, "df": "df: /nix/store: No such file or directory"})
+    report = read_report(parse_output(text))
     assert (report.running_builds, report.load_per_core, report.disk_free) == (1, 0.0625, None)
     assert report.problem == "it did not tell its free disk"
+    assert read_report(parse_output(_answer(**WHOLE))).problem is None
 
 
 def test_hidden_proc_and_a_banner() -> None:
-    text = (
-        "Welcome to builder 7!\nnixdist-probe os Linux\nnixdist-probe loadavg \n"
-        "nixdist-probe cores 4\nnixdist-probe mem-bytes \nnixdist-probe builds 0\n"
-        "nixdist-probe df /dev/sda1 1000 10 990 1% /\n"
-    )
-    report = parse_report(text)
+    text = _answer("Welcome to builder 7!\n", **{**WHOLE, "loadavg": "", "mem": ""})
+    report = read_report(parse_output(text))
     assert (report.load1, report.mem_available, report.cores, report.disk_free) == (
         None,
         None,
-        4,
+        8,
         990 * 1024,
     )
+    assert report.os == "Linux"
 
 
-@pytest.mark.parametrize("text", ["", "garbage\n", "nixdist-probe\n", "\x00\xff"])
-def test_nothing_understood_is_a_report_of_unknowns(text: str) -> None:
-    report = parse_report(text)
-    assert not report.known
-    assert report.problem is not None
+def test_a_section_cut_short_is_unknown() -> None:
+    text = _answer(os="Linux", cores="4") + f"\n{MARKER} begin loadavg\n0.5"
+    report = read_report(parse_output(text))
+    assert (report.cores, report.load1) == (4, None)
+
+
+def test_why_the_run_ended_badly_is_part_of_the_problem() -> None:
+    stopped = "the load probe did not finish within 2 seconds (still in its df section)"
+    partial = parse_output(_answer(**{k: v for k, v in WHOLE.items() if k != "df"}))
+    report = read_report(ScriptOutput(sections=partial.sections, error=stopped))
+    assert report.problem == f"it did not tell its free disk ({stopped})"
+    assert read_report(ScriptOutput(error=stopped)).problem == stopped
 
 
 @pytest.mark.parametrize(
-    "line",
+    "text", ["", "garbage\n", "nixdist-probe\n", "\x00\xff", _answer(os="Linux", cores="x")]
+)
+def test_nothing_understood_is_a_report_of_unknowns(text: str) -> None:
+    report = read_report(parse_output(text))
+    assert not report.known
+    assert report.problem is not None
+    if text.strip():
+        assert report.problem.startswith("its answer told nothing we understand: ")
+    else:
+        assert report.problem == "no answer"
+
+
+@pytest.mark.parametrize(
+    ("section", "text"),
     [
-        "nixdist-probe loadavg -1 0 0",
-        "nixdist-probe loadavg nan",
-        "nixdist-probe loadavg inf",
-        "nixdist-probe builds -3",
-        "nixdist-probe cores 1e3",
-        "nixdist-probe mem-bytes ٣",  # a digit, but not an ASCII one
+        ("loadavg", "-1 0 0"),
+        ("loadavg", "nan"),
+        ("loadavg", "inf"),
+        ("builds", "-3"),
+        ("cores", "1e3"),
+        ("mem", "٣"),  # a digit, but not an ASCII one
     ],
 )
-def test_values_that_are_not_what_they_should_be_are_unknown(line: str) -> None:
-    report = parse_report(line)
+def test_values_that_are_not_what_they_should_be_are_unknown(section: str, text: str) -> None:
+    report = read_report(parse_output(_answer(**{section: text})))
     assert (report.load1, report.running_builds, report.cores, report.mem_available) == (
         None,
         None,
@@ -209,6 +249,50 @@ def test_values_that_are_not_what_they_should_be_are_unknown(line: str) -> None:
 
 @given(st.text())
 def test_any_output_gives_a_report(text: str) -> None:
-    report = parse_report(text)
+    report = read_report(parse_output(text))
     for value in (report.load1, report.running_builds, report.cores, report.disk_free):
         assert value is None or value >= 0
+
+
+# ---------------------------------------------------------------------------------------
+# df, which nixdist check reads too
+
+
+def test_parse_df() -> None:
+    text = (
+        "Filesystem     1024-blocks     Used Available Capacity Mounted on\n"
+        "/dev/vda         264212084 24847060  81543852      24% /nix\n"
+    )
+    assert parse_df(text) == DiskSpace(
+        size_bytes=264212084 * 1024, free_bytes=81543852 * 1024, mount="/nix"
+    )
+
+
+def test_parse_df_names_with_spaces_and_noise() -> None:
+    text = (
+        "some warning\nFilesystem 1024-blocks Used Available Capacity Mounted on\n"
+        "my disk 100 40 60 40% /mnt/with space\n"
+    )
+    assert parse_df(text) == DiskSpace(size_bytes=102400, free_bytes=61440, mount="/mnt/with space")
+
+
+@pytest.mark.parametrize(("name", "text"), [("Darwin", DARWIN_DF), ("FreeBSD", FREEBSD_DF)])
+def test_parse_df_of_macos_and_freebsd(name: str, text: str) -> None:
+    space = parse_df(text)
+    assert (space.free_bytes, space.size_bytes) == (
+        EXPECTED[name].disk_free,
+        EXPECTED[name].disk_total,
+    )
+    assert space.mount == "/nix"
+
+
+def test_parse_df_of_a_file_system_without_blocks() -> None:
+    assert parse_df("none 0 0 0 - /nix/store") == DiskSpace(
+        size_bytes=0, free_bytes=0, mount="/nix/store"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "df: /nix/store: No such file or directory", "a b c"])
+def test_parse_df_refuses(text: str) -> None:
+    with pytest.raises(ParseError, match="no filesystem line"):
+        parse_df(text)
