@@ -57,7 +57,8 @@ by ``work / capacity + critical path`` (Graham, 1969), which the tests check too
 Costs, for V planned derivations, E edges between them and R ready ones: `plan` O(V log V + E);
 `start` and a `finish` that readies k dependents O((1 + k) · log R) comparisons plus moving the
 ready list (a memmove); `ready` O(R) (a copy of a list kept sorted); `fail` linear in the
-dependents it cuts off and the inputs it re-ranks; `remaining_critical_path` O(running).
+dependents it cuts off and the inputs it re-ranks, plus sorting those inputs;
+`remaining_critical_path` O(running).
 """
 
 from __future__ import annotations

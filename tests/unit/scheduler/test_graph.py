@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
+from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nixdist.errors import LocalProtocolError, ParseError
 from nixdist.model.derivation import Derivation, DerivationOutput
@@ -16,6 +21,7 @@ from nixdist.scheduler.graph import (
     GraphCounts,
     GraphError,
     NodeStatus,
+    Root,
     plan,
 )
 
@@ -330,3 +336,211 @@ def test_ten_thousand_derivations_wide_are_drained() -> None:
         started += len(ready)
     assert started == n + 1
     assert graph.done()
+
+
+# Properties, on random closures checked against a naive model of the same rules.
+
+OUTPUT_NAMES = ("dev", "lib", "out")
+
+
+def subsets(names: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The non-empty subsets of `names`, sorted: one draw picks one (faster than a set)."""
+    return [c for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
+
+
+@dataclass(frozen=True)
+class Case:
+    drvs: dict[str, Derivation]
+    roots: list[Root]
+    valid: frozenset[str]
+    seconds: dict[str, float]
+
+    def plan(self) -> BuildGraph:
+        return plan(self.drvs, self.roots, valid=self.valid, estimate=self.seconds.get)
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    """A random closure: derivation i may need outputs of any j < i, so it is acyclic."""
+    n = draw(st.integers(1, 16))
+    drvs: dict[str, Derivation] = {}
+    outputs_of: list[tuple[str, ...]] = []
+    for i in range(n):
+        outputs = draw(st.sampled_from(subsets(OUTPUT_NAMES)))
+        deferred = draw(st.sets(st.sampled_from(outputs), max_size=1)) if i % 4 == 3 else set()
+        picked: set[int] = set()
+        if i:  # two in three need something: deep graphs, and a few more leaves
+            picked = draw(st.sets(st.integers(0, i - 1), min_size=int(i % 3 > 0), max_size=3))
+        inputs = {j: draw(st.sampled_from(subsets(outputs_of[j]))) for j in sorted(picked)}
+        drvs[drv_path(i)] = make_drv(i, inputs, outputs=outputs, deferred=frozenset(deferred))
+        outputs_of.append(outputs)
+    paths = sorted(o.path for d in drvs.values() for o in d.outputs.values() if o.path)
+    roots: list[Root] = [
+        (drv_path(r), draw(st.none() | st.sampled_from(subsets(outputs_of[r]))))
+        for r in sorted({n - 1} | draw(st.sets(st.integers(0, n - 1), max_size=2)))
+    ]
+    return Case(
+        drvs=drvs,
+        roots=roots,
+        valid=frozenset(draw(st.sets(st.sampled_from(paths)))),
+        seconds={p: float(draw(st.integers(0, 3))) for p in drvs},
+    )
+
+
+def expected_needs(case: Case) -> dict[str, set[str]]:
+    """The derivations to build and their needed outputs, as the least fixed point of the rule
+    "built iff a needed output is not valid", iterated naively from nothing built."""
+    built: set[str] = set()
+    while True:
+        needed: dict[str, set[str]] = {}
+        for path, outputs in case.roots:
+            needed.setdefault(path, set()).update(outputs or case.drvs[path].outputs)
+        for path in built:
+            for input_path, outputs in case.drvs[path].input_drvs.items():
+                needed.setdefault(input_path, set()).update(outputs)
+        now = {path for path, outputs in needed.items() if any(missing(case, path, outputs))}
+        if now == built:
+            return {path: needed[path] for path in built}
+        built = now
+
+
+def missing(case: Case, path: str, outputs: set[str]) -> list[bool]:
+    paths = [case.drvs[path].outputs[name].path for name in outputs]
+    return [not p or p not in case.valid for p in paths]
+
+
+def dependents_in(planned: set[str], case: Case) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {path: set() for path in planned}
+    for path in planned:
+        for input_path in case.drvs[path].input_drvs:
+            if input_path in planned:
+                found[input_path].add(path)
+    return found
+
+
+def transitive(dependents: dict[str, set[str]], path: str) -> set[str]:
+    found: set[str] = set()
+    todo = list(dependents[path])
+    while todo:
+        if (next_ := todo.pop()) not in found:
+            found.add(next_)
+            todo.extend(dependents[next_])
+    return found
+
+
+def critical_paths(case: Case, dependents: dict[str, set[str]], live: set[str]) -> dict[str, float]:
+    paths: dict[str, float] = {}
+
+    def of(path: str) -> float:
+        if path not in paths:
+            above = [of(d) for d in dependents[path] if d in live]
+            paths[path] = case.seconds[path] + max(above, default=0.0)
+        return paths[path]
+
+    return {path: of(path) for path in live}
+
+
+@given(cases())
+def test_plan_builds_exactly_what_the_rule_says(case: Case) -> None:
+    graph = case.plan()
+    expected = expected_needs(case)
+    assert set(graph.nodes()) == set(expected)
+    for path in graph.nodes():
+        assert graph.needed_outputs(path) == expected[path]
+    place = {path: k for k, path in enumerate(graph.nodes())}
+    for path in graph.nodes():
+        assert all(place[i] < place[path] for i in case.drvs[path].input_drvs if i in place)
+
+
+def run(case: Case, data: st.DataObject, *, may_fail: bool) -> None:
+    """Drive a plan to the end with moves drawn at random, checking every step against the
+    naive model: what is ready, its order, critical paths and what each failure cuts off."""
+    graph = case.plan()
+    planned = set(expected_needs(case))
+    dependents = dependents_in(planned, case)
+    started: list[str] = []
+    built: set[str] = set()
+    failed: set[str] = set()
+    lost: set[str] = set()
+    running: set[str] = set()
+    while not graph.done():
+        live = planned - built - failed - lost
+        paths = critical_paths(case, dependents, live)
+        check_ready(case, graph, live - running, built)
+        ranks = {p: (-paths[p], -len(dependents[p] & live), p) for p in live}
+        assert graph.ready() == tuple(sorted(graph.ready(), key=ranks.__getitem__))
+        assert [graph.critical_path(p) for p in live] == [paths[p] for p in live]
+        assert graph.remaining_critical_path() == max(paths.values())
+        moves = [("start", p) for p in graph.ready()] + [("finish", p) for p in sorted(running)]
+        if may_fail:
+            moves += [("fail", p) for p in [*graph.ready(), *sorted(running)]]
+        move, path = data.draw(st.sampled_from(moves))
+        if move == "start":
+            graph.start(path)
+            started.append(path)
+            running.add(path)
+        elif move == "finish":
+            graph.finish(path)
+            running.discard(path)
+            built.add(path)
+        else:
+            assert set(graph.fail(path)) == transitive(dependents, path) - lost
+            running.discard(path)
+            failed.add(path)
+            lost |= transitive(dependents, path)
+    assert len(started) == len(set(started))
+    assert built == planned - failed - lost
+    assert graph.remaining_critical_path() == 0.0
+    for path in planned:
+        status = graph.status(path)
+        assert (status is NodeStatus.BUILT) == (path in built)
+        assert (status is NodeStatus.FAILED) == (path in failed)
+        assert (status is NodeStatus.CANNOT_BUILD) == (path in lost)
+
+
+def check_ready(case: Case, graph: BuildGraph, not_started: set[str], built: set[str]) -> None:
+    """Ready: not started, every planned input built; the first has the longest chain."""
+    ready = graph.ready()
+    assert set(ready) == {
+        path
+        for path in not_started
+        if all(i in built for i in case.drvs[path].input_drvs if i in graph)
+    }
+    if ready:
+        assert graph.critical_path(ready[0]) == max(graph.critical_path(p) for p in ready)
+
+
+@given(cases(), st.data())
+def test_any_drain_builds_each_once_after_its_inputs_longest_chain_first(
+    case: Case, data: st.DataObject
+) -> None:
+    run(case, data, may_fail=False)
+
+
+@given(cases(), st.data())
+def test_failures_cut_off_exactly_their_dependents_and_the_rest_is_built(
+    case: Case, data: st.DataObject
+) -> None:
+    run(case, data, may_fail=True)
+
+
+@given(cases(), st.integers(1, 4), st.data())
+def test_lower_bound_is_below_any_list_schedule(
+    case: Case, capacity: int, data: st.DataObject
+) -> None:
+    graph = case.plan()
+    planned = set(expected_needs(case))
+    work = sum(case.seconds[path] for path in planned)
+    longest = max(critical_paths(case, dependents_in(planned, case), planned).values(), default=0)
+    assert graph.lower_bound(capacity) == max(longest, work / capacity)
+    now = 0.0
+    running: list[tuple[float, str]] = []
+    while not graph.done():
+        while len(running) < capacity and (ready := graph.ready()):
+            path = data.draw(st.sampled_from(ready))  # any ready one: any list schedule
+            graph.start(path)
+            heapq.heappush(running, (now + graph.estimate(path), path))
+        now, path = heapq.heappop(running)
+        graph.finish(path)
+    assert graph.lower_bound(capacity) <= now
+    assert now <= work / capacity + longest + 1e-9  # Graham's bound for list schedules
