@@ -30,6 +30,7 @@ RANK = {
     "state": 7,
     "settings": 7,
     "hook": 8,
+    "engine": 8,
     "web": 8,
     "farm": 8,
     "cli": 9,

@@ -15,6 +15,7 @@ from nixdist.errors import NixdistError
 # subcommand name -> module defining a click command or group of that name
 # (or "module:attribute" for another name of a command)
 _SUBCOMMANDS = {
+    "build": "nixdist.cli.build:build_command",
     "nar": "nixdist.cli.nar",
     "drv": "nixdist.cli.drv",
     "machines": "nixdist.cli.machines",

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import threading
 import time
-from typing import TYPE_CHECKING, Final, assert_never
+from typing import TYPE_CHECKING, Final, Protocol, assert_never
 
 from nixdist.errors import NixdistError, ProtocolError, TransportError
 from nixdist.protocol.hook import Reply
@@ -47,7 +47,6 @@ from nixdist.state.view import machine_state
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from nixdist.hook.output import HookOutput
     from nixdist.hook.picked import Picked
     from nixdist.model.machines import Machine
     from nixdist.model.request import BuildRequest
@@ -72,6 +71,19 @@ FAILOVER_WAIT_S: Final = 600.0
 SLOT_POLL_S: Final = 0.02
 
 
+class Say(Protocol):
+    """What the picker says, and to whom: the hook's `HookOutput` (to Nix), or the console of
+    ``nixdist build``."""
+
+    def wants(self, level: Verbosity) -> bool: ...
+
+    def log(self, level: Verbosity, text: str) -> None: ...
+
+    def debug(self, text: str) -> None: ...
+
+    def error(self, text: str) -> None: ...
+
+
 def _waiting_helps(decision: Postpone) -> bool:
     """Whether a slot may free up soon: some machine that fits is busy (not max-jobs 0)."""
     return any(r.reason is RejectReason.BUSY for r in decision.reasons)
@@ -86,7 +98,7 @@ class MachinePicker:
         settings: HookSettings,
         config: Settings,
         environ: Mapping[str, str],
-        out: HookOutput,
+        out: Say,
     ) -> None:
         """`settings` are what Nix sent, `config` nixdist's own (`nixdist.settings`)."""
         self.machines = tuple(machines)

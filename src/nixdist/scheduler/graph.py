@@ -315,6 +315,10 @@ class BuildGraph:
         """The outputs of `drv_path` that a root or a planned dependent needs."""
         return self._nodes[drv_path].needed
 
+    def dependents(self, drv_path: str) -> tuple[str, ...]:
+        """The planned derivations that need `drv_path`'s outputs."""
+        return self._nodes[drv_path].dependents
+
     def estimate(self, drv_path: str) -> float:
         return self._nodes[drv_path].estimate
 
@@ -406,6 +410,33 @@ class BuildGraph:
                     stack.append(dependent)
         self._rerank([drv_path, *lost])
         return tuple(sorted(lost))
+
+    def requeue(self, drv_path: str) -> None:
+        """`drv_path`, which is running, is ready again: its builder was lost under it."""
+        self._move(drv_path, NodeStatus.READY, NodeStatus.RUNNING)
+        bisect.insort(self._ready, self._key[drv_path])
+
+    def reopen(self, drv_path: str) -> None:
+        """`drv_path`, built, must be built again: its outputs were lost with the only store
+        that had them. Its dependents that have not started wait for it again (the running
+        and built ones have what they needed). Reopen inputs before their dependents."""
+        self._move(drv_path, NodeStatus.WAITING, NodeStatus.BUILT)
+        node = self._nodes[drv_path]
+        self._unmet[drv_path] = sum(
+            1 for path in node.inputs if self._status[path] is not NodeStatus.BUILT
+        )
+        for dependent in node.dependents:
+            status = self._status[dependent]
+            if status is NodeStatus.READY:
+                self._ready.pop(bisect.bisect_left(self._ready, self._key[dependent]))
+                self._set(dependent, NodeStatus.WAITING)
+            if status in {NodeStatus.READY, NodeStatus.WAITING}:
+                self._unmet[dependent] += 1
+        self._rank([drv_path])
+        if self._unmet[drv_path] == 0:
+            self._set(drv_path, NodeStatus.READY)
+            bisect.insort(self._ready, self._key[drv_path])
+        self._rerank([drv_path])
 
     # Internals.
 

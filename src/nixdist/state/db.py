@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Self
 
 from nixdist.errors import StateError, TransportError
@@ -127,12 +129,33 @@ def _prepare(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA synchronous = NORMAL")
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A statement's rows, read at once (a cursor would be read outside the lock)."""
+
+    rows: list[Any]
+    rowcount: int
+    lastrowid: int | None
+
+    def fetchone(self) -> Any:  # noqa: ANN401 - a row of any shape
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
 class StateDB:
     """The open state database. Use `StateDB.open`; close it (or use ``with``) when done."""
 
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self._db = connection
         self.path = path
+        # nixdist build writes the history from its build threads; a statement (and the
+        # reading of its rows) is one thread's at a time.
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, state_dir: Path) -> Self:
@@ -143,7 +166,10 @@ class StateDB:
             old_umask = os.umask(0o077)
             try:
                 connection = sqlite3.connect(
-                    path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                    path,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,  # used by one thread at a time: `_lock`
                 )
             finally:
                 os.umask(old_umask)
@@ -157,7 +183,8 @@ class StateDB:
         return cls(connection, path)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -165,16 +192,19 @@ class StateDB:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
-        try:
-            return self._db.execute(sql, params)
-        except sqlite3.Error as err:
-            raise StateError(f"{self.path}: {err}") from err
+    def _execute(self, sql: str, params: Sequence[object] = ()) -> _Done:
+        """Run one statement and read all its rows, under the lock."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(sql, params)
+                return _Done(cursor.fetchall(), cursor.rowcount, cursor.lastrowid)
+            except sqlite3.Error as err:
+                raise StateError(f"{self.path}: {err}") from err
 
     def prune(self, before: float) -> tuple[int, int]:
         """Forget decisions made and attempts started before `before` (a Unix time), except
         attempts still running; how many of each were deleted."""
-        with self._db:
+        with self._lock, self._db:
             decisions = self._execute("DELETE FROM decisions WHERE time < ?", (before,)).rowcount
             builds = self._execute(
                 "DELETE FROM builds WHERE started < ? AND status != ?", (before, Outcome.RUNNING)

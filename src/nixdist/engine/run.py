@@ -1,0 +1,413 @@
+"""One ``nixdist build`` run: the planned graph, built over the builders and here.
+
+The main thread owns the graph (`nixdist.scheduler.graph.BuildGraph`) and is the only one that
+moves it. It hands every ready derivation, longest critical path first, to the machine the
+hook's own picker chooses (`MachinePicker.decide`: Nix's rules, this host's slots — shared
+with every hook and ``nixdist build`` of the machine —, health and the builders' load
+reports), or to a local ``nix-store --realise`` when no builder can take it and local jobs are
+allowed; then it waits for a build to come back. Each build runs in a thread of its own:
+
+    inputs   the closure its builder lacks, each path from where it is (`engine.copies`)
+    build    BuildDerivation on the builder's session; its log into Nix's log store
+    outputs  their path infos, read from the builder: the outputs stay there until a later
+             build or the end of the run needs them somewhere else
+
+Failover is the hook's: a builder that fails under a build (connection lost, protocol broken)
+is marked down (`MachinePicker.mark_down`, seen by every hook for its back-off) and the build
+is handed out again; outputs that were only on that builder are built again. A build that ran
+and failed is the derivation's failure: its dependents can never be built, and without
+``--keep-going`` nothing new starts. Ctrl-C aborts every session (the remote builds end with
+their sessions) and records the attempts as interrupted. No wait is unbounded: when nothing
+runs and nothing can start for `STALL_S`, the run fails naming what it waited for.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, assert_never
+
+from nixdist.engine.buildlog import BuildLog
+from nixdist.engine.copies import SourceLostError, bring
+from nixdist.engine.places import HERE
+from nixdist.errors import (
+    LocalProtocolError,
+    NixdistError,
+    ProtocolError,
+    StoreRefusedError,
+    TransportError,
+)
+from nixdist.model.derivation import to_basic
+from nixdist.model.store_path import StorePath
+from nixdist.protocol.serve import BuildStatus
+from nixdist.scheduler.graph import NodeStatus
+from nixdist.scheduler.policy import (
+    Accept,
+    Decline,
+    Postpone,
+    can_build_locally,
+    render_no_machine_report,
+)
+from nixdist.state.paths import uploads_dir
+from nixdist.state.rows import Outcome, Phase
+from nixdist.store.claims import UploadClaims
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from nixdist.engine.console import Console
+    from nixdist.engine.places import Places
+    from nixdist.engine.sessions import Sessions
+    from nixdist.hook.picker import MachinePicker
+    from nixdist.model.derivation import Derivation
+    from nixdist.model.local_store import LocalStore
+    from nixdist.model.machines import Machine
+    from nixdist.model.path_info import PathInfo
+    from nixdist.protocol.serve import BuildOptions
+    from nixdist.scheduler.graph import BuildGraph
+    from nixdist.state.history import BuildRecord
+    from nixdist.state.slots import SlotLease
+    from nixdist.store.remote import RemoteStore
+
+#: How often the main thread looks at the slots again while builds wait for a free one.
+POLL_S: Final = 0.1
+#: How long the run may go without any build running or starting before it gives up.
+STALL_S: Final = 600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOptions:
+    keep_going: bool = False
+    local_jobs: int = 0  # builds this host may run itself at once (0: none)
+    build: BuildOptions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Built:
+    drv_path: str
+    place: str  # a builder's URI, or HERE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failed:
+    drv_path: str
+    place: str
+    message: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lost:
+    """A store failed under the build (not the build): hand the build out again."""
+
+    drv_path: str
+    machine: Machine
+    reason: str
+
+
+Event = Built | Failed | Lost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunReport:
+    built: int
+    failed: tuple[Failed, ...]
+    cannot_build: tuple[str, ...]
+    timed_out: bool
+
+
+class Run:
+    """Drives one graph to its end (`execute`)."""
+
+    def __init__(
+        self,
+        *,
+        graph: BuildGraph,
+        drvs: Mapping[str, Derivation],
+        roots: frozenset[str],
+        picker: MachinePicker,
+        places: Places,
+        sessions: Sessions,
+        store: LocalStore,
+        environ: Mapping[str, str],
+        console: Console,
+        options: RunOptions,
+    ) -> None:
+        self.graph = graph
+        self.drvs = drvs
+        self.roots = roots  # the drv paths asked for: their outputs are needed at the end
+        self.picker = picker
+        self.places = places
+        self.sessions = sessions
+        self.store = store
+        self.environ = environ
+        self.console = console
+        self.options = options
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.threads: dict[str, threading.Thread] = {}
+        self.local_running = 0
+        self.failures: list[Failed] = []
+        self.cannot_build: list[str] = []
+        self.attempts: dict[str, int] = {}
+        self.stopping = False
+        self.log = BuildLog(store, environ)
+
+    # -- the main thread -----------------------------------------------------------------
+
+    def execute(self) -> RunReport:
+        """Build everything the graph holds (or all that can be); Ctrl-C ends every build."""
+        last_progress = time.monotonic()
+        try:
+            while not self.graph.done():
+                if not self.stopping and self._hand_out():
+                    last_progress = time.monotonic()
+                if not self.threads and (self.stopping or not self.graph.ready()):
+                    break  # nothing runs, nothing will start
+                if self._take_event():
+                    last_progress = time.monotonic()
+                elif not self.threads and time.monotonic() - last_progress > STALL_S:
+                    self._stall()
+        except BaseException:
+            self.sessions.abort_all()
+            for thread in list(self.threads.values()):
+                thread.join(timeout=10)
+            raise
+        return RunReport(
+            built=self.graph.counts().built,
+            failed=tuple(self.failures),
+            cannot_build=tuple(self.cannot_build),
+            timed_out=any(f.timed_out for f in self.failures),
+        )
+
+    def _stall(self) -> None:
+        for drv_path in self.graph.ready():
+            message = f"no builder had a free slot for {STALL_S:g} s"
+            self._fail(Failed(drv_path=drv_path, place="", message=message))
+
+    def _hand_out(self) -> bool:
+        """Start every ready derivation a machine (or this host) can take now."""
+        started = False
+        for drv_path in self.graph.ready():
+            local_free = self.local_running < self.options.local_jobs
+            request = self.graph.request(drv_path, am_willing=local_free)
+            decision, lease = self.picker.decide(request)
+            match decision:
+                case Accept(machine=machine):
+                    assert lease is not None  # noqa: S101 - an Accept holds a slot
+                    self.picker.record(request, decision)
+                    self._start(drv_path, self._build_remotely, machine, lease)
+                    started = True
+                case Postpone():
+                    continue
+                case Decline():
+                    self.picker.record(request, decision)
+                    if can_build_locally(request, self.picker.local):
+                        self.local_running += 1
+                        self._start(drv_path, self._build_here)
+                        started = True
+                        continue
+                    report = render_no_machine_report(request, self.picker.machines)
+                    self._fail(Failed(drv_path=drv_path, place="", message=report))
+                case _:  # pragma: no cover - exhaustiveness
+                    assert_never(decision)
+        return started
+
+    def _start(self, drv_path: str, target: object, *args: object) -> None:
+        self.graph.start(drv_path)
+        self.attempts[drv_path] = self.attempts.get(drv_path, 0) + 1
+        thread = threading.Thread(
+            target=self._run_thread, args=(drv_path, target, *args), daemon=True
+        )
+        self.threads[drv_path] = thread
+        thread.start()
+
+    def _run_thread(self, drv_path: str, target: object, *args: object) -> None:
+        try:
+            event = target(drv_path, *args)  # type: ignore[operator]
+        except BaseException as err:  # noqa: BLE001 - reported to the main thread
+            event = Failed(drv_path=drv_path, place="", message=f"{type(err).__name__}: {err}")
+        self.events.put(event)
+
+    def _take_event(self) -> bool:
+        try:
+            event = self.events.get(timeout=POLL_S)
+        except queue.Empty:
+            return False
+        self.threads.pop(event.drv_path).join()
+        match event:
+            case Built(drv_path=drv_path, place=place):
+                if place == HERE:
+                    self.local_running -= 1
+                self.graph.finish(drv_path)
+                self.console.built(drv_path, place)
+            case Failed(place=place):
+                if place == HERE:
+                    self.local_running -= 1
+                self._fail(event)
+            case Lost(drv_path=drv_path, machine=machine, reason=reason):
+                self._lost(drv_path, machine, reason)
+            case _:  # pragma: no cover - exhaustiveness
+                assert_never(event)
+        return True
+
+    def _fail(self, failed: Failed) -> None:
+        self.failures.append(failed)
+        self.console.failed(failed.drv_path, failed.place, failed.message)
+        cut = self.graph.fail(failed.drv_path)
+        self.cannot_build.extend(cut)
+        if not self.options.keep_going:
+            self.stopping = True
+
+    def _lost(self, drv_path: str, machine: Machine, reason: str) -> None:
+        """`machine` failed under the build of `drv_path`: down, and the build again."""
+        self.picker.mark_down(machine, reason)
+        self.places.forget_place(machine.uri)
+        self.sessions.forget(machine.uri)
+        attempts = self.attempts.get(drv_path, 1)
+        if attempts >= self.picker.config.max_attempts:
+            message = f"gave up after {attempts} builders; the last, '{machine.uri}': {reason}"
+            self._fail(Failed(drv_path=drv_path, place=machine.uri, message=message))
+            return
+        self.console.moved(drv_path, machine.uri, reason)
+        self.graph.requeue(drv_path)
+        for node in self._lost_outputs():
+            self.console.moved(node, machine.uri, "its outputs were only there")
+            self.graph.reopen(node)
+
+    def _lost_outputs(self) -> list[str]:
+        """The built derivations to build again, inputs first: those whose outputs are valid
+        nowhere any more and still needed — asked for, or by a build not started yet."""
+        again: set[str] = set()
+        for node in reversed(self.graph.nodes()):  # dependents first
+            if self.graph.status(node) is not NodeStatus.BUILT or not self._outputs_gone(node):
+                continue
+            if node in self.roots or any(
+                d in again or self.graph.status(d) in {NodeStatus.WAITING, NodeStatus.READY}
+                for d in self.graph.dependents(node)
+            ):
+                again.add(node)
+        return [node for node in self.graph.nodes() if node in again]
+
+    def _outputs_gone(self, drv_path: str) -> bool:
+        outputs = self.drvs[drv_path].outputs
+        return any(
+            not self.places.where(StorePath.parse(outputs[name].path))
+            for name in self.graph.needed_outputs(drv_path)
+        )
+
+    # -- build threads ---------------------------------------------------------------------
+
+    def _build_remotely(self, drv_path: str, machine: Machine, lease: SlotLease) -> Event:
+        record = self.picker.history.start_build(
+            drv_path=drv_path, machine=machine.uri, attempt=self.attempts[drv_path]
+        )
+        self.console.started(drv_path, machine.uri)
+        try:
+            return self._attempt(drv_path, machine, record)
+        except BaseException as err:
+            record.finish(Outcome.INTERRUPTED, error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            lease.release()
+
+    def _attempt(self, drv_path: str, machine: Machine, record: BuildRecord) -> Event:
+        """One attempt on `machine`: the outcome, with the builder's failures told apart."""
+        try:
+            session = self.sessions.take(machine.uri)
+        except (TransportError, ProtocolError) as err:  # as the hook's picker: unusable now
+            record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
+            return Lost(drv_path=drv_path, machine=machine, reason=str(err))
+        try:
+            event = self._on_builder(drv_path, machine, session, record)
+        except SourceLostError as err:  # another builder failed while relaying to this one
+            record.finish(Outcome.ERROR, error=f"{record.phase}: {err}")
+            lost = self._machine(err.place)
+            event = Lost(drv_path=drv_path, machine=lost, reason=str(err))
+        except NixdistError as err:
+            refused = isinstance(err, LocalProtocolError | StoreRefusedError)
+            if err.peer == session.name and not refused:
+                record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
+                event = Lost(drv_path=drv_path, machine=machine, reason=str(err))
+            else:
+                record.finish(Outcome.ERROR, error=str(err))
+                event = Failed(drv_path=drv_path, place=machine.uri, message=str(err))
+        if isinstance(event, Built):  # kept only when it is known to be between commands
+            self.sessions.give_back(machine.uri, session)
+        else:
+            self.sessions.discard(session)
+        return event
+
+    def _machine(self, uri: str) -> Machine:
+        return next(m for m in self.picker.machines if m.uri == uri)
+
+    def _on_builder(
+        self, drv_path: str, machine: Machine, session: RemoteStore, record: BuildRecord
+    ) -> Event:
+        drv = self.drvs[drv_path]
+        record.enter(Phase.UPLOAD)
+        closure = self._input_closure(drv_path)
+        claims = UploadClaims(uploads_dir(self.picker.config.state_dir, machine.uri))
+        sent = bring(
+            closure,
+            to=machine.uri,
+            destination=session,
+            places=self.places,
+            sessions=self.sessions,
+            claims=claims,
+        )
+        record.note(upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=sent.paths)
+        record.enter(Phase.BUILD)
+        basic = to_basic(drv, drv_path, [str(p) for p in closure])
+        with self.log.capture(drv_path) as log:
+            session.forward_log(log.fd, log.on_message)
+            result = session.build_derivation(StorePath.parse(drv_path), basic, self.options.build)
+        record.note(build_s=record.elapsed())
+        if not result.is_success:
+            late = result.status is BuildStatus.TIMED_OUT
+            record.finish(Outcome.TIMED_OUT if late else Outcome.FAILED, error=result.error_msg)
+            message = self.log.failure_message(drv_path, machine.uri, result.error_msg)
+            return Failed(drv_path=drv_path, place=machine.uri, message=message, timed_out=late)
+        outputs = [StorePath.parse(o.path) for o in drv.outputs.values() if o.path]
+        infos = session.query_path_infos(outputs)
+        self.places.add(infos.values(), machine.uri)
+        record.finish(Outcome.BUILT)
+        return Built(drv_path=drv_path, place=machine.uri)
+
+    def _input_closure(self, drv_path: str) -> dict[StorePath, PathInfo]:
+        """The paths the build of `drv_path` needs: its sources, its inputs' outputs, and
+        everything they refer to."""
+        inputs = self.graph.inputs_of(drv_path)
+        paths = [StorePath.parse(p) for p in inputs.srcs]
+        for input_drv, name in inputs.outputs:
+            output = self.drvs[input_drv].outputs[name]
+            paths.append(StorePath.parse(output.path))
+        closure = self.places.closure(paths)
+        unknown = sorted(str(p) for p in paths if p not in closure)
+        if unknown:
+            raise NixdistError(f"inputs of {drv_path} are valid nowhere: {', '.join(unknown)}")
+        return closure
+
+    def _build_here(self, drv_path: str) -> Event:
+        """Build `drv_path` with the local Nix (no builder can take it), its inputs first
+        brought here."""
+        from nixdist.engine.local import realise_here  # noqa: PLC0415 - rarely needed
+
+        self.console.started(drv_path, HERE)
+        closure = self._input_closure(drv_path)
+        session = self.sessions.take(HERE)
+        try:
+            bring(closure, to=HERE, destination=session, places=self.places, sessions=self.sessions)
+            message = realise_here(drv_path, self.environ)
+            if message is not None:
+                return Failed(drv_path=drv_path, place=HERE, message=message)
+            drv = self.drvs[drv_path]
+            outputs = [StorePath.parse(o.path) for o in drv.outputs.values() if o.path]
+            infos = session.query_path_infos(session.query_closure(outputs))
+            self.places.add(infos.values(), HERE)
+        except BaseException:
+            self.sessions.discard(session)
+            raise
+        self.sessions.give_back(HERE, session)
+        return Built(drv_path=drv_path, place=HERE)

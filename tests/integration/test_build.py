@@ -1,0 +1,188 @@
+"""`nixdist build` against real builders: the whole graph scheduled by nixdist itself.
+
+A farm of three builders, two of feature ``fa`` and one of feature ``fb``, and a layered DAG
+(tests/fixtures/graph.nix). Each test runs the real ``nixdist build`` (client: the host's Nix)
+and then checks the stores themselves: the outputs asked for are valid here and verify, equal
+to what a local ``nix-build --check`` makes, the intermediate outputs never came here (they
+went builder to builder), each build's log is in Nix's log store, the history has every
+build; a builder killed mid-run does not fail the run; what no builder can take is built
+here when allowed and named otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from nixdist.errors import StateError
+from nixdist.farm.spec import make_spec
+from nixdist.state.db import StateDB
+from nixrun import FIXTURES, HANG_GUARD_S, LOCAL_BUILD, fresh_salt
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nixdist.farm import Farm
+    from nixdist.farm.spec import BuilderSpec
+
+pytestmark = pytest.mark.integration
+
+GRAPH = FIXTURES / "graph.nix"
+NIXDIST = Path(sys.executable).with_name("nixdist")
+BUILDERS = (
+    make_spec("a1", features=["fa"], jobs=2),
+    make_spec("a2", features=["fa"], jobs=2),
+    make_spec("b1", features=["fb"], jobs=2),
+)
+
+
+@pytest.fixture(scope="module")
+def build_farm(farm_factory: Callable[[tuple[BuilderSpec, ...]], Farm]) -> Farm:
+    return farm_factory(BUILDERS)
+
+
+@pytest.fixture
+def env(build_farm: Farm, tmp_path: Path) -> dict[str, str]:
+    build_farm.heal()
+    return {
+        **os.environ,
+        **build_farm.env(),
+        "NIXDIST_STATE_DIR": str(tmp_path / "state"),
+        "NIX_CONFIG": "substituters =\nsandbox = false",
+    }
+
+
+def machines(farm: Farm, path: Path, *, speeds: dict[str, int] | None = None) -> Path:
+    """The farm's machines file, with other speed factors for some builders."""
+    lines = []
+    for line in farm.machines_file.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        fields = line.split()
+        name = fields[0].removeprefix(f"ssh://{farm.alias_prefix}")
+        if speeds and name in speeds:
+            fields[4] = str(speeds[name])
+        lines.append(" ".join(fields))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def nixdist_build(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(NIXDIST), "build", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+
+
+def valid_here(path: str) -> bool:
+    checked = subprocess.run(
+        ["nix-store", "--check-validity", path], capture_output=True, check=False
+    )
+    return checked.returncode == 0
+
+
+def graph_outputs(top_drv: str) -> dict[str, str]:
+    """Every output path of the graph's derivations, by drv path."""
+    drvs = subprocess.run(
+        ["nix-store", "-qR", top_drv], capture_output=True, text=True, check=True
+    ).stdout.split()
+    found = {}
+    for drv in (d for d in drvs if d.endswith(".drv")):
+        out = subprocess.run(
+            ["nix-store", "-q", "--outputs", drv], capture_output=True, text=True, check=True
+        ).stdout.split()
+        found[drv] = out[0]
+    return found
+
+
+def instantiate(*args: str) -> str:
+    return subprocess.run(
+        ["nix-instantiate", str(GRAPH), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def history(env: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    try:
+        with StateDB.open(Path(env["NIXDIST_STATE_DIR"])) as db:
+            return [(b.drv_path, b.machine, b.status, b.phase) for b in db.builds(limit=10000)]
+    except StateError:
+        return []
+
+
+def test_a_graph_across_builders_of_two_features(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    salt = fresh_salt("build-features")
+    args = ["--argstr", "salt", salt, "--arg", "features", '["fa" "fb"]', "--arg", "kib", "64"]
+    top_drv = instantiate(*args)
+    outputs = graph_outputs(top_drv)
+    result = nixdist_build(
+        env,
+        str(GRAPH),
+        *args,
+        "--machines",
+        str(machines(build_farm, tmp_path / "machines")),
+        "-j0",
+        "-o",
+        str(tmp_path / "result"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    top = outputs[top_drv]
+    assert result.stdout.split() == [top]
+    assert Path(tmp_path / "result").resolve() == Path(top)
+    subprocess.run(["nix-store", "--verify-path", top], check=True)
+    # Only what was asked for came here: the layers went builder to builder.
+    assert [drv for drv, out in outputs.items() if valid_here(out)] == [top_drv]
+    # Each layer was built where its feature is (layer k needs features[k mod 2]: layers 0
+    # and 2 and top fa, layer 1 and stuck fb), and only there.
+    where = build_farm.where_built(list(outputs.values()))
+    for drv, out in outputs.items():
+        feature = "fb" if "-n-1-" in drv or drv.endswith("-stuck.drv") else "fa"
+        builders = {"fa": {"a1", "a2"}, "fb": {"b1"}}[feature]
+        assert where[out], drv
+        assert set(where[out]) <= builders, (drv, where[out])
+    # The log of every build is in Nix's log store.
+    log = subprocess.run(["nix-store", "-l", top_drv], capture_output=True, text=True, check=True)
+    assert "building top on" in log.stdout
+    # Every build is in the history, built once, where the stores say.
+    rows = history(env)
+    assert sorted(r[0] for r in rows) == sorted(outputs)
+    assert {(r[2], r[3]) for r in rows} == {("built", "done")}
+    # A local build of the same graph makes the same bytes.
+    local = ["--builders", "", "--option", "system-features", "fa fb", *LOCAL_BUILD]
+    check = subprocess.run(
+        ["nix-build", str(GRAPH), *args, "--check", *local, "--no-out-link"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr[-4000:]
+
+
+def test_fetch_all_makes_every_output_valid_here(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["--argstr", "salt", fresh_salt("build-fetch-all"), "--arg", "width", "2"]
+    outputs = graph_outputs(instantiate(*args))
+    result = nixdist_build(
+        env,
+        str(GRAPH),
+        *args,
+        "--machines",
+        str(machines(build_farm, tmp_path / "machines")),
+        "-j0",
+        "--no-out-link",
+        "--fetch-all",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [out for out in outputs.values() if not valid_here(out)] == []
