@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,3 +187,65 @@ def test_fetch_all_makes_every_output_valid_here(
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert [out for out in outputs.values() if not valid_here(out)] == []
+
+
+def test_a_builder_killed_mid_run_does_not_fail_the_run(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The victim (speed 10: chosen whenever it has a slot) builds most of the layers, then
+    `stuck`, and is killed while it does: `stuck` moves, and what only the victim had is
+    built again elsewhere."""
+    victim = "a1"
+    args = ["--argstr", "salt", fresh_salt("build-killed"), "--argstr", "victim", victim]
+    outputs = graph_outputs(instantiate(*args))
+    stuck_drv = next(drv for drv in outputs if drv.endswith("-stuck.drv"))
+    victim_uri = f"ssh://{build_farm.alias(victim)}"
+    listed = machines(build_farm, tmp_path / "machines", speeds={victim: 10})
+    proc = subprocess.Popen(
+        [str(NIXDIST), "build", str(GRAPH), *args, "--machines", str(listed), "-j0"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + HANG_GUARD_S  # a hang guard, not a time limit
+    while (stuck_drv, victim_uri, "running", "build") not in history(env):
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "stuck never started on the victim"
+        time.sleep(0.01)
+    build_farm.freeze(victim)
+    build_farm.stop(victim)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, err[-4000:]
+    top = next(out_ for drv, out_ in outputs.items() if drv.endswith("-top.drv"))
+    assert out.split() == [top]
+    subprocess.run(["nix-store", "--verify-path", top], check=True)
+    where = build_farm.where_built([outputs[stuck_drv]])
+    assert victim not in where[outputs[stuck_drv]]
+    rows = history(env)
+    assert (stuck_drv, victim_uri, "lost", "build") in rows
+    assert any(r[0] == stuck_drv and r[2] == "built" and r[1] != victim_uri for r in rows)
+    assert f"'{victim_uri}' failed under 'stuck'" in err
+    again = [line for line in err.splitlines() if "its outputs were only there" in line]
+    sys.stderr.write(f"built again after the victim died: {len(again)} derivations\n")
+
+
+def test_what_no_builder_can_take_is_named_or_built_here(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["--argstr", "salt", fresh_salt("build-nowhere"), "--arg", "features", '["nowhere"]']
+    args += ["--arg", "width", "1", "--arg", "depth", "1"]
+    outputs = graph_outputs(instantiate(*args))
+    listed = str(machines(build_farm, tmp_path / "machines"))
+    refused = nixdist_build(env, str(GRAPH), *args, "--machines", listed, "-j0", "--no-out-link")
+    assert refused.returncode == 1, refused.stderr[-4000:]
+    assert "Failed to find a machine for remote build!" in refused.stderr
+    assert "nowhere" in refused.stderr
+    assert not any(valid_here(out) for out in outputs.values())
+
+    here = {**env, "NIX_CONFIG": env["NIX_CONFIG"] + "\nsystem-features = nowhere"}
+    built = nixdist_build(here, str(GRAPH), *args, "--machines", listed, "-j1", "--no-out-link")
+    assert built.returncode == 0, built.stderr[-4000:]
+    assert all(valid_here(out) for out in outputs.values())
+    assert build_farm.where_built(list(outputs.values())) == {out: [] for out in outputs.values()}

@@ -131,8 +131,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     )
     report = run.execute()
     if report.failed or report.cannot_build:
-        status = EXIT_TIMED_OUT if report.timed_out else EXIT_BUILD_FAILED
-        return BuildOutcome(status=status, report=report)
+        return BuildOutcome(status=_failed_status(report), report=report)
     outputs = target_outputs(targets, drvs)
     wanted = [path for _, _, path in outputs]
     if args.fetch_all:
@@ -163,6 +162,16 @@ def _look_here(drvs: Mapping[str, Derivation], places: Places, sessions: Session
     sessions.give_back(HERE, session)
     places.add(infos.values(), HERE)
     return {str(p) for p in valid}
+
+
+def _failed_status(report: RunReport) -> int:
+    """nix-build's exit status for a run with failures: 101 when a build timed out, 100 when
+    a build failed, 1 when none ran and failed (nothing could take one)."""
+    if report.timed_out:
+        return EXIT_TIMED_OUT
+    if any(failed.place for failed in report.failed):
+        return EXIT_BUILD_FAILED
+    return EXIT_OTHER
 
 
 def _bound(graph: BuildGraph, machines: Sequence[Machine]) -> float:
