@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 import nixinfo
-from nixdist.cli.check_io import (
+from nixdist.cli.check.observe import (
     WRITE_TEST_NAME,
 )
-from nixdist.cli.check_ssh import (
+from nixdist.cli.check.ssh import (
     key_fingerprint,
 )
 from nixdist.farm import host_system

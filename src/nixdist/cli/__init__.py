@@ -24,7 +24,7 @@ _SUBCOMMANDS = {
     "status": "nixdist.cli.status",
     "explain": "nixdist.cli.explain",
     "history": "nixdist.cli.history",
-    "check": "nixdist.cli.check",
+    "check": "nixdist.cli.check.command:check",
     "dashboard": "nixdist.cli.dashboard",
     "serve": "nixdist.cli.dashboard:dashboard",  # its first name, kept
     "setup": "nixdist.cli.setup",

@@ -15,13 +15,13 @@ from dataclasses import replace
 
 import pytest
 
-from nixdist.cli.check_io import (
+from nixdist.cli.check.observe import (
     WRITE_TEST_NAME,
     check_builders,
     write_test_path,
 )
-from nixdist.cli.check_ssh import Reach, classify_ssh_error, key_fingerprint, ssh_gist
-from nixdist.cli.checks import (
+from nixdist.cli.check.ssh import Reach, classify_ssh_error, key_fingerprint, ssh_gist
+from nixdist.cli.check.verdicts import (
     BUILDER_CHECKS,
     FULL_DISK_BYTES,
     LOW_DISK_BYTES,

@@ -1,4 +1,4 @@
-"""`nixdist check`'s verdicts on this host (`nixdist.cli.checks_local`): the build hook Nix
+"""`nixdist check`'s verdicts on this host (`nixdist.cli.check.local`): the build hook Nix
 runs, its builders, the current-load directory, and whether this user is trusted."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from nixdist.cli.checks import Check, Finding, Status
-from nixdist.cli.checks_local import LocalFacts, hook_is_nixdist, is_trusted, local_findings
+from nixdist.cli.check.local import LocalFacts, hook_is_nixdist, is_trusted, local_findings
+from nixdist.cli.check.verdicts import Check, Finding, Status
 
 GOOD_HOST = LocalFacts(
     build_hook="/usr/local/bin/nixdist-hook",

@@ -1,11 +1,10 @@
 """What `nixdist check` finds out, as values: each builder's health, and this host's setup.
 
-Click-free, so that a dashboard can run the same checks; `nixdist.cli.check` only renders the
-`CheckReport`. Four modules: this one judges builders (findings from what was observed, pure),
-`nixdist.cli.checks_local` this host (pure); `nixdist.cli.check_ssh` puts ssh's errors in
-words (pure); `nixdist.cli.check_io` talks to the builders and reads this host's settings.
-What builders are asked, and the parsers of their answers, are `nixdist.transport.check_script`
-and `nixdist.transport.probe`.
+Click-free, so that a dashboard can run the same checks; `nixdist.cli.check.command` only
+renders the `CheckReport`. This module judges builders (findings from what was observed, pure);
+the package's other modules are listed in `nixdist.cli.check`. What builders are asked, and
+the parsers of their answers, are `nixdist.transport.check_script` and
+`nixdist.transport.probe`.
 
 Each check gives a `Finding` (ok / warn / fail / skip, a message in words, a hint). A builder
 is *usable* unless one of its checks failed; warnings keep it usable.
@@ -52,7 +51,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from nixdist.cli.check_ssh import (
+from nixdist.cli.check.ssh import (
     FINGERPRINT,
     Reach,
     classify_ssh_error,

@@ -1,6 +1,7 @@
 """The verdicts on this host (`nixdist check`'s first part): is nixdist Nix's build hook, does
 Nix have builders, can the hook write Nix's current-load directory, does the daemon trust
-this user. Pure, like `nixdist.cli.checks`: `nixdist.cli.check_io` gathers the facts.
+this user. Pure, like `nixdist.cli.check.verdicts`: `nixdist.cli.check.observe` gathers the
+facts.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nixdist.cli.checks import Check, Finding, _fail, _ok, _warn
+from nixdist.cli.check.verdicts import Check, Finding, _fail, _ok, _warn
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

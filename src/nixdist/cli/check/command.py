@@ -4,7 +4,7 @@ Checks this host (``build-hook``, ``builders``, the ``current-load`` directory, 
 builder of the machines file — by default the machines Nix itself would use
 (``$NIX_REMOTE_SYSTEMS``, else the ``builders`` setting, default ``@/etc/nix/machines``).
 Builders are reached the way the hook reaches them, so ``NIX_SSHOPTS`` applies. What is checked
-and how: `nixdist.cli.checks`.
+and how: `nixdist.cli.check.verdicts`.
 
 Output: this host's findings, a table with one row per builder, then every warning and
 failure in words with what to do about it. ``--json`` prints `report_to_json` instead.
@@ -27,11 +27,11 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from nixdist.cli.check_io import (
+from nixdist.cli.check.observe import (
     DEFAULT_TIMEOUT_S,
     run_check,
 )
-from nixdist.cli.checks import (
+from nixdist.cli.check.verdicts import (
     Status,
     render_bytes,
     report_to_json,
@@ -39,7 +39,7 @@ from nixdist.cli.checks import (
 )
 
 if TYPE_CHECKING:
-    from nixdist.cli.checks import BuilderReport, CheckReport, Finding
+    from nixdist.cli.check.verdicts import BuilderReport, CheckReport, Finding
 
 _UNLIMITED_WIDTH: Final = 1_000_000
 _STYLE: Final = {Status.OK: "green", Status.SKIP: "dim", Status.WARN: "yellow", Status.FAIL: "red"}

@@ -1,6 +1,6 @@
 """`nixdist check`'s I/O: talking to each builder over a fresh ssh master (in parallel
 threads, so a dead builder costs one timeout) and gathering this host's Nix settings; the
-verdicts are `nixdist.cli.checks`'s."""
+verdicts are `nixdist.cli.check.verdicts`'s."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from nixdist.cli.check_ssh import Reach
-from nixdist.cli.checks import (
+from nixdist.cli.check.local import LocalFacts, local_findings
+from nixdist.cli.check.ssh import Reach
+from nixdist.cli.check.verdicts import (
     BuilderReport,
     CheckReport,
     Observed,
     assess_builder,
     unusable,
 )
-from nixdist.cli.checks_local import LocalFacts, local_findings
 from nixdist.errors import ConfigError, ProtocolError, StoreRefusedError, TransportError
 from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model import nixbase32
