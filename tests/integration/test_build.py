@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from nixdist.errors import StateError
+from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
 from nixdist.state.db import StateDB
 from nixrun import FIXTURES, HANG_GUARD_S, LOCAL_BUILD, fresh_salt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from nixdist.farm import Farm
     from nixdist.farm.spec import BuilderSpec
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 GRAPH = FIXTURES / "graph.nix"
 NIXDIST = Path(sys.executable).with_name("nixdist")
+CLIENTS = ("2.8", "2.34")
 BUILDERS = (
     make_spec("a1", features=["fa"], jobs=2),
     make_spec("a2", features=["fa"], jobs=2),
@@ -249,3 +251,62 @@ def test_what_no_builder_can_take_is_named_or_built_here(
     assert built.returncode == 0, built.stderr[-4000:]
     assert all(valid_here(out) for out in outputs.values())
     assert build_farm.where_built(list(outputs.values())) == {out: [] for out in outputs.values()}
+
+
+@pytest.fixture(scope="module")
+def versions_farm(
+    require_farm: None,  # noqa: ARG001 - skips where the farm cannot run
+    farm_factory: Callable[[tuple[BuilderSpec, ...]], Farm],
+) -> Iterator[Farm]:
+    ensure_rootfs_many(sorted({*CLIENTS, "2.8", "2.34"}))
+    farm = farm_factory(
+        (
+            make_spec("v34", nix="2.34", jobs=2),
+            make_spec("v28", nix="2.8", jobs=2),
+            make_spec("ng34", nix="2.34", jobs=2, scheme="ssh-ng"),
+        )
+    )
+    yield farm
+    for version in CLIENTS:
+        farm.reset_client(version)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_clients_of_old_and_new_nix_with_builders_of_mixed_versions(
+    versions_farm: Farm, client: str, tmp_path: Path
+) -> None:
+    """The client's own Nix (its root filesystem, its store) evaluates, imports and checks."""
+    env = {
+        **os.environ,
+        **versions_farm.env(),
+        "NIXDIST_STATE_DIR": str(tmp_path / "state"),
+    }
+
+    def in_client(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            versions_farm.client_argv(client, argv, cwd=tmp_path),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD_S,
+            check=False,
+        )
+
+    args = ["--argstr", "salt", fresh_salt(f"build-client-{client}"), "--arg", "width", "4"]
+    machines_file = str(versions_farm.machines_file)
+    result = in_client("nixdist", "build", str(GRAPH), *args, "--machines", machines_file, "-j0")
+    assert result.returncode == 0, result.stderr[-4000:]
+    [top] = result.stdout.split()
+    assert Path(tmp_path / "result").is_symlink()
+    assert in_client("nix-store", "--verify-path", top).returncode == 0
+    top_drv = in_client("nix-store", "-q", "--deriver", top).stdout.strip()
+    assert "building top on" in in_client("nix-store", "-l", top_drv).stdout
+    # Built on builders of every version and protocol, as the machines file has them.
+    outputs = in_client("nix-store", "-qR", top_drv).stdout.split()
+    drvs = [d for d in outputs if d.endswith(".drv")]
+    built = in_client("nix-store", "-q", "--outputs", *drvs).stdout.split()
+    places = {n for names in versions_farm.where_built(built).values() for n in names}
+    assert places == {"v34", "v28", "ng34"}
+    local = ["--builders", "", *LOCAL_BUILD, "--option", "substituters", ""]
+    check = in_client("nix-build", str(GRAPH), *args, "--check", *local, "--no-out-link")
+    assert check.returncode == 0, check.stderr[-4000:]

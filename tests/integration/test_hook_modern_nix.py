@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,14 +38,9 @@ CLIENTS = ("2.34", "2.26", "2.8")
 BUILDERS = {"m28": "2.8", "m226": "2.26", "m234": "2.34"}
 NIXDIST = Path(sys.executable).with_name("nixdist")
 # Nix 2.17+ reads build-hook as a list: program, then arguments (verbosity comes last). The
-# client's `nixdist` runs the root filesystem's Python on this checkout and on the venv's pure
-# Python packages (click, rich).
-HOOK_FORMS = {"path": "{bin}/nixdist-hook", "list": "{work}/nixdist hook"}
-SRC = Path(__file__).resolve().parents[2] / "src"
-NIXDIST_WRAPPER = f"""#!/bin/sh
-PYTHONPATH={SRC}:{sysconfig.get_paths()["purelib"]} exec /usr/bin/python3 -c \\
-  'import sys; sys.argv[0] = "nixdist"; from nixdist.cli import main; main()' "$@"
-"""
+# client's `nixdist` (`nixdist.farm.client`) runs the root filesystem's Python on this checkout
+# and on the venv's pure Python packages (click, rich).
+HOOK_FORMS = {"path": "{bin}/nixdist-hook", "list": "{bin}/nixdist hook"}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +58,6 @@ def mfarm(
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     (tmp_path / "drvs.nix").write_text(DRVS)
-    (tmp_path / "nixdist").write_text(NIXDIST_WRAPPER)
-    (tmp_path / "nixdist").chmod(0o755)
     return tmp_path
 
 

@@ -11,7 +11,9 @@ The command runs in a mount namespace of its own, chrooted into the version's ro
 
 The caller's environment passes through, with ``PATH`` set to the root filesystem's standard
 PATH behind ``<farm>/clients/<version>/bin``, which holds ``nixdist-hook``: our hook run by
-the root filesystem's python3 with the checkout's ``src`` on ``PYTHONPATH``. ``NIX_REMOTE`` is
+the root filesystem's python3 with the checkout's ``src`` on ``PYTHONPATH``, and ``nixdist``
+(for ``nixdist build`` as a client of that Nix): the CLI, the same way, with the venv's
+site-packages (click and rich are pure Python) after ``src``. ``NIX_REMOTE`` is
 removed (set to ``daemon`` with --daemon). The command runs in the current directory.
 
 With ``--daemon`` a ``nix-daemon`` is started in the same namespace first (its log is
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -119,6 +122,11 @@ def _prepare(base: Path, *, daemon: bool, conf: Sequence[str]) -> Path:
     _write(etc_nix / "nix.conf", nix_conf + "".join(f"{line}\n" for line in conf))
     hook = render.render_hook_wrapper(python="/usr/bin/python3", src_dir=str(src))
     _write(base / "bin" / "nixdist-hook", hook, mode=0o755)
+    libraries = sysconfig.get_paths()["purelib"]  # the venv's site-packages
+    cli = render.render_cli_wrapper(
+        python="/usr/bin/python3", src_dir=str(src), libraries=libraries
+    )
+    _write(base / "bin" / "nixdist", cli, mode=0o755)
     Path(DEFAULT_STATE_DIR).mkdir(parents=True, exist_ok=True)
     return etc_nix
 
