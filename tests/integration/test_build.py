@@ -12,6 +12,7 @@ here when allowed and named otherwise.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -310,3 +311,87 @@ def test_clients_of_old_and_new_nix_with_builders_of_mixed_versions(
     local = ["--builders", "", *LOCAL_BUILD, "--option", "substituters", ""]
     check = in_client("nix-build", str(GRAPH), *args, "--check", *local, "--no-out-link")
     assert check.returncode == 0, check.stderr[-4000:]
+
+
+def interrupt_when(proc: subprocess.Popen[str], moment: Callable[[], bool]) -> tuple[int, str]:
+    """Ctrl-C (SIGINT to the run's process group) once `moment` holds; exit status, stderr."""
+    deadline = time.monotonic() + HANG_GUARD_S  # a hang guard, not a time limit
+    while not moment():
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, "the awaited moment never came"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    return proc.returncode, err
+
+
+def verify_local_store() -> None:
+    check = subprocess.run(
+        ["nix-store", "--verify", "--check-contents"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stderr[-4000:]
+
+
+def test_ctrl_c_mid_build_stops_the_remote_build(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    builder = "a2"
+    args = ["--argstr", "salt", fresh_salt("build-ctrl-c"), "--argstr", "victim", builder]
+    outputs = graph_outputs(instantiate(*args))
+    stuck_drv = next(drv for drv in outputs if drv.endswith("-stuck.drv"))
+    uri = f"ssh://{build_farm.alias(builder)}"
+    only = tmp_path / "machines"
+    only.write_text(
+        next(line for line in build_farm.machines_file.read_text().splitlines() if uri in line)
+    )
+    proc = subprocess.Popen(
+        [str(NIXDIST), "build", str(GRAPH), *args, "--machines", str(only), "-j0"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    building = (stuck_drv, uri, "running", "build")
+    code, err = interrupt_when(proc, lambda: building in history(env))
+    assert code == 130, err[-4000:]
+    assert (stuck_drv, uri, "interrupted", "build") in history(env)
+    assert not valid_here(outputs[stuck_drv])
+    assert not (tmp_path / "result").exists()
+    # The build on the builder ended with its session.
+    deadline = time.monotonic() + HANG_GUARD_S
+    while b"sleep 600" in build_farm.run_in(builder, ["ps", "-eo", "args"]).stdout:
+        assert time.monotonic() < deadline, "the remote build outlived the run"
+        time.sleep(0.1)
+    verify_local_store()
+
+
+def test_ctrl_c_while_the_outputs_come_here_leaves_nothing_partial(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["-A", "bigOutput", "--argstr", "salt", fresh_salt("build-ctrl-c-fetch")]
+    args += ["--argstr", "size", "400"]
+    drv = subprocess.run(
+        ["nix-instantiate", str(FIXTURES / "failover.nix"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    [output] = graph_outputs(drv).values()
+    proc = subprocess.Popen(
+        [str(NIXDIST), "build", drv, "--machines", str(machines(build_farm, tmp_path / "m"))],
+        env={**env, "NIX_CONFIG": env["NIX_CONFIG"] + "\nmax-jobs = 0"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    code, err = interrupt_when(proc, lambda: any(r[2] == "built" for r in history(env)))
+    assert code in {0, 130}, err[-4000:]  # 0: it was all here before the signal
+    if valid_here(output):
+        subprocess.run(["nix-store", "--verify-path", output], check=True)
+    else:
+        assert code == 130
+    verify_local_store()

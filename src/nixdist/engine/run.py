@@ -152,6 +152,7 @@ class Run:
         self.cannot_build: list[str] = []
         self.attempts: dict[str, int] = {}
         self.stopping = False
+        self.interrupted = threading.Event()  # set when the run is stopped (Ctrl-C)
         self.log = BuildLog(store, environ)
 
     # -- the main thread -----------------------------------------------------------------
@@ -170,6 +171,7 @@ class Run:
                 elif not self.threads and time.monotonic() - last_progress > STALL_S:
                     self._stall()
         except BaseException:
+            self.interrupted.set()
             self.sessions.abort_all()
             for thread in list(self.threads.values()):
                 thread.join(timeout=10)
@@ -321,23 +323,31 @@ class Run:
             return Lost(drv_path=drv_path, machine=machine, reason=str(err))
         try:
             event = self._on_builder(drv_path, machine, session, record)
-        except SourceLostError as err:  # another builder failed while relaying to this one
-            record.finish(Outcome.ERROR, error=f"{record.phase}: {err}")
-            lost = self._machine(err.place)
-            event = Lost(drv_path=drv_path, machine=lost, reason=str(err))
         except NixdistError as err:
-            refused = isinstance(err, LocalProtocolError | StoreRefusedError)
-            if err.peer == session.name and not refused:
-                record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
-                event = Lost(drv_path=drv_path, machine=machine, reason=str(err))
-            else:
-                record.finish(Outcome.ERROR, error=str(err))
-                event = Failed(drv_path=drv_path, place=machine.uri, message=str(err))
+            self.sessions.discard(session)
+            if self.interrupted.is_set():  # the session was ended under it: not the builder
+                raise InterruptedError("the run was interrupted") from err
+            return self._failure(err, drv_path, machine, session.name, record)
         if isinstance(event, Built):  # kept only when it is known to be between commands
             self.sessions.give_back(machine.uri, session)
         else:
             self.sessions.discard(session)
         return event
+
+    def _failure(
+        self, err: NixdistError, drv_path: str, machine: Machine, peer: str, record: BuildRecord
+    ) -> Event:
+        """What an error during an attempt on `machine` means: a lost builder (this one, or
+        the one an input was relayed from), or the build's own failure."""
+        if isinstance(err, SourceLostError):
+            record.finish(Outcome.ERROR, error=f"{record.phase}: {err}")
+            return Lost(drv_path=drv_path, machine=self._machine(err.place), reason=str(err))
+        refused = isinstance(err, LocalProtocolError | StoreRefusedError)
+        if err.peer == peer and not refused:
+            record.finish(Outcome.LOST, error=f"{record.phase}: {err}")
+            return Lost(drv_path=drv_path, machine=machine, reason=str(err))
+        record.finish(Outcome.ERROR, error=str(err))
+        return Failed(drv_path=drv_path, place=machine.uri, message=str(err))
 
     def _machine(self, uri: str) -> Machine:
         return next(m for m in self.picker.machines if m.uri == uri)
