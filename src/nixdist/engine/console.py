@@ -71,7 +71,7 @@ class Console:
         self.log(
             Verbosity.INFO,
             f"{count} derivations to build on {machines} machines"
-            f" (critical path ≥ {lower_bound:.1f} s by history)",
+            f" (at least {lower_bound:.1f} s, by the times in the history)",
         )
 
     def started(self, drv_path: str, place: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from nixdist.engine.estimates import Estimates
 from nixdist.engine.places import HERE, Places
 from nixdist.engine.results import add_roots, fetch_here, out_link_names, target_outputs
 from nixdist.engine.run import Run, RunOptions
@@ -112,7 +113,8 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     places = Places()
     valid = _look_here(drvs, places, sessions)
     roots = [(t.drv_path, t.outputs) for t in targets]
-    graph = plan(drvs, roots, valid=valid)
+    known = Estimates(picker.advice(lambda db: db.build_times(), []))
+    graph = plan(drvs, roots, valid=valid, estimate=known)
     console.planned(len(graph), len(picker.machines), _bound(graph, picker.machines))
     options = RunOptions(
         keep_going=args.keep_going, local_jobs=picker.local.max_jobs, build=args.build

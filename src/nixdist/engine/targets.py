@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from nixdist.errors import ConfigError, NixdistError
+from nixdist.errors import ConfigError, NixdistError, ParseError
 from nixdist.model.derivation import parse_derivation
 from nixdist.model.store_path import StorePath
 
@@ -41,7 +41,10 @@ class Target:
         path, bang, names = text.strip().partition("!")
         if not path.endswith(".drv"):
             raise ConfigError(f"not a derivation: {text!r}")
-        StorePath.parse(path)
+        try:
+            StorePath.parse(path)
+        except ParseError as err:
+            raise ConfigError(f"not a derivation in the store: {text!r} ({err})") from err
         if not bang:
             return cls(drv_path=path)
         outputs = tuple(n for n in names.split(",") if n)
@@ -119,7 +122,10 @@ def read_closure(store: LocalStore, roots: Iterable[str]) -> dict[str, Derivatio
             text = Path(real).read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as err:
             raise NixdistError(f"cannot read the derivation {drv_path}: {err}") from err
-        drv = parse_derivation(text)
+        try:
+            drv = parse_derivation(text)
+        except ParseError as err:
+            raise NixdistError(f"{drv_path}: {err}") from err
         found[drv_path] = drv
         todo.extend(p for p in drv.input_drvs if p not in found)
     return found
