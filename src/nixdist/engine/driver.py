@@ -131,7 +131,11 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
         console=console,
         options=options,
     )
-    report = run.execute()
+    console.begin(picker.machines, options.local_jobs)
+    try:
+        report = run.execute()
+    finally:
+        console.end()
     if report.failed or report.cannot_build:
         return BuildOutcome(status=_failed_status(report), report=report)
     outputs = target_outputs(targets, drvs)

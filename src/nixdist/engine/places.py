@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from nixdist.model.path_info import PathInfo
     from nixdist.model.store_path import StorePath
 
-#: The name of the local store among the places of a path.
-HERE: Final = ""
+#: The name of the local store among the places of a path (no builder's URI looks like it;
+#: "" means no place at all, e.g. a build that no machine could take).
+HERE: Final = "<here>"
 
 
 class Places:

@@ -162,6 +162,7 @@ class Run:
         last_progress = time.monotonic()
         try:
             while not self.graph.done():
+                self.console.progress(self.graph.counts(), self.graph.remaining_critical_path())
                 if not self.stopping and self._hand_out():
                     last_progress = time.monotonic()
                 if not self.threads and (self.stopping or not self.graph.ready()):
@@ -368,6 +369,7 @@ class Run:
             claims=claims,
         )
         record.note(upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=sent.paths)
+        self.console.sent(machine.uri, sent.nar_bytes)
         record.enter(Phase.BUILD)
         basic = to_basic(drv, drv_path, [str(p) for p in closure])
         with self.log.capture(drv_path) as log:

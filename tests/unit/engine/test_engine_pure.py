@@ -3,12 +3,14 @@ names for out-links, what the arguments mean."""
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nixdist.engine.console import Console
 from nixdist.engine.copies import runs_by_source
 from nixdist.engine.estimates import Estimates, derivation_name
 from nixdist.engine.places import HERE, Places
@@ -110,4 +112,25 @@ def test_arguments_are_derivations_or_what_nix_instantiate_takes() -> None:
     assert Expression(paths=("1 + 1",), is_expr=True).instantiate_argv()[:2] == [
         "nix-instantiate",
         "-E",
+    ]
+
+
+def test_without_a_terminal_the_console_says_one_line_per_event() -> None:
+    stream = io.StringIO()
+    ticks = iter(float(n) for n in range(100))
+    console = Console(stream, clock=lambda: next(ticks))
+    drv = f"/nix/store/{H}1-hello-2.12.drv"
+    console.begin([], local_jobs=0)
+    console.started(drv, "ssh://b1")
+    console.built(drv, "ssh://b1")  # talkative: not shown at the default level
+    console.failed(drv, "", "Failed to find a machine for remote build!")
+    console.moved(drv, "ssh://b2", "connection lost")
+    console.end()
+    assert stream.getvalue().splitlines() == [
+        "[   1.0s] building 'hello-2.12' on ssh://b1",
+        f"[   2.0s] error: cannot build '{drv}': Failed to find a machine for remote build!",
+        (
+            "[   3.0s] warning: 'ssh://b2' failed under 'hello-2.12': connection lost;"
+            " building it again"
+        ),
     ]
