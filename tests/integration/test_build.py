@@ -395,3 +395,33 @@ def test_ctrl_c_while_the_outputs_come_here_leaves_nothing_partial(
     else:
         assert code == 130
     verify_local_store()
+
+
+def test_a_daemon_that_does_not_trust_us_builds_by_path(
+    versions_farm: Farm, tmp_path: Path
+) -> None:
+    """``nix-daemon --force-untrusted`` (as Nix's own trustless tests): it takes the .drv
+    closure and builds by path, inputs too; nothing unsigned is sent to it."""
+    alias = versions_farm.alias("ng34")
+    line = next(
+        line
+        for line in versions_farm.machines_file.read_text().splitlines()
+        if line.startswith(f"ssh-ng://{alias} ")
+    )
+    program = "nix-daemon --extra-experimental-features daemon-trust-override --force-untrusted"
+    untrusting = f"ssh-ng://{alias}?remote-program={program.replace(' ', '%20')}"
+    (tmp_path / "machines").write_text(line.replace(f"ssh-ng://{alias}", untrusting, 1) + "\n")
+    env = {**os.environ, **versions_farm.env(), "NIXDIST_STATE_DIR": str(tmp_path / "state")}
+    args = ["--argstr", "salt", fresh_salt("build-untrusting"), "--arg", "width", "2"]
+    argv = ["nixdist", "build", str(GRAPH), *args, "--machines", str(tmp_path / "machines")]
+    result = subprocess.run(
+        versions_farm.client_argv("2.34", [*argv, "-j0", "--no-out-link"], cwd=tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    [top] = result.stdout.split()
+    assert versions_farm.where_built([top]) == {top: ["ng34"]}

@@ -158,6 +158,7 @@ def _look_here(drvs: Mapping[str, Derivation], places: Places, sessions: Session
     """The outputs valid here; the infos of those and of every source, as places `HERE`."""
     outputs = {StorePath.parse(o.path) for d in drvs.values() for o in d.outputs.values() if o.path}
     sources = {StorePath.parse(p) for d in drvs.values() for p in d.input_srcs}
+    sources |= {StorePath.parse(p) for p in drvs}  # for builders that build by path
     session = sessions.take(HERE)
     try:
         valid = session.query_valid_paths(outputs)

@@ -53,6 +53,7 @@ from nixdist.scheduler.policy import (
 from nixdist.state.paths import uploads_dir
 from nixdist.state.rows import Outcome, Phase
 from nixdist.store.claims import UploadClaims
+from nixdist.store.daemon import DaemonStore
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.model.path_info import PathInfo
-    from nixdist.protocol.serve import BuildOptions
+    from nixdist.protocol.serve import BuildOptions, BuildResult
     from nixdist.scheduler.graph import BuildGraph
     from nixdist.state.history import BuildRecord
     from nixdist.state.slots import SlotLease
@@ -358,7 +359,16 @@ class Run:
     ) -> Event:
         drv = self.drvs[drv_path]
         record.enter(Phase.UPLOAD)
-        closure = self._input_closure(drv_path)
+        by_path = (
+            isinstance(session, DaemonStore) and not session.trusted and not drv.is_fixed_output
+        )
+        if by_path:
+            # A daemon that does not trust us builds only content-addressed derivations from a
+            # BasicDerivation, and takes no unsigned input-addressed path: it gets the .drv
+            # closure (sources included) and builds by path, inputs too, as with Nix's hook.
+            closure = self.places.closure([StorePath.parse(drv_path)])
+        else:
+            closure = self._input_closure(drv_path)
         claims = UploadClaims(uploads_dir(self.picker.config.state_dir, machine.uri))
         sent = bring(
             closure,
@@ -371,10 +381,9 @@ class Run:
         record.note(upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=sent.paths)
         self.console.sent(machine.uri, sent.nar_bytes)
         record.enter(Phase.BUILD)
-        basic = to_basic(drv, drv_path, [str(p) for p in closure])
         with self.log.capture(drv_path) as log:
             session.forward_log(log.fd, log.on_message)
-            result = session.build_derivation(StorePath.parse(drv_path), basic, self.options.build)
+            result = self._build(session, drv_path, closure, by_path=by_path)
         record.note(build_s=record.elapsed())
         if not result.is_success:
             late = result.status is BuildStatus.TIMED_OUT
@@ -386,6 +395,24 @@ class Run:
         self.places.add(infos.values(), machine.uri)
         record.finish(Outcome.BUILT)
         return Built(drv_path=drv_path, place=machine.uri)
+
+    def _build(
+        self,
+        session: RemoteStore,
+        drv_path: str,
+        closure: Mapping[StorePath, PathInfo],
+        *,
+        by_path: bool,
+    ) -> BuildResult:
+        drv = self.drvs[drv_path]
+        path = StorePath.parse(drv_path)
+        if by_path and isinstance(session, DaemonStore):
+            results = session.build_paths([path])
+            if path not in results:
+                raise StoreRefusedError(f"'{session.name}' returned no result for {drv_path}")
+            return results[path]
+        basic = to_basic(drv, drv_path, [str(p) for p in closure if not p.is_derivation])
+        return session.build_derivation(path, basic, self.options.build)
 
     def _input_closure(self, drv_path: str) -> dict[StorePath, PathInfo]:
         """The paths the build of `drv_path` needs: its sources, its inputs' outputs, and
