@@ -11,6 +11,7 @@ here when allowed and named otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 from nixdist.errors import StateError
 from nixdist.farm.rootfs import ensure_rootfs_many
 from nixdist.farm.spec import make_spec
+from nixdist.state.config import host_system
 from nixdist.state.db import StateDB
 from nixrun import FIXTURES, HANG_GUARD_S, LOCAL_BUILD, fresh_salt
 
@@ -76,10 +78,12 @@ def machines(farm: Farm, path: Path, *, speeds: dict[str, int] | None = None) ->
     return path
 
 
-def nixdist_build(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def nixdist_build(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``nixdist build ARGS`` in `cwd` (where its ``result`` links go)."""
     return subprocess.run(
         [str(NIXDIST), "build", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=HANG_GUARD_S,
@@ -131,6 +135,7 @@ def test_a_graph_across_builders_of_two_features(
     outputs = graph_outputs(top_drv)
     result = nixdist_build(
         env,
+        tmp_path,
         str(GRAPH),
         *args,
         "--machines",
@@ -180,6 +185,7 @@ def test_fetch_all_makes_every_output_valid_here(
     outputs = graph_outputs(instantiate(*args))
     result = nixdist_build(
         env,
+        tmp_path,
         str(GRAPH),
         *args,
         "--machines",
@@ -241,14 +247,18 @@ def test_what_no_builder_can_take_is_named_or_built_here(
     args += ["--arg", "width", "1", "--arg", "depth", "1"]
     outputs = graph_outputs(instantiate(*args))
     listed = str(machines(build_farm, tmp_path / "machines"))
-    refused = nixdist_build(env, str(GRAPH), *args, "--machines", listed, "-j0", "--no-out-link")
+    refused = nixdist_build(
+        env, tmp_path, str(GRAPH), *args, "--machines", listed, "-j0", "--no-out-link"
+    )
     assert refused.returncode == 1, refused.stderr[-4000:]
     assert "Failed to find a machine for remote build!" in refused.stderr
     assert "nowhere" in refused.stderr
     assert not any(valid_here(out) for out in outputs.values())
 
     here = {**env, "NIX_CONFIG": env["NIX_CONFIG"] + "\nsystem-features = nowhere"}
-    built = nixdist_build(here, str(GRAPH), *args, "--machines", listed, "-j1", "--no-out-link")
+    built = nixdist_build(
+        here, tmp_path, str(GRAPH), *args, "--machines", listed, "-j1", "--no-out-link"
+    )
     assert built.returncode == 0, built.stderr[-4000:]
     assert all(valid_here(out) for out in outputs.values())
     assert build_farm.where_built(list(outputs.values())) == {out: [] for out in outputs.values()}
@@ -425,3 +435,31 @@ def test_a_daemon_that_does_not_trust_us_builds_by_path(
     assert result.returncode == 0, result.stderr[-4000:]
     [top] = result.stdout.split()
     assert versions_farm.where_built([top]) == {top: ["ng34"]}
+
+
+def test_a_flake_installable(build_farm: Farm, env: dict[str, str], tmp_path: Path) -> None:
+    system = host_system()
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    (flake / "flake.nix").write_text(
+        f"""{{
+  outputs = {{ self }}: let
+    mk = name: deps: derivation {{
+      inherit name deps; salt = "{fresh_salt("build-flake")}"; system = "{system}";
+      PATH = "/usr/bin:/bin"; builder = "/bin/sh";
+      args = [ "-c" "mkdir $out; for d in $deps; do cat $d/id >> $out/inputs; done;
+        echo $name > $out/id" ];
+    }};
+  in {{ packages.{system}.default = mk "flake-top" [ (mk "flake-leaf" [ ]) ]; }};
+}}
+"""
+    )
+    listed = str(machines(build_farm, tmp_path / "machines"))
+    result = nixdist_build(
+        env, tmp_path, f"path:{flake}#default", "--machines", listed, "-j0", "--json"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    [built] = json.loads(result.stdout)
+    assert built["output"] == "out"
+    assert Path(built["path"], "inputs").read_text() == "flake-leaf\n"
+    assert Path(tmp_path / "result").resolve() == Path(built["path"])

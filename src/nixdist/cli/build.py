@@ -2,12 +2,13 @@
 
 Takes what ``nix-build`` takes — files (default ``./default.nix``), ``-A ATTR``, ``--arg NAME
 EXPR``, ``--argstr NAME VALUE``, ``-E EXPR``, ``-I PATH``, ``--option NAME VALUE``, ``.drv``
-paths (``drv!out,dev`` too) — and ``--machines FILE`` (default: the machines Nix would use),
-``-j N`` (builds this host may run itself when no builder can take one; default Nix's
-``max-jobs``, 0: never), ``-o/--out-link``, ``--no-out-link``, ``-k/--keep-going``,
-``--fetch-all`` (every built output valid here too, as with the hook), ``--json``. It prints the
-output paths, as ``nix-build`` does, and exits with nix-build's statuses (100: a build failed,
-101: a build timed out, 1: anything else). See `nixdist.engine`.
+paths (``drv!out,dev`` too) — and flake installables (``.#hello``, when the installed Nix has
+flakes); ``--machines FILE`` (default: the machines Nix would use), ``-j N`` (builds this host
+may run itself when no builder can take one; default Nix's ``max-jobs``, 0: never),
+``-o/--out-link``, ``--no-out-link``, ``-k/--keep-going``, ``--fetch-all`` (every built output
+valid here too, as with the hook), ``--json``. It prints the output paths, as ``nix-build``
+does, and exits with nix-build's statuses (100: a build failed, 101: a build timed out, 1:
+anything else). See `nixdist.engine`.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def build_command(  # noqa: PLR0917 - click passes one argument per option
     quiet: bool,
 ) -> int:
     """Build derivations, scheduling the whole graph over the builders."""
-    targets, rest = split_arguments(() if is_expr else paths)
+    targets, installables, rest = split_arguments(() if is_expr else paths)
     expression = None
-    if is_expr or rest or not targets:
+    if is_expr or rest or not (targets or installables):
         expression = Expression(
             paths=paths if is_expr else tuple(rest),
             attrs=attrs,
@@ -77,6 +78,7 @@ def build_command(  # noqa: PLR0917 - click passes one argument per option
     outcome = build(
         BuildArgs(
             targets=tuple(targets),
+            installables=tuple(installables),
             expression=expression,
             machines_file=machines_file,
             local_jobs=local_jobs,

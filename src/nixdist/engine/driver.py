@@ -18,7 +18,13 @@ from nixdist.engine.places import HERE, Places
 from nixdist.engine.results import add_roots, fetch_here, out_link_names, target_outputs
 from nixdist.engine.run import Run, RunOptions
 from nixdist.engine.sessions import Sessions
-from nixdist.engine.targets import Expression, Target, instantiate, read_closure
+from nixdist.engine.targets import (
+    Expression,
+    Target,
+    evaluate_installables,
+    instantiate,
+    read_closure,
+)
 from nixdist.hook.picker import MachinePicker
 from nixdist.model.local_store import DEFAULT_LOCAL_STORE
 from nixdist.model.store_path import StorePath
@@ -47,6 +53,7 @@ EXIT_OTHER: Final = 1
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BuildArgs:
     targets: tuple[Target, ...] = ()
+    installables: tuple[str, ...] = ()  # flake installables
     expression: Expression | None = None
     machines_file: str | None = None
     local_jobs: int | None = None  # None: Nix's max-jobs
@@ -73,6 +80,8 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
         else read_machines_file(args.machines_file, default_system=view.system)
     )
     targets = list(args.targets)
+    if args.installables:
+        targets += evaluate_installables(args.installables, environ)
     if args.expression is not None:
         targets += instantiate(args.expression, environ)
     store = DEFAULT_LOCAL_STORE

@@ -3,8 +3,10 @@
 The arguments are the ones people type for ``nix-build``: files or expressions are given to
 ``nix-instantiate`` (of the Nix on ``PATH``, so any version from 2.8 on), which prints one
 ``.drv`` path per line, with ``!output`` when an attribute named one output; ``.drv`` paths
-(``drv!out,dev`` too) are taken as they are. The ``.drv`` closure is then read with our own
-parser at each file's real place in the local store (a chroot store too).
+(``drv!out,dev`` too) are taken as they are; flake installables (``.#hello``) are evaluated
+by ``nix path-info --derivation`` with flakes enabled for that command. The ``.drv`` closure
+is then read with our own parser at each file's real place in the local store (a chroot store
+too).
 """
 
 from __future__ import annotations
@@ -81,30 +83,50 @@ class Expression:
         return argv
 
 
-def split_arguments(words: Sequence[str]) -> tuple[list[Target], list[str]]:
-    """The ``.drv`` paths among `words` and the rest (files, or expressions with ``-E``)."""
+def is_installable(word: str) -> bool:
+    """Whether `word` is a flake installable (``.#hello``, ``nixpkgs#hello``)."""
+    return "#" in word
+
+
+def split_arguments(words: Sequence[str]) -> tuple[list[Target], list[str], list[str]]:
+    """The ``.drv`` paths among `words`, the flake installables, and the rest (files, or
+    expressions with ``-E``)."""
     targets: list[Target] = []
+    installables: list[str] = []
     rest: list[str] = []
     for word in words:
         if word.partition("!")[0].endswith(".drv"):
             targets.append(Target.parse(word))
+        elif is_installable(word):
+            installables.append(word)
         else:
             rest.append(word)
-    return targets, rest
+    return targets, installables, rest
+
+
+def evaluate_installables(installables: Sequence[str], environ: Mapping[str, str]) -> list[Target]:
+    """The derivations of flake installables, as the installed Nix evaluates them
+    (``nix path-info --derivation``, flakes enabled for this command only)."""
+    argv = ["nix", "--extra-experimental-features", "nix-command flakes", "path-info"]
+    return _drv_paths([*argv, "--derivation", *installables], environ)
 
 
 def instantiate(expression: Expression, environ: Mapping[str, str]) -> list[Target]:
     """Evaluate `expression` with ``nix-instantiate``; its error as Nix says it otherwise."""
-    argv = expression.instantiate_argv()
+    return _drv_paths(expression.instantiate_argv(), environ)
+
+
+def _drv_paths(argv: Sequence[str], environ: Mapping[str, str]) -> list[Target]:
+    """The .drv paths (one per line) a Nix command prints; its error as Nix says it."""
     try:
         done = subprocess.run(
             argv, capture_output=True, env=dict(environ), check=False, stdin=subprocess.DEVNULL
         )
     except OSError as err:
-        raise NixdistError(f"cannot run nix-instantiate: {err}") from err
+        raise NixdistError(f"cannot run {argv[0]}: {err}") from err
     said = done.stderr[-MAX_INSTANTIATE_OUTPUT:].decode(errors="replace").strip()
     if done.returncode != 0:
-        raise NixdistError(said or f"nix-instantiate exited with status {done.returncode}")
+        raise NixdistError(said or f"{argv[0]} exited with status {done.returncode}")
     text = done.stdout[:MAX_INSTANTIATE_OUTPUT].decode(errors="replace")
     return [Target.parse(line) for line in text.splitlines() if line.strip()]
 

@@ -99,8 +99,11 @@ def test_out_links_are_named_as_nix_build_names_them() -> None:
 
 def test_arguments_are_derivations_or_what_nix_instantiate_takes() -> None:
     drv = f"/nix/store/{H}1-x.drv"
-    targets, rest = split_arguments([drv, f"{drv}!out,dev", "./default.nix"])
+    targets, installables, rest = split_arguments(
+        [drv, f"{drv}!out,dev", "./default.nix", ".#hello", "nixpkgs#hello"]
+    )
     assert targets == [Target(drv_path=drv), Target(drv_path=drv, outputs=("out", "dev"))]
+    assert installables == [".#hello", "nixpkgs#hello"]
     assert rest == ["./default.nix"]
     with pytest.raises(ConfigError):
         Target.parse("/tmp/not-a.drv")
