@@ -32,6 +32,7 @@ FIXTURES: Final = REPO / "tests" / "fixtures"
 #: The venv's interpreter and console scripts (the benchmarks run with the venv's python).
 PYTHON: Final = Path(sys.executable)
 NIXDIST_HOOK: Final = PYTHON.with_name("nixdist-hook")
+NIXDIST_CLI: Final = PYTHON.with_name("nixdist")
 #: Stock Nix 2.8's hook: a symlink to the `nix` binary, which dispatches on argv[0].
 BUILD_REMOTE: Final = Path("/usr/libexec/nix/build-remote")
 #: Nix's own hook from 2.17 on, as a list setting (program, then arguments): Debian's 2.26 and
@@ -53,9 +54,9 @@ def client_label(client_nix: str | None) -> str:
 
 
 def missing_tools() -> list[str]:
-    """What a benchmark that builds through both hooks needs and this machine lacks."""
+    """What a benchmark that builds through every contender needs and this machine lacks."""
     missing = [t for t in ("nix-build", "nix-store", "nix-instantiate") if not shutil.which(t)]
-    missing += [str(p) for p in (BUILD_REMOTE, NIXDIST_HOOK) if not p.exists()]
+    missing += [str(p) for p in (BUILD_REMOTE, NIXDIST_HOOK, NIXDIST_CLI) if not p.exists()]
     return missing
 
 
@@ -111,15 +112,15 @@ def fmt_ratio(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}x"
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain text table: first column left-aligned, the others right-aligned."""
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1) -> str:
+    """A plain text table: the first `left` columns left-aligned, the others right-aligned."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
+            cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
         )
 
@@ -171,9 +172,18 @@ class Goal:
         target = f"{self.target:g}"
         return f"{sign} {target}{self.unit}" if self.unit == "x" else f"{sign} {target} {self.unit}"
 
+    @property
+    def of_target(self) -> float:
+        """value / target: how far off the goal (above 1 for a missed "at most", below 1 for a
+        missed "at least")."""
+        return ratio(self.value, self.target)
+
     def verdict(self) -> str:
+        """``met``, ``MISSED 1.40x the goal``, or ``-`` when not measured."""
         met = self.met
-        return "-" if met is None else ("met" if met else "MISSED")
+        if met is None:
+            return "-"
+        return "met" if met else f"MISSED {self.of_target:.2f}x the goal"
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -182,18 +192,22 @@ class Goal:
             "value": self.value,
             "goal": self.describe(),
             "met": self.met,
+            "value_over_goal": self.of_target,
         }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Row:
-    """One line of the headline table; `goal` None for a line that only informs."""
+    """One line of the headline table; `goal` None for a line that only informs.
+
+    `ratio` is nixdist-hook / build-remote unless the measure names another ratio."""
 
     workload: str
     measure: str
     build_remote: str
-    nixdist: str
+    nixdist: str  # nixdist-hook
     ratio: str
+    nixdist_build: str = ""
     goal: Goal | None = None
 
     def cells(self) -> list[str]:
@@ -203,13 +217,23 @@ class Row:
             self.measure,
             self.build_remote,
             self.nixdist,
+            self.nixdist_build,
             self.ratio,
             goal.describe() if goal else "",
             goal.verdict() if goal else "",
         ]
 
 
-ROW_HEADERS: Final = ("workload", "measure", "build-remote", "nixdist", "ratio", "goal", "")
+ROW_HEADERS: Final = (
+    "workload",
+    "measure",
+    "build-remote",
+    "nixdist-hook",
+    "nixdist-build",
+    "ratio",
+    "goal",
+    "",
+)
 
 
 def row_headers(client_nix: str | None) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""A farm for one benchmark workload, and timed `nix-build` runs through either hook.
+"""A farm for one benchmark workload, and timed builds on it by each contender.
 
 `FarmBench` brings up a local farm (`nixdist.farm.Farm`: real `sshd` builders, each with its own
 Nix store) in a directory of its own, under an alias prefix unique to this process, so it never
@@ -10,9 +10,13 @@ meets a farm the user or a concurrent test runs. Both contenders build on that s
 where <hook> is Nix 2.8's ``/usr/libexec/nix/build-remote`` ("build-remote") or the venv's
 ``nixdist-hook`` ("nixdist"). Nothing else differs between them: same farm, same Nix settings
 (Nix's defaults, e.g. ``build-poll-interval`` 5), same derivation shapes with a fresh salt per
-run, instantiated before the clock starts. nixdist keeps one ``NIXDIST_STATE_DIR`` per farm for
+run, instantiated before the clock starts. The same farm and derivations also serve
+``nixdist build`` ("nixdist-build", "nixdist-build-all" with ``--fetch-all``) and a local
+``nix-build`` ("local", the floor): bench/contenders.py has every contender's command and
+promise. nixdist keeps one ``NIXDIST_STATE_DIR`` per farm for
 the whole benchmark, as a user's machine does: its ssh control masters are started by the first
-nixdist build on each builder and reused afterwards (they outlive hook processes by design).
+nixdist build on each builder and reused afterwards (they outlive hook processes by design);
+``nixdist build`` keeps one of its own, the same way.
 bench/hook_vs_build_remote.py times both states, under two more names of nixdist:
 "nixdist-cold" starts afresh, with a new, empty state directory (no control master yet; the
 previous directory's masters are stopped first, untimed), and "nixdist-warm" builds with the
@@ -28,8 +32,11 @@ timed builds pay the same ~0.1 s for entering the chroot. The builders are uncha
 
 After every timed build (untimed from here on) `FarmBench.check` reads what happened from the
 stores themselves: how many outputs of the derivations in the build's closure are valid
-locally, and which builder built each one (a path a builder built itself is "ultimate" in its
-database). Then `FarmBench.forget` deletes the run's paths locally and empties the builders'
+locally (and of the outputs asked for, those of the .drv paths given), and which builder built
+each one (a path a builder built itself is "ultimate" in its database); `run_problems` holds
+that to what the contender promises (`contenders.Promise`). A workload may measure more before
+the paths go (W6: the bytes that went through the client, bench/traffic.py). Then
+`FarmBench.forget` deletes the run's paths locally and empties the builders'
 stores, so the next run starts with nothing valid there.
 
 With a `profile_dir`, nixdist's hook runs under cProfile instead (a small wrapper script), and
@@ -57,6 +64,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from common import NIXDIST_HOOK, PYTHON, nix_own_hook
+from contenders import (
+    BUILD_REMOTE,
+    LOCAL,
+    NIXDIST,
+    NIXDIST_BUILD_ALL,
+    NIXDIST_BUILDS,
+    NIXDIST_COLD,
+    NIXDIST_HOOKS,
+    PROMISES,
+    local_build_argv,
+    nixdist_build_argv,
+)
 
 from nixdist.farm import Farm
 from nixdist.farm.builds import nix_build_argv
@@ -66,17 +85,12 @@ from nixdist.state.slots import default_current_load_dir, escape_uri
 from nixdist.transport.openssh import ControlMasters, target_for_machine
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from nixdist.farm import BuilderSpec
 
 #: The two hooks compared, in the order of even rounds (odd rounds flip it).
-CONTENDERS: Final = ("build-remote", "nixdist")
-#: nixdist with a new, empty state directory (no ssh control master yet), and nixdist again with
-#: the state directory as it is (its masters alive): see the module's docstring.
-NIXDIST_COLD: Final = "nixdist-cold"
-NIXDIST_WARM: Final = "nixdist-warm"
-_NIXDIST: Final = frozenset({"nixdist", NIXDIST_COLD, NIXDIST_WARM})
+CONTENDERS: Final = (BUILD_REMOTE, NIXDIST)
 #: A guard against a hang, never a performance limit.
 HANG_GUARD_S: Final = 900
 
@@ -127,27 +141,28 @@ class BuildRun:
     ok: bool
     seconds: float
     derivations: int
-    outputs: int = 0
+    promise: str = ""  # what the contender promises, `contenders.Promise.describe`
+    outputs: int = 0  # of every derivation in the build's closure
     valid_locally: int = 0
     built_remotely: int = 0  # outputs built by exactly one farm builder
+    asked: int = 0  # outputs of the .drv paths given
+    asked_valid: int = 0  # ... valid locally
     placements: dict[str, int] = field(default_factory=dict)  # builder -> outputs it built
+    traffic: dict[str, int] = field(default_factory=dict)  # W6: bytes, bench/traffic.py
     error: str = ""
 
 
 def run_problems(runs: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Runs (`BuildRun`s as JSON) that failed, or whose outputs were not all built remotely and
-    valid locally."""
+    """Runs (`BuildRun`s as JSON) that failed or broke their contender's promise."""
     problems: list[str] = []
     for run in runs:
-        name = f"{run.get('contender')} round {int(run.get('round', 0)) + 1}"
-        outputs = run.get("outputs")
-        if not run.get("ok"):
-            problems.append(f"{name}: nix-build failed")
-        elif not outputs == run.get("built_remotely") == run.get("valid_locally"):
-            problems.append(
-                f"{name}: {run.get('built_remotely')} of {outputs} outputs built"
-                f" remotely, {run.get('valid_locally')} valid locally"
-            )
+        contender = str(run.get("contender"))
+        name = f"{contender} round {int(run.get('round', 0)) + 1}"
+        promise = PROMISES.get(contender)
+        if promise is None:
+            problems.append(f"{name}: unknown contender")
+            continue
+        problems += [f"{name}: {problem}" for problem in promise.problems(run)]
     return problems
 
 
@@ -156,6 +171,8 @@ class Checked:
     outputs: int
     valid_locally: int
     built_remotely: int
+    asked: int
+    asked_valid: int
     placements: dict[str, int]
 
 
@@ -177,6 +194,7 @@ class FarmBench:
         self.specs = tuple(specs)
         self.farm = Farm(self.base / "farm", alias_prefix=f"nxb{os.getpid()}{tag}-")
         self.state_dirs = [self.base / "nixdist-state"]  # the last is nixdist's now
+        self.build_state_dir = self.base / "nixdist-build-state"  # nixdist build's, kept
         self.exprs = self.base / "exprs"
         self.created: set[str] = set()  # local store paths to delete at the end
         self.keep: set[str] = set()  # local inputs shared by every run: deleted at the end only
@@ -216,6 +234,11 @@ class FarmBench:
         return str(self.farm.client_store_dir(self.client_nix) / Path(store_path).name)
 
     @property
+    def slots(self) -> int:
+        """The farm's build slots: the local floor's ``-j``."""
+        return sum(spec.max_jobs for spec in self.specs)
+
+    @property
     def state_dir(self) -> Path:
         """nixdist's ``NIXDIST_STATE_DIR`` now."""
         return self.state_dirs[-1]
@@ -229,9 +252,9 @@ class FarmBench:
 
     def hook_env(self, contender: str) -> tuple[Path | str, dict[str, str]]:
         """The hook (the ``build-hook`` setting) and the extra environment of `contender`."""
-        if contender == "build-remote":
+        if contender == BUILD_REMOTE:
             return nix_own_hook(self.client_nix), {}
-        if contender in _NIXDIST:
+        if contender in NIXDIST_HOOKS:
             if self.profile_dir is not None:
                 hook = self._profiling_hook()
             elif self.client_nix is not None:  # written by client_argv; an absolute path for 2.8
@@ -286,16 +309,32 @@ class FarmBench:
         self.created.update(drvs)
         return drvs
 
-    def build(
+    def command(
         self, drvs: Sequence[str], contender: str, *, extra: Sequence[str] = ()
-    ) -> tuple[float, Run]:
-        """The timed part: one ``nix-build -j0`` of `drvs` through `contender`'s hook."""
+    ) -> tuple[list[str], dict[str, str]]:
+        """`contender`'s command building `drvs`, and its environment (bench/contenders.py).
+
+        `extra` goes to nix-build only (``--nix-option``), not to nixdist build."""
+        if contender in NIXDIST_BUILDS:
+            if self.client_nix is not None:
+                raise ValueError(f"{contender} runs with the host's Nix only")
+            argv = nixdist_build_argv(
+                drvs, machines=self.farm.machines_file, fetch_all=contender == NIXDIST_BUILD_ALL
+            )
+            return argv, {**self.env, "NIXDIST_STATE_DIR": str(self.build_state_dir)}
+        if contender == LOCAL:
+            return self.nix_argv(local_build_argv(drvs, jobs=self.slots, extra=extra)), self.env
         if contender == NIXDIST_COLD:
             self.fresh_state_dir()
         hook, extra_env = self.hook_env(contender)
         argv = nix_build_argv(drvs, builders=f"@{self.farm.machines_file}", hook=hook, extra=extra)
-        argv = self.nix_argv(argv)
-        env = {**self.env, **extra_env}
+        return self.nix_argv(argv), {**self.env, **extra_env}
+
+    def build(
+        self, drvs: Sequence[str], contender: str, *, extra: Sequence[str] = ()
+    ) -> tuple[float, Run]:
+        """The timed part: `contender` builds `drvs` (`command`)."""
+        argv, env = self.command(drvs, contender, extra=extra)
         start = time.perf_counter()
         result = run_cmd(argv, env=env)
         return time.perf_counter() - start, result
@@ -323,15 +362,19 @@ class FarmBench:
 
     def check(self, drvs: Sequence[str]) -> Checked:
         """What the stores say about the outputs of every derivation a build of `drvs` needed:
-        valid here, and where each one was built."""
+        valid here, and where each one was built; and how many of the outputs of `drvs`
+        themselves (those asked for) are valid here."""
         needed = [p for p in self.closure(drvs) if p.endswith(".drv")]
         outputs = self.outputs(needed) if needed else []
+        asked = self.outputs(drvs)
         where = self.farm.where_built(outputs)
         placements = collections.Counter(b[0] for b in where.values() if len(b) == 1)
         return Checked(
             outputs=len(outputs),
             valid_locally=len(self.valid_paths(outputs)),
             built_remotely=sum(1 for b in where.values() if len(b) == 1),
+            asked=len(asked),
+            asked_valid=len(self.valid_paths(asked)),
             placements=dict(sorted(placements.items())),
         )
 
@@ -344,8 +387,9 @@ class FarmBench:
         drvs: Sequence[str],
         derivations: int,
         extra: Sequence[str] = (),
+        measure: Callable[[Sequence[str]], dict[str, int]] | None = None,
     ) -> BuildRun:
-        """`build`, then `check` and `forget` (untimed)."""
+        """`build`, then `check`, `measure` (given the .drv paths) and `forget` (untimed)."""
         seconds, result = self.build(drvs, contender, extra=extra)
         run = BuildRun(
             workload=workload,
@@ -354,13 +398,18 @@ class FarmBench:
             ok=result.returncode == 0,
             seconds=seconds,
             derivations=derivations,
+            promise=PROMISES[contender].describe(),
             error="" if result.returncode == 0 else result.stderr[-3000:],
         )
         checked = self.check(drvs)
         run.outputs = checked.outputs
         run.valid_locally = checked.valid_locally
         run.built_remotely = checked.built_remotely
+        run.asked = checked.asked
+        run.asked_valid = checked.asked_valid
         run.placements = checked.placements
+        if measure is not None:
+            run.traffic = measure(drvs)
         self.forget(drvs)
         return run
 
@@ -428,7 +477,7 @@ class FarmBench:
         with it; the host's are cleaned path by path."""
         host = self.client_nix is None
         if self.farm.state_file.exists():
-            for state_dir in self.state_dirs:
+            for state_dir in [*self.state_dirs, self.build_state_dir]:
                 with contextlib.suppress(Exception):
                     self.stop_masters(state_dir)
             if host:

@@ -57,7 +57,8 @@ from common import (
     timestamp,
     write_json,
 )
-from farmbench import NIXDIST_COLD, NIXDIST_WARM, BuildRun, FarmBench, run_problems, words
+from contenders import NIXDIST_COLD, NIXDIST_WARM
+from farmbench import BuildRun, FarmBench, run_problems, words
 from w1_dag import describe_run
 
 from nixdist.farm import make_spec

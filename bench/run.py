@@ -1,19 +1,23 @@
-"""`make bench`: nixdist-hook against Nix 2.8's build-remote, workloads W1-W5 of issue 5.
+"""`make bench`: nixdist-hook and nixdist build against Nix 2.8's build-remote (issues 5, 14).
 
-    W1  overhead-bound   200 trivial derivations (DAG 10 x 20), 3 builders x 4 slots, -j0
+    W1  overhead-bound   200 trivial derivations (DAG 10 x 20), 3 builders x 4 slots, -j0;
+                         and a local nix-build -j12 of the same DAG (the floor)
     W2  copy-bound       512 MiB of inputs over 200 store paths, one builder; ssh-cat ceiling
     W1-ng, W2-ng         W1 and W2 with the builders listed as ssh-ng:// (nix-daemon --stdio)
     W3  heterogeneous    60 derivations of fixed work, builders of speed 1, 2, 4 (2 jobs each)
     W4  hook start       process start to the first reply, the same recorded settings and try
     W5  scheduler        one choose() over 1000 machines (in process; no build-remote here)
 
-W1-W3 run each contender on the same farm (one farm per workload, in a temporary directory,
-under an alias prefix unique to this process), interleaved, the order flipped every round,
-`--rounds` (3) times each. Details of each workload are in its module (w1_dag.py ...) and in
-bench/README.md. The table at the end shows medians [best] and the ratio nixdist /
-build-remote against the goals; every run is in bench/results/latest.json and a timestamped
-copy. Nothing fails on time: the exit status is non-zero only when a run failed (a build that
-did not finish, or an output not built remotely) or the benchmark itself broke.
+W1-W3 run each contender (bench/contenders.py: Nix's build-remote, nixdist-hook,
+nixdist build, and in W1 the local floor) on the same farm (one farm per workload, in a
+temporary directory, under an alias prefix unique to this process), interleaved, the order
+flipped every round, `--rounds` (3) times each. Details of each workload are in its module
+(w1_dag.py ...) and in bench/README.md. The table at the end shows medians [best] and ratios
+(nixdist-hook / build-remote, unless the measure names another) against the goals, and by
+how much a missed goal is missed; every run is in bench/results/latest.json and a
+timestamped copy. Nothing fails on time: the exit status is non-zero only when a run failed (a
+build that did not finish, or outputs not where its contender promises them) or the
+benchmark itself broke.
 
 Other benchmarks, not in the default run: ``startup`` (bench/hook_startup.py: the hook's
 import cost), ``nar`` (bench/nar_dump.py: NAR dump/hash against nix-store), ``hooks``
@@ -25,7 +29,8 @@ import cost), ``nar`` (bench/nar_dump.py: NAR dump/hash against nix-store), ``ho
 
 ``--client-nix VERSION`` runs W1-W3's client side (nix-instantiate, nix-build, the client's store)
 as a farm client of that Nix (``Farm.client_argv``: its Debian root filesystem, a store of its
-own), against that version's own hook and the client's nixdist-hook. W4 and W5 do not change.
+own), against that version's own hook and the client's nixdist-hook (nixdist build is left out:
+a farm client has no ``nixdist``). W4 and W5 do not change.
 """
 
 from __future__ import annotations
@@ -108,7 +113,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="pass --option NAME VALUE to every nix-build of W1-W3, for both contenders"
+        help="pass --option NAME VALUE to every nix-build of W1-W3, for every contender"
+        " but nixdist build"
         " (e.g. build-poll-interval 1); Nix's defaults otherwise",
     )
     parser.add_argument(
@@ -310,17 +316,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     goals = [g for o in outcomes for g in o.goals]
     if rows:
         print(
-            "\n=== results: median [best] of each contender; ratio = nixdist / build-remote;"
+            "\n=== results: median [best] of each contender; ratio = nixdist-hook / build-remote"
+            " unless the measure names another;"
             f" W1-W3 client: {_client_words(opts.client_nix)}"
         )
-        print(render_table(row_headers(opts.client_nix), rows))
+        print(render_table(row_headers(opts.client_nix), rows, left=2))
     for note in (note for o in outcomes for note in o.notes):
         print(f"note: {note}")
     problems = session.failures + [
         f"{o.key}: {problem}" for o in outcomes for problem in _run_problems(o.data)
     ]
     data = {
-        "benchmark": "nixdist bench (issue 5)",
+        "benchmark": "nixdist bench (issues 5, 14)",
         "client_nix": opts.client_nix,
         "machine": info,
         "total_seconds": total,
@@ -360,7 +367,7 @@ def print_profiles(directory: Path, keys: Sequence[str]) -> None:
 
 
 def _run_problems(data: dict[str, object]) -> list[str]:
-    """Runs that failed or whose outputs were not all built remotely."""
+    """Runs that failed or broke their contender's promise (`farmbench.run_problems`)."""
     runs = data.get("runs")
     if not isinstance(runs, list):
         return []

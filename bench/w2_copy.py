@@ -16,8 +16,11 @@ The ceiling, measured in the same rounds: ``cat <the 200 files> | ssh <builder> 
 /dev/null'`` over the same farm link (a new ssh connection, the farm's ssh_config; run on
 this machine, also with ``--client-nix``, reading the client's store directory), wall time
 from start to exit. ``ssh <builder> true`` is timed too, to show the ceiling without the
-connection set-up ("net"). Goals: nixdist >= 1.2x build-remote's throughput and >= 0.8x the
-ssh-cat ceiling (the plain command, set-up included).
+connection set-up ("net"). Goals: nixdist-hook >= 1.2x build-remote's throughput and >= 0.8x
+the ssh-cat ceiling (the plain command, set-up included).
+
+``nixdist build`` (bench/contenders.py) builds the same derivations as a third contender; the
+issue sets it no goal here, its throughput is shown against build-remote's and the ceiling.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Final
 
 from common import Goal, Outcome, Row, fmt_ratio, median, ratio
+from contenders import BUILD_REMOTE, NIXDIST, NIXDIST_BUILD, available
 from farmbench import BuildRun, FarmBench, profile_dir, round_order, run_cmd, words, workload_names
-from w1_dag import describe_run
+from w1_dag import describe_run, times_of
 
 from nixdist.farm import make_spec
 from nixdist.farm.builds import fresh_salt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
 GOAL_VS_BUILD_REMOTE: Final = 1.2
@@ -45,6 +49,7 @@ MIB: Final = 1 << 20
 MB: Final = 1_000_000
 BUILDER: Final = "c1"
 SSH_CAT: Final = "ssh-cat"
+CONTENDERS: Final = (BUILD_REMOTE, NIXDIST, NIXDIST_BUILD)
 
 COPY_NIX: Final = r"""
 { salt, system ? builtins.currentSystem }:
@@ -82,6 +87,10 @@ class W2Options:
     @property
     def label(self) -> str:
         return workload_names("w2", self.scheme)[1]
+
+    @property
+    def contenders(self) -> tuple[str, ...]:
+        return available(CONTENDERS, self.client_nix, self.scheme)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,7 +188,7 @@ def run(base: Path, opts: W2Options, log: Callable[[str], None]) -> Outcome:
         write_groups(bench, inputs, opts.drvs)
         expr = bench.write_expr("copy.nix", COPY_NIX)
         for rnd in range(opts.rounds):
-            for contender in round_order(rnd, ("build-remote", "nixdist", SSH_CAT)):
+            for contender in round_order(rnd, (*opts.contenders, SSH_CAT)):
                 left = bench.wipe_builders()
                 there = set(bench.farm.builder_store_paths(BUILDER)) & set(inputs)
                 if there or any(left.values()):
@@ -221,17 +230,14 @@ def _rates(payload: int, times: Sequence[float]) -> str:
 
 def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: int) -> Outcome:
     payload = payload or opts.mib * MIB
-    times = {
-        c: [r.seconds for r in runs if r.contender == c and r.ok]
-        for c in ("build-remote", "nixdist")
-    }
+    times = times_of(runs, CONTENDERS)
     cat_times = [c.seconds for c in cats if c.ok]
     net_times = [c.seconds - c.connect_seconds for c in cats if c.ok]
     rate = {c: _rate(payload, median(t)) if t else float("nan") for c, t in times.items()}
-    ceiling = _rate(payload, median(cat_times)) if cat_times else float("nan")
+    rate[SSH_CAT] = _rate(payload, median(cat_times)) if cat_times else float("nan")
     ceiling_net = _rate(payload, median(net_times)) if net_times else float("nan")
-    vs_br = ratio(rate["nixdist"], rate["build-remote"])
-    vs_ceiling = ratio(rate["nixdist"], ceiling)
+    vs_br = ratio(rate[NIXDIST], rate[BUILD_REMOTE])
+    vs_ceiling = ratio(rate[NIXDIST], rate[SSH_CAT])
     goals = (
         Goal(
             workload=opts.label,
@@ -248,47 +254,71 @@ def outcome(opts: W2Options, runs: list[BuildRun], cats: list[CatRun], payload: 
             at_most=False,
         ),
     )
-    mib = payload / MIB
-    rows = (
-        Row(
-            workload=opts.label,
-            measure=f"{mib:.0f} MiB in {opts.paths} paths, {opts.drvs} drvs, 1 builder: MB/s",
-            build_remote=_rates(payload, times["build-remote"]),
-            nixdist=_rates(payload, times["nixdist"]),
-            ratio=fmt_ratio(vs_br),
-            goal=goals[0],
-        ),
-        Row(
-            workload=opts.label,
-            measure=f"  vs ssh-cat ceiling {_rates(payload, cat_times)}",
-            build_remote=fmt_ratio(ratio(rate["build-remote"], ceiling)),
-            nixdist=fmt_ratio(vs_ceiling),
-            ratio="",
-            goal=goals[1],
-        ),
-        Row(
-            workload=opts.label,
-            measure="  wall s, median",
-            build_remote=f"{median(times['build-remote']):.2f}",
-            nixdist=f"{median(times['nixdist']):.2f}",
-            ratio=f"ceiling {median(cat_times):.2f}",
-        ),
-    )
     data: dict[str, object] = {
         "options": asdict(opts),
         "payload_bytes": payload,
         "seconds": times,
         "ssh_cat_seconds": cat_times,
         "ssh_connect_seconds": [c.connect_seconds for c in cats if c.ok],
-        "mb_per_s": {**rate, "ssh-cat": ceiling, "ssh-cat-net": ceiling_net},
+        "mb_per_s": {**rate, "ssh-cat-net": ceiling_net},
         "ratio_vs_build_remote": vs_br,
+        "ratio_nixdist_build_vs_build_remote": ratio(rate[NIXDIST_BUILD], rate[BUILD_REMOTE]),
         "ratio_vs_ceiling": vs_ceiling,
         "runs": [asdict(r) for r in runs],
         "ssh_cat_runs": [asdict(c) for c in cats],
     }
-    net_ratio = fmt_ratio(ratio(rate["nixdist"], ceiling_net))
     note = (
         f"W2 ssh-cat ceiling without the connection set-up (ssh true, median): "
-        f"{ceiling_net:.0f} MB/s; nixdist reaches {net_ratio} of it"
+        f"{ceiling_net:.0f} MB/s; nixdist-hook reaches "
+        f"{fmt_ratio(ratio(rate[NIXDIST], ceiling_net))} of it, nixdist build "
+        f"{fmt_ratio(ratio(rate[NIXDIST_BUILD], ceiling_net))}"
     )
+    rows = _rows(opts, payload, {**times, SSH_CAT: cat_times}, rate, goals)
     return Outcome(key=opts.key, data=data, rows=rows, goals=goals, notes=(note,))
+
+
+def _rows(
+    opts: W2Options,
+    payload: int,
+    times: Mapping[str, Sequence[float]],
+    rate: Mapping[str, float],
+    goals: Sequence[Goal],
+) -> tuple[Row, ...]:
+    """The table's lines: MB/s of each contender, their ratios and the ceiling."""
+    ceiling = rate[SSH_CAT]
+    return (
+        Row(
+            workload=opts.label,
+            measure=f"{payload / MIB:.0f} MiB in {opts.paths} paths, {opts.drvs} drvs,"
+            " 1 builder: MB/s",
+            build_remote=_rates(payload, times[BUILD_REMOTE]),
+            nixdist=_rates(payload, times[NIXDIST]),
+            nixdist_build=_rates(payload, times[NIXDIST_BUILD]),
+            ratio=fmt_ratio(goals[0].value),
+            goal=goals[0],
+        ),
+        Row(
+            workload=opts.label,
+            measure="  ratio nixdist build / build-remote (throughput)",
+            build_remote="",
+            nixdist="",
+            ratio=fmt_ratio(ratio(rate[NIXDIST_BUILD], rate[BUILD_REMOTE])),
+        ),
+        Row(
+            workload=opts.label,
+            measure=f"  vs ssh-cat ceiling {_rates(payload, times[SSH_CAT])}",
+            build_remote=fmt_ratio(ratio(rate[BUILD_REMOTE], ceiling)),
+            nixdist=fmt_ratio(goals[1].value),
+            nixdist_build=fmt_ratio(ratio(rate[NIXDIST_BUILD], ceiling)),
+            ratio="",
+            goal=goals[1],
+        ),
+        Row(
+            workload=opts.label,
+            measure="  wall s, median",
+            build_remote=f"{median(times[BUILD_REMOTE]):.2f}",
+            nixdist=f"{median(times[NIXDIST]):.2f}",
+            nixdist_build=f"{median(times[NIXDIST_BUILD]):.2f}",
+            ratio=f"ceiling {median(times[SSH_CAT]):.2f}",
+        ),
+    )
