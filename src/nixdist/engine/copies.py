@@ -70,13 +70,16 @@ def bring(
     places: Places,
     sessions: Sessions,
     claims: UploadClaims | None = None,
+    substitute: bool = False,
 ) -> Brought:
     """Make `closure` valid at the place `to` (whose session is `destination`).
 
-    A failure of a source's session raises `SourceLostError` (that place is then no source); a
-    failure of the destination's propagates with its `peer`, as from `copy_paths`.
+    With `substitute` (``builders-use-substitutes``) the destination first tries its own
+    substituters. A failure of a source's session raises `SourceLostError` (that place is then
+    no source); a failure of the destination's propagates with its `peer`, as from
+    `copy_paths`.
     """
-    valid = destination.query_valid_paths(closure.keys())
+    valid = destination.query_valid_paths(closure.keys(), substitute=substitute)
     missing = {path: info for path, info in closure.items() if path not in valid}
     by_source: dict[str, int] = {}
     paths = 0

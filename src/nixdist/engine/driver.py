@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from nixdist.engine.console import Console
     from nixdist.engine.run import RunReport
     from nixdist.model.derivation import Derivation
-    from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.scheduler.graph import BuildGraph
 
@@ -86,13 +85,18 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
         targets += instantiate(args.expression, environ)
     store = DEFAULT_LOCAL_STORE
     drvs = read_closure(store, [t.drv_path for t in targets])
-    local_jobs = view.settings.max_jobs if args.local_jobs is None else args.local_jobs
+    options = RunOptions(
+        keep_going=args.keep_going,
+        local_jobs=view.settings.max_jobs if args.local_jobs is None else args.local_jobs,
+        substitute=view.settings.builders_use_substitutes,
+        build=args.build,
+    )
     hook_settings = HookSettings(
         builders=view.settings.builders,
         system=view.system,
         system_features=view.settings.system_features,
         extra_platforms=view.settings.extra_platforms,
-        max_jobs=local_jobs,
+        max_jobs=options.local_jobs,
         builders_use_substitutes=view.settings.builders_use_substitutes,
     )
     picker = MachinePicker(machines, hook_settings, load_settings(environ), environ, console)
@@ -103,7 +107,7 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
         environ=environ,
     )
     try:
-        return _plan_and_run(args, targets, drvs, picker, sessions, store, environ, console)
+        return _plan_and_run(args, options, targets, drvs, picker, sessions, environ, console)
     finally:
         sessions.close()
         picker.close()
@@ -111,11 +115,11 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
 
 def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     args: BuildArgs,
+    options: RunOptions,
     targets: Sequence[Target],
     drvs: Mapping[str, Derivation],
     picker: MachinePicker,
     sessions: Sessions,
-    store: LocalStore,
     environ: Mapping[str, str],
     console: Console,
 ) -> BuildOutcome:
@@ -125,9 +129,6 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     known = Estimates(picker.advice(lambda db: db.build_times(), []))
     graph = plan(drvs, roots, valid=valid, estimate=known)
     console.planned(len(graph), len(picker.machines), _bound(graph, picker.machines))
-    options = RunOptions(
-        keep_going=args.keep_going, local_jobs=picker.local.max_jobs, build=args.build
-    )
     run = Run(
         graph=graph,
         drvs=drvs,
@@ -135,7 +136,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
         picker=picker,
         places=places,
         sessions=sessions,
-        store=store,
+        store=sessions.store,
         environ=environ,
         console=console,
         options=options,

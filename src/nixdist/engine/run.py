@@ -82,6 +82,7 @@ STALL_S: Final = 600.0
 class RunOptions:
     keep_going: bool = False
     local_jobs: int = 0  # builds this host may run itself at once (0: none)
+    substitute: bool = False  # builders-use-substitutes
     build: BuildOptions
 
 
@@ -377,6 +378,7 @@ class Run:
             places=self.places,
             sessions=self.sessions,
             claims=claims,
+            substitute=self.options.substitute,
         )
         record.note(upload_s=record.elapsed(), upload_bytes=sent.nar_bytes, upload_paths=sent.paths)
         self.console.sent(machine.uri, sent.nar_bytes)

@@ -43,7 +43,7 @@ class Sessions:
         masters: ControlMasters,
         environ: Mapping[str, str],
     ) -> None:
-        self._store = store
+        self.store = store
         self._machines = machines
         self._masters = masters
         self._environ = environ
@@ -78,7 +78,7 @@ class Sessions:
 
     def _open(self, place: str) -> RemoteStore:
         if place == HERE:
-            return ServeStore.open_local(self._store, self._environ)
+            return ServeStore.open_local(self.store, self._environ)
         target = target_for_machine(self._machines[place], self._environ)
         try:
             return open_remote(target, self._masters, self._environ)
