@@ -7,8 +7,10 @@
     W3  heterogeneous    60 derivations of fixed work, builders of speed 1, 2, 4 (2 jobs each)
     W4  hook start       process start to the first reply, the same recorded settings and try
     W5  scheduler        one choose() over 1000 machines (in process; no build-remote here)
+    W6  relay            26 derivations of 4 MiB, layers alternating between builders of
+                         feature fa and fb (2 + 2 x 2 jobs); only the top is asked for
 
-W1-W3 run each contender (bench/contenders.py: Nix's build-remote, nixdist-hook,
+W1-W3 and W6 run each contender (bench/contenders.py: Nix's build-remote, nixdist-hook,
 nixdist build, and in W1 the local floor) on the same farm (one farm per workload, in a
 temporary directory, under an alias prefix unique to this process), interleaved, the order
 flipped every round, `--rounds` (3) times each. Details of each workload are in its module
@@ -23,7 +25,7 @@ Other benchmarks, not in the default run: ``startup`` (bench/hook_startup.py: th
 import cost), ``nar`` (bench/nar_dump.py: NAR dump/hash against nix-store), ``hooks``
 (bench/hook_vs_build_remote.py: chain, wide, 150 MB in and out, cold and warm masters).
 
-    .venv/bin/python bench/run.py [--rounds 3] [--only w1,w2,w1-ng,w2-ng,w3,w4,w5,startup,nar,hooks]
+    .venv/bin/python bench/run.py [--rounds 3] [--only w1,w2,w1-ng,w2-ng,w3,w4,w5,w6,startup,...]
     .venv/bin/python bench/run.py --quick        # small sizes, 1 round: a smoke run
     .venv/bin/python bench/run.py --client-nix 2.34 --only w1,w2,w3
 
@@ -73,7 +75,7 @@ if TYPE_CHECKING:
 
     Workload: TypeAlias = Callable[[Path, Callable[[str], None]], Outcome]
 
-DEFAULT: Final = ("w1", "w2", "w1-ng", "w2-ng", "w3", "w4", "w5")
+DEFAULT: Final = ("w1", "w2", "w1-ng", "w2-ng", "w3", "w4", "w5", "w6")
 #: Older benchmarks, run as subprocesses: key -> (script, quick arguments).
 EXTRA: Final = {
     "startup": ("hook_startup.py", ("--runs", "5")),
@@ -104,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile-hook",
         type=Path,
         metavar="DIR",
-        help="run nixdist-hook under cProfile in W1-W3 (one .prof per hook process in"
+        help="run nixdist-hook under cProfile in W1-W3 and W6 (one .prof per hook process in"
         " DIR/<workload>/) and print the summed profiles; its timings then mean nothing",
     )
     parser.add_argument(
@@ -113,7 +115,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="pass --option NAME VALUE to every nix-build of W1-W3, for every contender"
+        help="pass --option NAME VALUE to every nix-build of W1-W3 and W6, for every contender"
         " but nixdist build"
         " (e.g. build-poll-interval 1); Nix's defaults otherwise",
     )
@@ -121,7 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--client-nix",
         metavar="VERSION",
         type=_nix_version,
-        help=f"W1-W3 as a client of this Nix ({', '.join(KNOWN_VERSIONS)}), against its own"
+        help=f"W1-W3 and W6 as a client of this Nix ({', '.join(KNOWN_VERSIONS)}), against its own"
         " hook: a farm client (nixdist farm client); default the host's Nix",
     )
     w1 = parser.add_argument_group("W1")
@@ -139,6 +141,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     w3.add_argument("--w3-jobs", type=int, default=2, help="jobs per builder (2)")
     parser.add_argument("--w4-runs", type=int, default=40, help="W4 samples per case (40)")
     parser.add_argument("--w5-machines", type=int, default=1000, help="W5 fleet size (1000)")
+    w6 = parser.add_argument_group("W6")
+    w6.add_argument("--w6-width", type=int, default=4, help="derivations per layer (4)")
+    w6.add_argument("--w6-depth", type=int, default=6, help="layers (6)")
+    w6.add_argument("--w6-kib", type=int, default=4096, help="KiB in each output (4096)")
+    w6.add_argument("--w6-builders", type=int, default=2, help="builders per feature (2)")
     return parser.parse_args(argv)
 
 
@@ -156,6 +163,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     import w3_hetero  # noqa: PLC0415
     import w4_start  # noqa: PLC0415
     import w5_choose  # noqa: PLC0415
+    import w6_relay  # noqa: PLC0415
 
     quick = opts.quick
     rounds = 1 if quick else opts.rounds
@@ -191,6 +199,16 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     )
     w4 = w4_start.W4Options(runs=min(opts.w4_runs, 5) if quick else opts.w4_runs)
     w5 = w5_choose.W5Options(machines=opts.w5_machines, repeat=5 if quick else 15)
+    w6 = w6_relay.W6Options(
+        profile_dir=profile,
+        nix_options=nix_options,
+        client_nix=opts.client_nix,
+        rounds=rounds,
+        width=min(opts.w6_width, 3) if quick else opts.w6_width,
+        depth=min(opts.w6_depth, 3) if quick else opts.w6_depth,
+        kib=min(opts.w6_kib, 256) if quick else opts.w6_kib,
+        builders=opts.w6_builders,
+    )
     w1ng = dataclasses.replace(w1, scheme="ssh-ng")
     w2ng = dataclasses.replace(w2, scheme="ssh-ng")
     return {
@@ -201,6 +219,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
         "w3": lambda base, log: w3_hetero.run(base, w3, log),
         "w4": lambda base, log: w4_start.run(base, w4, log),
         "w5": lambda _base, _log: w5_choose.run(w5),
+        "w6": lambda base, log: w6_relay.run(base, w6, log),
     }
 
 
@@ -318,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "\n=== results: median [best] of each contender; ratio = nixdist-hook / build-remote"
             " unless the measure names another;"
-            f" W1-W3 client: {_client_words(opts.client_nix)}"
+            f" W1-W3, W6 client: {_client_words(opts.client_nix)}"
         )
         print(render_table(row_headers(opts.client_nix), rows, left=2))
     for note in (note for o in outcomes for note in o.notes):

@@ -1,4 +1,4 @@
-"""A smoke run of the benchmark harness (bench/run.py, W1) on a real farm: correctness only.
+"""A smoke run of the benchmark harness (bench/run.py, W1 and W6) on a real farm: correctness only.
 
 The benchmark itself is never a pass/fail test on time. This runs W1 small (a DAG of 2 layers
 x 10 trivial derivations, every contender, one round) through the very code `make bench` runs,
@@ -6,8 +6,10 @@ and checks what the numbers rest on: every build succeeded, every output is vali
 was built by exactly one farm builder (read from the builders' own stores; the local floor's
 by none), and the results JSON has the shape bench/README.md describes; once with the host's
 Nix as the client, once as a Nix 2.34 farm client (``--client-nix 2.34``: its own hook is ``nix
-__build-remote``), once over ``ssh-ng://`` (these two without nixdist build). Also: a farm
-builder's /etc/nix/nixdist-speed, which W3 scales its work by, holds its speed factor.
+__build-remote``), once over ``ssh-ng://`` (these two without nixdist build). W6 runs small too:
+the hooks bring every output here and relay nothing, nixdist build brings only the top and
+relays the rest builder to builder. Also: a farm builder's /etc/nix/nixdist-speed, which W3
+scales its work by, holds its speed factor.
 """
 
 from __future__ import annotations
@@ -99,6 +101,38 @@ def test_w1_smoke_builds_everything_remotely(
     assert isinstance(hook["met"], bool)
     assert all((g["met"] is None) == (contenders == HOOKS_AND_FLOOR) for g in (build, floor))
     assert label in stdout  # the table was printed
+
+
+@pytest.mark.usefixtures("require_farm")
+def test_w6_smoke_relays_without_the_local_store(tmp_path: Path) -> None:
+    args = ["--only", "w6", "--w6-width", "2", "--w6-depth", "2", "--w6-kib", "64"]
+    data, stdout = run_bench(tmp_path, *args)
+    w6 = data["workloads"]["w6"]
+    runs = {r["contender"]: r for r in w6["runs"]}
+    assert sorted(runs) == ["build-remote", "nixdist", "nixdist-build"]
+    outputs = 2 * 2 + 2  # the layers, stuck and top
+    for run in runs.values():
+        assert run["ok"], run["error"]
+        assert run["outputs"] == run["built_remotely"] == outputs
+        assert set(run["placements"]) <= {"fa1", "fa2", "fb1", "fb2"}
+        assert run["asked"] == run["asked_valid"] == 1
+        moved = run["traffic"]
+        assert moved["copies"] > 0  # every layer needs the one before on other builders
+        assert moved["asked"] > 64 * 1024
+        assert moved["sources"] == 0
+    for hook in ("build-remote", "nixdist"):
+        moved = runs[hook]["traffic"]
+        assert runs[hook]["valid_locally"] == outputs
+        assert moved["relayed"] == 0
+        assert moved["received"] > outputs * 64 * 1024
+        assert moved["sent"] > 0
+    moved = runs["nixdist-build"]["traffic"]
+    assert runs["nixdist-build"]["valid_locally"] == 1
+    assert moved["received"] == moved["asked"]
+    assert moved["sent"] == 0
+    assert moved["relayed"] > 0
+    assert [g["measure"].startswith(("bytes", "wall")) for g in data["goals"]] == [True, True]
+    assert "W6" in stdout
 
 
 def test_builder_knows_its_speed(farm_factory: Callable[[tuple[BuilderSpec, ...]], Farm]) -> None:
