@@ -192,11 +192,19 @@ class Run:
             self._fail(Failed(drv_path=drv_path, place="", message=message))
 
     def _hand_out(self) -> bool:
-        """Start every ready derivation a machine (or this host) can take now."""
+        """Start every ready derivation a machine (or this host) can take now.
+
+        Once a request is postponed (every machine that fits is busy), the ready derivations
+        that ask for the same (system, features, willing) are not asked about again in this
+        pass: the answer would be the same, and each question takes Nix's main lock."""
         started = False
+        busy: set[tuple[str, frozenset[str], bool]] = set()
         for drv_path in self.graph.ready():
             local_free = self.local_running < self.options.local_jobs
             request = self.graph.request(drv_path, am_willing=local_free)
+            kind = (request.system, request.required_features, local_free)
+            if kind in busy:
+                continue
             decision, lease = self.picker.decide(request)
             match decision:
                 case Accept(machine=machine):
@@ -205,7 +213,7 @@ class Run:
                     self._start(drv_path, self._build_remotely, machine, lease)
                     started = True
                 case Postpone():
-                    continue
+                    busy.add(kind)
                 case Decline():
                     self.picker.record(request, decision)
                     if can_build_locally(request, self.picker.local):
@@ -236,10 +244,19 @@ class Run:
         self.events.put(event)
 
     def _take_event(self) -> bool:
+        """Wait (a little) for builds to come back; take every one that has."""
         try:
             event = self.events.get(timeout=POLL_S)
         except queue.Empty:
             return False
+        while True:
+            self._handle(event)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _handle(self, event: Event) -> None:
         self.threads.pop(event.drv_path).join()
         match event:
             case Built(drv_path=drv_path, place=place):
@@ -255,7 +272,6 @@ class Run:
                 self._lost(drv_path, machine, reason)
             case _:  # pragma: no cover - exhaustiveness
                 assert_never(event)
-        return True
 
     def _fail(self, failed: Failed) -> None:
         self.failures.append(failed)
