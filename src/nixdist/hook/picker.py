@@ -268,7 +268,7 @@ class MachinePicker:
         reports, renewed = self.refresh_loads(fitting)
         with self.slots.main_lock():
             probes = [
-                self.slots.probe(m) if fit else None
+                self.slots.try_slot(m) if fit else None
                 for m, fit in zip(self.machines, fits, strict=True)
             ]
             for m, probe in zip(self.machines, probes, strict=True):

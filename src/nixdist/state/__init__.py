@@ -3,7 +3,7 @@
 from nixdist.state.slots import (
     SlotDirectory,
     SlotLease,
-    SlotProbe,
+    SlotTry,
     default_current_load_dir,
     escape_uri,
 )
@@ -11,7 +11,7 @@ from nixdist.state.slots import (
 __all__ = [
     "SlotDirectory",
     "SlotLease",
-    "SlotProbe",
+    "SlotTry",
     "default_current_load_dir",
     "escape_uri",
 ]

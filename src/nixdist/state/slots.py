@@ -31,12 +31,12 @@ One ``try``, the way the hook uses this module (Nix does the same, §2.5)::
 
     slots = SlotDirectory.default()
     with slots.main_lock():
-        probes = [slots.probe(m) for m in machines]
-        decision = choose(request, local, [machine_state(p.machine, …) for p in probes])
-        keep = probes[decision.index].lease if isinstance(decision, Accept) else None
-        for p in probes:
-            if p.lease is not keep and p.lease is not None:
-                p.lease.release()
+        tries = [slots.try_slot(m) for m in machines]
+        decision = choose(request, local, [machine_state(t.machine, …) for t in tries])
+        keep = tries[decision.index].lease if isinstance(decision, Accept) else None
+        for t in tries:
+            if t.lease is not keep and t.lease is not None:
+                t.lease.release()
         if keep is not None:
             keep.touch()
     # `keep` stays held until the build ends (or the process exits);
@@ -140,8 +140,8 @@ class SlotLease:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SlotProbe:
-    """The result of probing one machine's slots: how many are in use, and a free one if any.
+class SlotTry:
+    """One try at a machine's slots: how many are in use, and a free one if any (held).
 
     When `lease` is not None the caller owns it and must release it unless it keeps the slot.
     """
@@ -208,7 +208,7 @@ class SlotDirectory:
         finally:
             os.close(fd)
 
-    def probe(self, machine: Machine) -> SlotProbe:
+    def try_slot(self, machine: Machine) -> SlotTry:
         """Try every slot of `machine` without waiting: locked ones are its load.
 
         The first free slot stays locked and is returned as the lease; the other free slots are
@@ -236,14 +236,14 @@ class SlotDirectory:
             if lease is not None:
                 lease.release()
             raise
-        return SlotProbe(machine=machine, load=load, lease=lease)
+        return SlotTry(machine=machine, load=load, lease=lease)
 
     def count_loads(self, machines: Sequence[Machine]) -> list[int]:
         """The load of each machine, holding nothing afterwards (for ``nixdist status``)."""
         loads: list[int] = []
         with self.main_lock():
             for machine in machines:
-                probe = self.probe(machine)
+                probe = self.try_slot(machine)
                 if probe.lease is not None:
                     probe.lease.release()
                 loads.append(probe.load)

@@ -73,7 +73,7 @@ def test_explain_and_the_hook_choose_alike(tmp_path: Path) -> None:
     )
     slots = SlotDirectory.default(environ=env)
     slots.ensure()
-    held = slots.probe(machines[0]).lease  # another build has the only slot of ssh://held
+    held = slots.try_slot(machines[0]).lease  # another build has the only slot of ssh://held
     assert held is not None
     request = BuildRequest(drv_path="/nix/store/x.drv", system="x86_64-linux", am_willing=False)
     with open(os.devnull, "w") as devnull:  # noqa: PTH123 - a descriptor for HookOutput
@@ -128,7 +128,7 @@ def test_a_renewed_report_counts_this_hosts_slots_once_under_the_main_lock(
     )
     slots = SlotDirectory.default(environ=env)
     slots.ensure()
-    held = slots.probe(local).lease
+    held = slots.try_slot(local).lease
     assert held is not None
     request = BuildRequest(drv_path="/nix/store/x.drv", system="x86_64-linux", am_willing=False)
     with open(os.devnull, "w") as devnull:  # noqa: PTH123 - a descriptor for HookOutput

@@ -119,7 +119,7 @@ def setting(tmp_path: Path) -> _Setting:
 
 def _picked(name: str, script: bytes, slots: SlotDirectory) -> Picked:
     machine = Machine(uri=f"ssh-ng://{name}", systems=("x86_64-linux",), max_jobs=1)
-    lease = slots.probe(machine).lease
+    lease = slots.try_slot(machine).lease
     assert lease is not None
     return Picked(
         machine=machine, lease=lease, remote=DaemonStore(ScriptedChannel(script), name=name)

@@ -39,7 +39,7 @@ import sys
 from nixdist.model.machines import Machine
 from nixdist.state import SlotDirectory
 m = Machine(uri=sys.argv[2], systems=("x86_64-linux",), max_jobs=int(sys.argv[3]))
-probe = SlotDirectory(sys.argv[1]).probe(m)
+probe = SlotDirectory(sys.argv[1]).try_slot(m)
 print(probe.load, probe.lease.slot, flush=True)
 sys.stdin.read()
 """
@@ -113,7 +113,7 @@ def test_file_names_are_nix_s(slots: SlotDirectory) -> None:
     ssh:__builder1.upload-lock is not used: uploads are not serialised)."""
     m = builder("ssh://builder1", max_jobs=3)
     with slots.main_lock():
-        probe = slots.probe(m)
+        probe = slots.try_slot(m)
     release(probe.lease)
     assert sorted(p.name for p in slots.path.iterdir()) == [
         "main-lock",
@@ -152,28 +152,28 @@ def test_directory_is_created_and_errors_are_ignored(tmp_path: Path) -> None:
     SlotDirectory(tmp_path / "missing" / "current-load").ensure()  # no error, like Nix
     # probing creates the directory too
     fresh = SlotDirectory(tmp_path / "fresh")
-    release(fresh.probe(builder()).lease)
+    release(fresh.try_slot(builder()).lease)
     assert fresh.path.is_dir()
 
 
 # --- probing within one process ------------------------------------------------------------------
 
 
-def test_probe_counts_leases_and_keeps_one_free_slot(slots: SlotDirectory) -> None:
+def test_try_slot_counts_leases_and_keeps_one_free_slot(slots: SlotDirectory) -> None:
     m = builder(max_jobs=2)
-    first = slots.probe(m)
+    first = slots.try_slot(m)
     assert (first.load, first.free_slot) == (0, True)
     assert first.lease is not None
     assert first.lease.slot == 0
     # a second open in the same process is a different open file description: it counts
-    second = slots.probe(m)
+    second = slots.try_slot(m)
     assert second.load == 1
     assert second.lease is not None
     assert second.lease.slot == 1
-    third = slots.probe(m)
+    third = slots.try_slot(m)
     assert (third.load, third.lease) == (2, None)
     first.lease.release()
-    again = slots.probe(m)
+    again = slots.try_slot(m)
     assert again.load == 1
     assert again.lease is not None
     assert again.lease.slot == 0
@@ -182,7 +182,7 @@ def test_probe_counts_leases_and_keeps_one_free_slot(slots: SlotDirectory) -> No
 
 def test_probe_unlocks_the_free_slots_it_does_not_keep(slots: SlotDirectory) -> None:
     m = builder(max_jobs=3)
-    probe = slots.probe(m)
+    probe = slots.try_slot(m)
     assert probe.lease is not None
     assert probe.lease.slot == 0
     assert slots.count_loads([m]) == [1]
@@ -191,7 +191,7 @@ def test_probe_unlocks_the_free_slots_it_does_not_keep(slots: SlotDirectory) -> 
 
 
 def test_zero_jobs_machine_has_no_slots(slots: SlotDirectory) -> None:
-    probe = slots.probe(builder(max_jobs=0))
+    probe = slots.try_slot(builder(max_jobs=0))
     assert (probe.load, probe.lease) == (0, None)
     assert not slots.path.exists() or list(slots.path.iterdir()) == []
 
@@ -201,14 +201,14 @@ def test_probe_error_releases_the_slot_it_took(slots: SlotDirectory) -> None:
     slots.ensure()
     slots.slot_path(m.uri, 1).mkdir()  # slot 1 cannot be opened
     with pytest.raises(IsADirectoryError):
-        slots.probe(m)
+        slots.try_slot(m)
     slots.slot_path(m.uri, 1).rmdir()
     assert slots.count_loads([m]) == [0]
     assert repr(slots) == f"SlotDirectory({str(slots.path)!r})"
 
 
 def test_lease_lifecycle(slots: SlotDirectory) -> None:
-    lease = slots.probe(builder(max_jobs=1)).lease
+    lease = slots.try_slot(builder(max_jobs=1)).lease
     assert lease is not None
     assert repr(lease) == "<SlotLease ssh:__b1-0 held>"
     assert not os.get_inheritable(lease.fileno())  # O_CLOEXEC: ssh masters never inherit it
@@ -222,7 +222,7 @@ def test_lease_lifecycle(slots: SlotDirectory) -> None:
 
 
 def test_touch_sets_mtime_to_now(slots: SlotDirectory) -> None:
-    lease = slots.probe(builder(max_jobs=1)).lease
+    lease = slots.try_slot(builder(max_jobs=1)).lease
     assert lease is not None
     os.utime(lease.path, (0, 0))
     lease.touch()
@@ -233,9 +233,9 @@ def test_touch_sets_mtime_to_now(slots: SlotDirectory) -> None:
 def test_probe_feeds_choose(slots: SlotDirectory) -> None:
     """The hook's sequence: probe under the main lock, choose, keep one lease, free the rest."""
     a, b = builder("ssh://a", max_jobs=1), builder("ssh://b", max_jobs=2)
-    busy = slots.probe(a).lease
+    busy = slots.try_slot(a).lease
     with slots.main_lock():
-        probes = [slots.probe(m) for m in (a, b)]
+        probes = [slots.try_slot(m) for m in (a, b)]
         assert [p.free_slot for p in probes] == [False, True]
         decision = choose(
             BuildRequest(drv_path="x.drv", system="x86_64-linux", am_willing=False),
@@ -259,13 +259,13 @@ def test_slot_locked_by_another_process_counts_as_load(slots: SlotDirectory) -> 
     slots.ensure()
     with python_holder(HOLD_WITH_FLOCK, str(slots.slot_path(m.uri, 0))) as (child, line):
         assert line == "locked"
-        probe = slots.probe(m)
+        probe = slots.try_slot(m)
         assert probe.load == 1
         assert probe.lease is not None
         assert probe.lease.slot == 1
         release(probe.lease)
         end(child)
-    probe = slots.probe(m)
+    probe = slots.try_slot(m)
     assert probe.load == 0
     release(probe.lease)
 
@@ -308,9 +308,9 @@ def test_slot_locked_by_util_linux_flock_counts_as_load(slots: SlotDirectory) ->
     path = str(slots.slot_path(m.uri, 0))
     with holder(FLOCK, "-n", path, "sh", "-c", "echo locked; exec cat") as (child, line):
         assert line == "locked"
-        assert slots.probe(m).load == 1
+        assert slots.try_slot(m).load == 1
         end(child)
-    probe = slots.probe(m)
+    probe = slots.try_slot(m)
     assert probe.load == 0
     assert probe.lease is not None
     # and the other way round: flock(1) cannot take the slot we hold

@@ -85,7 +85,7 @@ def test_api_status_recent_limit(
 
 def test_slots_held_now_show(serve: Serve, get: Get, sources: Sources) -> None:
     b1 = sources.machines()[0]
-    probe = sources.slots.probe(b1)  # hold one slot of b1, as a hook would
+    probe = sources.slots.try_slot(b1)  # hold one slot of b1, as a hook would
     assert probe.lease is not None
     with probe.lease, serve(sources) as url:
         served = json.loads(get(f"{url}/api/status").body)

@@ -95,7 +95,7 @@ def test_bytes_paths_and_phase_times(serve: Serve, get: Get, sources: Sources) -
 
 def test_machine_gauges(serve: Serve, get: Get, sources: Sources) -> None:
     b1 = sources.machines()[0]
-    probe = sources.slots.probe(b1)
+    probe = sources.slots.try_slot(b1)
     assert probe.lease is not None
     with probe.lease:
         samples = parse(scrape(serve, get, sources).text)
