@@ -11,6 +11,7 @@ sessions.py   the run's store sessions, reused from build to build
 copies.py     each path from where it is to where it is needed (relayed builder to builder)
 buildlog.py   each build's log into Nix's log store
 local.py      a build this host runs itself (what no builder can take)
+nixcmd.py     the local Nix's commands, run one way
 results.py    the outputs asked for brought here, rooted and printed as nix-build does
 console.py    what the user sees: a live board on a terminal, lines elsewhere
 """

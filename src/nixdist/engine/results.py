@@ -10,10 +10,10 @@ derivation…), made by the local Nix itself (``nix-store --add-root``).
 
 from __future__ import annotations
 
-import subprocess
 from typing import TYPE_CHECKING
 
 from nixdist.engine.copies import bring
+from nixdist.engine.nixcmd import run_nix
 from nixdist.engine.places import HERE
 from nixdist.errors import NixdistError
 from nixdist.model.store_path import StorePath
@@ -78,9 +78,7 @@ def add_roots(links: Sequence[tuple[str, StorePath]], environ: Mapping[str, str]
     """Each (link, path) as an indirect GC root, by the local Nix."""
     for link, path in links:
         argv = ["nix-store", "--add-root", link, "--indirect", "--realise", str(path)]
-        done = subprocess.run(
-            argv, capture_output=True, env=dict(environ), check=False, stdin=subprocess.DEVNULL
-        )
-        if done.returncode != 0:
-            said = done.stderr[-4096:].decode(errors="replace").strip()
-            raise NixdistError(f"cannot make the root {link} for {path}: {said}")
+        done = run_nix(argv, environ)
+        if done.status != 0:
+            why = done.error("nix-store --add-root")
+            raise NixdistError(f"cannot make the root {link} for {path}: {why}")

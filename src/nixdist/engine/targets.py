@@ -11,11 +11,11 @@ too).
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from nixdist.engine.nixcmd import run_nix
 from nixdist.errors import ConfigError, NixdistError, ParseError
 from nixdist.model.derivation import parse_derivation
 from nixdist.model.store_path import StorePath
@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 
     from nixdist.model.derivation import Derivation
     from nixdist.model.local_store import LocalStore
-
-#: The most nix-instantiate may print (its list of .drv paths) or say on stderr.
-MAX_INSTANTIATE_OUTPUT: Final = 16 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,17 +115,10 @@ def instantiate(expression: Expression, environ: Mapping[str, str]) -> list[Targ
 
 def _drv_paths(argv: Sequence[str], environ: Mapping[str, str]) -> list[Target]:
     """The .drv paths (one per line) a Nix command prints; its error as Nix says it."""
-    try:
-        done = subprocess.run(
-            argv, capture_output=True, env=dict(environ), check=False, stdin=subprocess.DEVNULL
-        )
-    except OSError as err:
-        raise NixdistError(f"cannot run {argv[0]}: {err}") from err
-    said = done.stderr[-MAX_INSTANTIATE_OUTPUT:].decode(errors="replace").strip()
-    if done.returncode != 0:
-        raise NixdistError(said or f"{argv[0]} exited with status {done.returncode}")
-    text = done.stdout[:MAX_INSTANTIATE_OUTPUT].decode(errors="replace")
-    return [Target.parse(line) for line in text.splitlines() if line.strip()]
+    done = run_nix(argv, environ)
+    if done.status != 0:
+        raise NixdistError(done.error(argv[0]))
+    return [Target.parse(line) for line in done.stdout.splitlines() if line.strip()]
 
 
 def read_closure(store: LocalStore, roots: Iterable[str]) -> dict[str, Derivation]:
