@@ -73,6 +73,8 @@ from nixdist.farm.rootfs import ensure_rootfs_info
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from w6_relay import W6Options
+
     Workload: TypeAlias = Callable[[Path, Callable[[str], None]], Outcome]
 
 DEFAULT: Final = ("w1", "w2", "w1-ng", "w2-ng", "w3", "w4", "w5", "w6")
@@ -126,6 +128,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"W1-W3 and W6 as a client of this Nix ({', '.join(KNOWN_VERSIONS)}), against its own"
         " hook: a farm client (nixdist farm client); default the host's Nix",
     )
+    _add_size_options(parser)
+    return parser.parse_args(argv)
+
+
+def _add_size_options(parser: argparse.ArgumentParser) -> None:
+    """The sizes of each workload (``--w1-width`` ...)."""
     w1 = parser.add_argument_group("W1")
     w1.add_argument("--w1-width", type=int, default=20, help="derivations per layer (20)")
     w1.add_argument("--w1-layers", type=int, default=10, help="layers (10)")
@@ -146,7 +154,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     w6.add_argument("--w6-depth", type=int, default=6, help="layers (6)")
     w6.add_argument("--w6-kib", type=int, default=4096, help="KiB in each output (4096)")
     w6.add_argument("--w6-builders", type=int, default=2, help="builders per feature (2)")
-    return parser.parse_args(argv)
 
 
 def _nix_version(text: str) -> str:
@@ -199,16 +206,7 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
     )
     w4 = w4_start.W4Options(runs=min(opts.w4_runs, 5) if quick else opts.w4_runs)
     w5 = w5_choose.W5Options(machines=opts.w5_machines, repeat=5 if quick else 15)
-    w6 = w6_relay.W6Options(
-        profile_dir=profile,
-        nix_options=nix_options,
-        client_nix=opts.client_nix,
-        rounds=rounds,
-        width=min(opts.w6_width, 3) if quick else opts.w6_width,
-        depth=min(opts.w6_depth, 3) if quick else opts.w6_depth,
-        kib=min(opts.w6_kib, 256) if quick else opts.w6_kib,
-        builders=opts.w6_builders,
-    )
+    w6 = _w6_options(opts, rounds=rounds, profile=profile, nix_options=nix_options)
     w1ng = dataclasses.replace(w1, scheme="ssh-ng")
     w2ng = dataclasses.replace(w2, scheme="ssh-ng")
     return {
@@ -221,6 +219,24 @@ def build_plan(opts: argparse.Namespace) -> dict[str, Workload]:
         "w5": lambda _base, _log: w5_choose.run(w5),
         "w6": lambda base, log: w6_relay.run(base, w6, log),
     }
+
+
+def _w6_options(
+    opts: argparse.Namespace, *, rounds: int, profile: str | None, nix_options: tuple[str, ...]
+) -> W6Options:
+    import w6_relay  # noqa: PLC0415 - imported where used, like the others
+
+    quick = opts.quick
+    return w6_relay.W6Options(
+        profile_dir=profile,
+        nix_options=nix_options,
+        client_nix=opts.client_nix,
+        rounds=rounds,
+        width=min(opts.w6_width, 3) if quick else opts.w6_width,
+        depth=min(opts.w6_depth, 3) if quick else opts.w6_depth,
+        kib=min(opts.w6_kib, 256) if quick else opts.w6_kib,
+        builders=opts.w6_builders,
+    )
 
 
 def client_info(client_nix: str | None) -> dict[str, object]:
