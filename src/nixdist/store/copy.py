@@ -12,6 +12,7 @@ for another's only when nothing else is left, then asks the destination again.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -96,7 +97,12 @@ def copy_paths(
     asked = time.time()
     valid = dst.query_valid_paths(wanted, lock=True, substitute=substitute)
     missing = wanted - valid
-    infos = src.query_path_infos(missing)
+    # As Nix's copyStorePath: the destination did not build what it receives ("ultimate" is
+    # the source's own fact; a daemon reports it, the serve protocol does not).
+    infos = {
+        path: dataclasses.replace(info, ultimate=False)
+        for path, info in src.query_path_infos(missing).items()
+    }
     lost = missing - infos.keys()
     if lost:
         raise TransportError(f"'{src.name}' does not have {', '.join(sorted(map(str, lost)))}")
