@@ -128,21 +128,17 @@ def label(contender: str) -> str:
 
 
 def available(names: Sequence[str], client_nix: str | None, scheme: str = "ssh") -> tuple[str, ...]:
-    """Those of `names` that run with this client and these builders: nixdist build with the
-    host's Nix and ``ssh://`` builders only.
-
-    Over ``ssh-ng://`` nixdist build copies a path with the ``ultimate`` flag its source's
-    daemon reports (QueryPathInfo), so a path it relays from the builder that built it arrives
-    "built here" on the next builder (and on the local store), and the check of where each
-    output was built cannot tell the builders apart any more (bench/README.md, W1-ng)."""
-    if client_nix is None and scheme == "ssh":
-        return tuple(names)
-    return tuple(n for n in names if n not in NIXDIST_BUILDS)
+    """Those of `names` that run with this client and these builders: all of them (nixdist
+    build as a farm client of another Nix runs that client's `nixdist`)."""
+    del client_nix, scheme
+    return tuple(names)
 
 
-def nixdist_build_argv(drvs: Sequence[str], *, machines: Path, fetch_all: bool) -> list[str]:
+def nixdist_build_argv(
+    drvs: Sequence[str], *, machines: Path, fetch_all: bool, program: str = str(NIXDIST_CLI)
+) -> list[str]:
     """``nixdist build`` of the .drv paths, every build on the farm, no GC root."""
-    argv = [str(NIXDIST_CLI), "build", *drvs, "--machines", str(machines), "-j0", "--no-out-link"]
+    argv = [program, "build", *drvs, "--machines", str(machines), "-j0", "--no-out-link"]
     return [*argv, "--fetch-all"] if fetch_all else argv
 
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
-from common import NIXDIST_HOOK, PYTHON, nix_own_hook
+from common import NIXDIST_CLI, NIXDIST_HOOK, PYTHON, nix_own_hook
 from contenders import (
     BUILD_REMOTE,
     LOCAL,
@@ -316,12 +316,16 @@ class FarmBench:
 
         `extra` goes to nix-build only (``--nix-option``), not to nixdist build."""
         if contender in NIXDIST_BUILDS:
-            if self.client_nix is not None:
-                raise ValueError(f"{contender} runs with the host's Nix only")
+            # A farm client runs the `nixdist` beside its Nix (nixdist.farm.client).
+            program = str(NIXDIST_CLI) if self.client_nix is None else "nixdist"
             argv = nixdist_build_argv(
-                drvs, machines=self.farm.machines_file, fetch_all=contender == NIXDIST_BUILD_ALL
+                drvs,
+                machines=self.farm.machines_file,
+                fetch_all=contender == NIXDIST_BUILD_ALL,
+                program=program,
             )
-            return argv, {**self.env, "NIXDIST_STATE_DIR": str(self.build_state_dir)}
+            env = {**self.env, "NIXDIST_STATE_DIR": str(self.build_state_dir)}
+            return self.nix_argv(argv), env
         if contender == LOCAL:
             return self.nix_argv(local_build_argv(drvs, jobs=self.slots, extra=extra)), self.env
         if contender == NIXDIST_COLD:

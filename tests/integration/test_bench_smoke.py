@@ -38,8 +38,7 @@ RUN = REPO / "bench" / "run.py"
 # A guard against a hang, never a performance limit.
 HANG_GUARD_S = 900
 WIDTH, LAYERS = 10, 2
-HOST_CONTENDERS = ["build-remote", "local", "nixdist", "nixdist-build", "nixdist-build-all"]
-HOOKS_AND_FLOOR = ["build-remote", "local", "nixdist"]
+CONTENDERS = ["build-remote", "local", "nixdist", "nixdist-build", "nixdist-build-all"]
 
 
 def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
@@ -80,9 +79,8 @@ def test_w1_smoke_builds_everything_remotely(
     n = WIDTH * LAYERS
     assert w1["derivations"] == n
     runs = w1["runs"]
-    # nixdist build runs with the host's Nix over ssh:// only (bench/contenders.available)
-    contenders = HOST_CONTENDERS if workload == "w1" and client_nix is None else HOOKS_AND_FLOOR
-    assert sorted(r["contender"] for r in runs) == contenders
+    # every contender, nixdist build too, with any client and either scheme
+    assert sorted(r["contender"] for r in runs) == CONTENDERS
     for run in runs:
         assert run["ok"], run["error"]
         assert (run["derivations"], run["outputs"], run["valid_locally"]) == (n, n, n)
@@ -91,7 +89,7 @@ def test_w1_smoke_builds_everything_remotely(
         assert run["built_remotely"] == sum(run["placements"].values()) == remote
         assert set(run["placements"]) <= {"b1", "b2", "b3"}
         assert run["seconds"] > 0
-    for contender in contenders:
+    for contender in CONTENDERS:
         assert len(w1["seconds"][contender]) == 1
         assert math.isfinite(w1["median_s"][contender])
     hook, build, floor = data["goals"]
@@ -99,7 +97,7 @@ def test_w1_smoke_builds_everything_remotely(
     assert {goal["workload"] for goal in data["goals"]} == {label}
     assert (hook["goal"], build["goal"], floor["goal"]) == ("<= 0.35x", "<= 0.15x", "<= 1.5x")
     assert isinstance(hook["met"], bool)
-    assert all((g["met"] is None) == (contenders == HOOKS_AND_FLOOR) for g in (build, floor))
+    assert all(isinstance(g["met"], bool) for g in (build, floor))
     assert label in stdout  # the table was printed
 
 
