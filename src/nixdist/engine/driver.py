@@ -126,7 +126,8 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     places = Places()
     valid = _look_here(drvs, places, sessions)
     roots = [(t.drv_path, t.outputs) for t in targets]
-    known = Estimates(picker.advice(lambda db: db.build_times(), []))
+    speeds = {m.uri: m.speed_factor for m in picker.machines}
+    known = Estimates(picker.advice(lambda db: db.build_times(), []), lambda m: speeds.get(m, 1))
     graph = plan(drvs, roots, valid=valid, estimate=known)
     console.planned(len(graph), len(picker.machines), _bound(graph, picker.machines))
     run = Run(

@@ -2,7 +2,10 @@
 
 Derivations change hash with every change of their inputs, so the history is matched by
 derivation *name* (``hello-2.12``): the median of that name's recent successful builds (their
-build phase, on whichever builder). A name the history does not know gets the graph's default.
+build phase), each multiplied by the speed factor of the machine it ran on, so that an
+estimate is work at speed factor 1 (a machine of speed 4 is taken to do it in a quarter of
+that time; `nixdist.engine.placement`). A name the history does not know gets the graph's
+default.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
 
 def derivation_name(drv_path: str) -> str:
@@ -21,12 +24,15 @@ def derivation_name(drv_path: str) -> str:
 
 
 class Estimates:
-    """The median build time of each derivation name in `history` ((drv path, seconds))."""
+    """The median work of each derivation name in `history` ((drv path, machine, seconds)),
+    `speed_of` a machine (1 for one it does not know)."""
 
-    def __init__(self, history: Iterable[tuple[str, float]]) -> None:
+    def __init__(
+        self, history: Iterable[tuple[str, str, float]], speed_of: Callable[[str], float]
+    ) -> None:
         times: defaultdict[str, list[float]] = defaultdict(list)
-        for drv_path, seconds in history:
-            times[derivation_name(drv_path)].append(seconds)
+        for drv_path, machine, seconds in history:
+            times[derivation_name(drv_path)].append(seconds * speed_of(machine))
         self._median = {name: statistics.median(values) for name, values in times.items()}
 
     def __call__(self, drv_path: str) -> float | None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final, assert_never
 
 from nixdist.engine.buildlog import BuildLog
 from nixdist.engine.copies import SourceLostError, bring
+from nixdist.engine.placement import Placement
 from nixdist.engine.places import HERE
 from nixdist.errors import (
     LocalProtocolError,
@@ -39,12 +40,14 @@ from nixdist.errors import (
     StoreRefusedError,
     TransportError,
 )
+from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model.derivation import to_basic
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.serve import BuildStatus
 from nixdist.scheduler.graph import NodeStatus
 from nixdist.scheduler.policy import (
     Accept,
+    Decision,
     Decline,
     Postpone,
     can_build_locally,
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.model.path_info import PathInfo
+    from nixdist.model.request import BuildRequest
     from nixdist.protocol.serve import BuildOptions, BuildResult
     from nixdist.scheduler.graph import BuildGraph
     from nixdist.state.history import BuildRecord
@@ -156,6 +160,7 @@ class Run:
         self.stopping = False
         self.interrupted = threading.Event()  # set when the run is stopped (Ctrl-C)
         self.log = BuildLog(store, environ)
+        self.placement = Placement(picker.machines)
 
     # -- the main thread -----------------------------------------------------------------
 
@@ -207,11 +212,10 @@ class Run:
                 continue
             decision, lease = self.picker.decide(request)
             match decision:
-                case Accept(machine=machine):
+                case Accept():
                     assert lease is not None  # noqa: S101 - an Accept holds a slot
-                    self.picker.record(request, decision)
-                    self._start(drv_path, self._build_remotely, machine, lease)
-                    started = True
+                    placed = self._place(drv_path, request, decision, lease)
+                    started = started or placed
                 case Postpone():
                     busy.add(kind)
                 case Decline():
@@ -226,6 +230,35 @@ class Run:
                 case _:  # pragma: no cover - exhaustiveness
                     assert_never(decision)
         return started
+
+    def _place(
+        self, drv_path: str, request: BuildRequest, accepted: Accept, lease: SlotLease
+    ) -> bool:
+        """Start `drv_path` on the accepted machine, or on one that finishes it clearly sooner
+        (`engine.placement`), or not yet (that one is about to be free); whether it started."""
+        now = time.monotonic()
+        work = self.graph.estimate(drv_path)
+        better = self.placement.better(
+            request, work, accepted.machine, usable=self._usable, now=now
+        )
+        decision: Decision = accepted
+        chosen: SlotLease | None = lease
+        if better is not None:
+            lease.release()
+            if better.available_in > 0:
+                return False  # waits for the faster machine's slot
+            decision, chosen = self.picker.decide(request, among=frozenset({better.machine.uri}))
+            if not isinstance(decision, Accept):  # another client took it: Nix's choice then
+                decision, chosen = self.picker.decide(request)
+        if not isinstance(decision, Accept) or chosen is None:
+            return False  # every slot was taken meanwhile: the next pass decides again
+        self.picker.record(request, decision)
+        self.placement.started(drv_path, decision.machine, work, now)
+        self._start(drv_path, self._build_remotely, decision.machine, chosen)
+        return True
+
+    def _usable(self, machine: Machine) -> bool:
+        return machine.scheme in SUPPORTED_SCHEMES and self.picker.down_reason(machine.uri) is None
 
     def _start(self, drv_path: str, target: object, *args: object) -> None:
         self.graph.start(drv_path)
@@ -258,6 +291,7 @@ class Run:
 
     def _handle(self, event: Event) -> None:
         self.threads.pop(event.drv_path).join()
+        self.placement.ended(event.drv_path)
         match event:
             case Built(drv_path=drv_path, place=place):
                 if place == HERE:

@@ -255,15 +255,21 @@ class MachinePicker:
 
     # -- choosing ------------------------------------------------------------------------------
 
-    def decide(self, request: BuildRequest) -> tuple[Decision, SlotLease | None]:
+    def decide(
+        self, request: BuildRequest, *, among: frozenset[str] | None = None
+    ) -> tuple[Decision, SlotLease | None]:
         """One round of Nix's selection, under the main lock: the decision and, for an
         accept, the slot it holds (already touched, like Nix does).
 
         Slots, health and load reports are looked up only for the machines that fit the
         request: for the others the mismatch is the reason, whatever their state, and the main
         lock (which every hook of this host waits for) is held no longer than it must be.
+        With `among` (store URIs) only those machines are considered (``nixdist build``
+        placing a build on the machine that finishes it first); the others count as busy.
         """
-        fits = [machine_fits(request, m) for m in self.machines]
+        fits = [
+            machine_fits(request, m) and (among is None or m.uri in among) for m in self.machines
+        ]
         fitting = [m for m, fit in zip(self.machines, fits, strict=True) if fit]
         reports, renewed = self.refresh_loads(fitting)
         with self.slots.main_lock():

@@ -441,6 +441,30 @@ def choose(
     return Decline(warn=not quiet, explain=explain)
 
 
+def finish_time(work: float, machine: Machine, available_in: float) -> float:
+    """When a build of `work` seconds (at speed factor 1) would end on `machine`, whose next
+    slot frees in `available_in` seconds: its speed factor divides the work."""
+    return max(0.0, available_in) + work / _speed(machine)
+
+
+def earliest_finish(
+    work: float, options: Sequence[tuple[Machine, float]]
+) -> tuple[Machine, float] | None:
+    """Of (machine, seconds until it has a free slot) `options`, the one that would finish a
+    build of `work` first, and when (ties: the one listed first); None without options.
+
+    Nix's rule (`choose`) takes the least loaded free machine *now*; ``nixdist build``, which
+    knows every build's expected time, asks this too: near the end of a run a slow machine's
+    free slot can finish later than a fast machine that frees up in a moment (HEFT's earliest
+    finish time, Topcuoglu et al., 2002)."""
+    best: tuple[Machine, float] | None = None
+    for machine, available_in in options:
+        end = finish_time(work, machine, available_in)
+        if best is None or end < best[1]:
+            best = (machine, end)
+    return best
+
+
 def format_bytes(count: int) -> str:
     """``1.5 GiB``: a byte count for people."""
     value = float(count)

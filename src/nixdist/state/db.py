@@ -392,14 +392,14 @@ class StateDB:
             return found
         return [row for row in found if row.effective_status == status]
 
-    def build_times(self, *, limit: int = 10000) -> list[tuple[str, float]]:
-        """(drv path, seconds building) of the newest `limit` builds that succeeded."""
+    def build_times(self, *, limit: int = 10000) -> list[tuple[str, str, float]]:
+        """(drv path, machine, seconds building) of the newest `limit` builds that succeeded."""
         rows = self._execute(
-            "SELECT drv_path, build_s FROM builds WHERE status = ? AND build_s IS NOT NULL"
-            " ORDER BY id DESC LIMIT ?",
+            "SELECT drv_path, machine, build_s FROM builds"
+            " WHERE status = ? AND build_s IS NOT NULL ORDER BY id DESC LIMIT ?",
             (Outcome.BUILT, limit),
         )
-        return [(row[0], float(row[1])) for row in rows]
+        return [(row[0], row[1], float(row[2])) for row in rows]
 
     def build_totals(self, duration_bounds: Sequence[float]) -> list[BuildTotals]:
         """Per machine and stored status, in one query: attempts, bytes, paths, phase times,

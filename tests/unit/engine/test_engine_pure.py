@@ -41,11 +41,12 @@ def info(n: int, *refs: int) -> PathInfo:
 def test_estimates_are_the_median_of_a_name_whatever_its_hash() -> None:
     known = Estimates(
         [
-            (f"/nix/store/{'a' * 32}-hello-2.12.drv", 4.0),
-            (f"/nix/store/{'b' * 32}-hello-2.12.drv", 10.0),
-            (f"/nix/store/{'c' * 32}-hello-2.12.drv", 6.0),
-            (f"/nix/store/{'d' * 32}-other.drv", 1.5),
-        ]
+            (f"/nix/store/{'a' * 32}-hello-2.12.drv", "ssh://b1", 4.0),
+            (f"/nix/store/{'b' * 32}-hello-2.12.drv", "ssh://b1", 10.0),
+            (f"/nix/store/{'c' * 32}-hello-2.12.drv", "ssh://fast", 3.0),  # work 6 at speed 2
+            (f"/nix/store/{'d' * 32}-other.drv", "ssh://gone", 1.5),
+        ],
+        lambda machine: {"ssh://fast": 2.0}.get(machine, 1.0),
     )
     assert known(f"/nix/store/{'e' * 32}-hello-2.12.drv") == 6.0
     assert known(f"/nix/store/{'f' * 32}-other.drv") == 1.5
