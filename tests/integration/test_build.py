@@ -463,3 +463,47 @@ def test_a_flake_installable(build_farm: Farm, env: dict[str, str], tmp_path: Pa
     assert built["output"] == "out"
     assert Path(built["path"], "inputs").read_text() == "flake-leaf\n"
     assert Path(tmp_path / "result").resolve() == Path(built["path"])
+
+
+KEEP_GOING = """
+let
+  mk = name: script: derivation {
+    inherit name;
+    salt = "SALT";
+    system = builtins.currentSystem;
+    PATH = "/usr/bin:/bin";
+    builder = "/bin/sh";
+    args = [ "-c" script ];
+  };
+  bad = mk "bad" "echo first-line; echo the-cause-is-here; exit 3";
+  good = mk "good" "echo fine > $out";
+in [ (mk "after-bad" "cat ${bad} > $out") good ]
+"""
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_a_failing_build_says_why_and_keep_going_builds_the_rest(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path, keep_going: bool
+) -> None:
+    expr = tmp_path / "keep-going.nix"
+    expr.write_text(KEEP_GOING.replace("SALT", fresh_salt(f"build-keep-going-{keep_going}")))
+    [after_bad_drv, good_drv] = subprocess.run(
+        ["nix-instantiate", str(expr)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    good = graph_outputs(good_drv)[good_drv]
+    # b1 only, one slot: the failing build (first, by the order of ready derivations) runs
+    # alone; without --keep-going nothing new starts after it.
+    uri = f"ssh://{build_farm.alias('b1')}"
+    line = next(line for line in build_farm.machines_file.read_text().splitlines() if uri in line)
+    fields = line.split()
+    fields[3] = "1"
+    (tmp_path / "machines").write_text(" ".join(fields) + "\n")
+    argv = [str(expr), "--machines", str(tmp_path / "machines"), "-j0", "--no-out-link"]
+    result = nixdist_build(env, tmp_path, *argv, *(["--keep-going"] if keep_going else []))
+    assert result.returncode == 100, result.stderr[-4000:]
+    assert "the-cause-is-here" in result.stderr  # the remote log's tail
+    assert "bad.drv" in result.stderr
+    assert not valid_here(graph_outputs(after_bad_drv)[after_bad_drv])
+    assert valid_here(good) == keep_going
+    rows = history(env)
+    assert any(r[0].endswith("-bad.drv") and r[2] == "failed" for r in rows)

@@ -147,12 +147,15 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
         report = run.execute()
     finally:
         console.end()
-    if report.failed or report.cannot_build:
-        return BuildOutcome(status=_failed_status(report), report=report)
     outputs = target_outputs(targets, drvs)
     wanted = [path for _, _, path in outputs]
     if args.fetch_all:
         wanted += [StorePath.parse(o.path) for d in graph.nodes() for o in drvs[d].outputs.values()]
+    if report.failed or report.cannot_build:
+        # What was built of what was asked for comes here all the same (as after nix-build
+        # --keep-going, whose built outputs are valid); no result links.
+        fetch_here([p for p in wanted if places.where(p)], places=places, sessions=sessions)
+        return BuildOutcome(status=_failed_status(report), report=report)
     fetched = fetch_here(wanted, places=places, sessions=sessions)
     if args.out_link is not None:
         names = out_link_names(outputs, args.out_link)

@@ -52,6 +52,7 @@ from nixdist.scheduler.policy import (
     Postpone,
     can_build_locally,
     render_no_machine_report,
+    render_rejections,
 )
 from nixdist.state.paths import uploads_dir
 from nixdist.state.rows import Outcome, Phase
@@ -59,7 +60,7 @@ from nixdist.store.claims import UploadClaims
 from nixdist.store.daemon import DaemonStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from nixdist.engine.console import Console
     from nixdist.engine.places import Places
@@ -226,7 +227,8 @@ class Run:
                         started = True
                         continue
                     report = render_no_machine_report(request, self.picker.machines)
-                    self._fail(Failed(drv_path=drv_path, place="", message=report))
+                    why = "".join(f"\n  {line}" for line in render_rejections(decision))
+                    self._fail(Failed(drv_path=drv_path, place="", message=report + why))
                 case _:  # pragma: no cover - exhaustiveness
                     assert_never(decision)
         return started
@@ -260,7 +262,7 @@ class Run:
     def _usable(self, machine: Machine) -> bool:
         return machine.scheme in SUPPORTED_SCHEMES and self.picker.down_reason(machine.uri) is None
 
-    def _start(self, drv_path: str, target: object, *args: object) -> None:
+    def _start(self, drv_path: str, target: Callable[..., Event], *args: object) -> None:
         self.graph.start(drv_path)
         self.attempts[drv_path] = self.attempts.get(drv_path, 0) + 1
         thread = threading.Thread(
@@ -269,9 +271,9 @@ class Run:
         self.threads[drv_path] = thread
         thread.start()
 
-    def _run_thread(self, drv_path: str, target: object, *args: object) -> None:
+    def _run_thread(self, drv_path: str, target: Callable[..., Event], *args: object) -> None:
         try:
-            event = target(drv_path, *args)  # type: ignore[operator]
+            event = target(drv_path, *args)
         except BaseException as err:  # noqa: BLE001 - reported to the main thread
             event = Failed(drv_path=drv_path, place="", message=f"{type(err).__name__}: {err}")
         self.events.put(event)
