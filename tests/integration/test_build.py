@@ -364,7 +364,24 @@ def test_ctrl_c_mid_build_stops_the_remote_build(
         start_new_session=True,
     )
     building = (stuck_drv, uri, "running", "build")
-    code, err = interrupt_when(proc, lambda: building in history(env))
+    seen_running: list[str] = []
+
+    def shown_while_it_builds() -> bool:
+        if building not in history(env):
+            return False
+        # The run is visible to `nixdist status` (and so to the dashboard) as it goes.
+        status = subprocess.run(
+            [str(NIXDIST), "status", "--json", "--machines", str(only)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen_running.extend(b["drv_path"] for b in json.loads(status.stdout)["running"])
+        return True
+
+    code, err = interrupt_when(proc, shown_while_it_builds)
+    assert seen_running == [stuck_drv]
     assert code == 130, err[-4000:]
     assert (stuck_drv, uri, "interrupted", "build") in history(env)
     assert not valid_here(outputs[stuck_drv])
