@@ -524,3 +524,22 @@ def test_a_failing_build_says_why_and_keep_going_builds_the_rest(
     assert valid_here(good) == keep_going
     rows = history(env)
     assert any(r[0].endswith("-bad.drv") and r[2] == "failed" for r in rows)
+
+
+def test_a_floating_content_addressed_derivation_is_refused_in_one_line(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    expr = tmp_path / "ca.nix"
+    expr.write_text(
+        'derivation { name = "floating"; system = builtins.currentSystem; builder = "/bin/sh";'
+        ' args = [ "-c" "echo hi > $out" ]; __contentAddressed = true;'
+        ' outputHashMode = "recursive"; outputHashAlgo = "sha256"; }'
+    )
+    ca = {**env, "NIX_CONFIG": env["NIX_CONFIG"] + "\nexperimental-features = ca-derivations"}
+    listed = str(machines(build_farm, tmp_path / "machines"))
+    result = nixdist_build(ca, tmp_path, str(expr), "--machines", listed, "-j0")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "floating content-addressed" in line
+    assert "-floating.drv" in line
+    assert history(env) == []  # nothing started

@@ -25,6 +25,7 @@ from nixdist.engine.targets import (
     instantiate,
     read_closure,
 )
+from nixdist.errors import NixdistError
 from nixdist.hook.picker import MachinePicker
 from nixdist.model.local_store import DEFAULT_LOCAL_STORE
 from nixdist.model.store_path import StorePath
@@ -129,6 +130,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     speeds = {m.uri: m.speed_factor for m in picker.machines}
     known = Estimates(picker.advice(lambda db: db.build_times(), []), lambda m: speeds.get(m, 1))
     graph = plan(drvs, roots, valid=valid, estimate=known)
+    _refuse_floating(graph, drvs)
     console.planned(len(graph), len(picker.machines), _bound(graph, picker.machines))
     run = Run(
         graph=graph,
@@ -183,6 +185,19 @@ def _look_here(drvs: Mapping[str, Derivation], places: Places, sessions: Session
     sessions.give_back(HERE, session)
     places.add(infos.values(), HERE)
     return {str(p) for p in valid}
+
+
+def _refuse_floating(graph: BuildGraph, drvs: Mapping[str, Derivation]) -> None:
+    """Outputs whose paths are known only once built (floating content-addressed, impure)
+    cannot be planned yet: say so before anything starts."""
+    for drv_path in graph.nodes():
+        unknown = sorted(name for name, o in drvs[drv_path].outputs.items() if not o.path)
+        if unknown:
+            raise NixdistError(
+                f"{drv_path}: output {', '.join(unknown)} has no path known in advance "
+                "(a floating content-addressed derivation), which nixdist cannot build yet: "
+                "build it with nix-build"
+            )
 
 
 def _failed_status(report: RunReport) -> int:
