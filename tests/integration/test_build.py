@@ -91,6 +91,14 @@ def nixdist_build(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Comp
     )
 
 
+def build_graph(
+    farm: Farm, env: dict[str, str], tmp_path: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``nixdist build`` of tests/fixtures/graph.nix with `args` on all of `farm`, -j0."""
+    listed = str(machines(farm, tmp_path / "machines"))
+    return nixdist_build(env, tmp_path, str(GRAPH), "--machines", listed, "-j0", *args)
+
+
 def valid_here(path: str) -> bool:
     checked = subprocess.run(
         ["nix-store", "--check-validity", path], capture_output=True, check=False
@@ -133,17 +141,7 @@ def test_a_graph_across_builders_of_two_features(
     args = ["--argstr", "salt", salt, "--arg", "features", '["fa" "fb"]', "--arg", "kib", "64"]
     top_drv = instantiate(*args)
     outputs = graph_outputs(top_drv)
-    result = nixdist_build(
-        env,
-        tmp_path,
-        str(GRAPH),
-        *args,
-        "--machines",
-        str(machines(build_farm, tmp_path / "machines")),
-        "-j0",
-        "-o",
-        str(tmp_path / "result"),
-    )
+    result = build_graph(build_farm, env, tmp_path, *args, "-o", str(tmp_path / "result"))
     assert result.returncode == 0, result.stderr[-4000:]
     top = outputs[top_drv]
     assert result.stdout.split() == [top]
@@ -183,17 +181,7 @@ def test_fetch_all_makes_every_output_valid_here(
 ) -> None:
     args = ["--argstr", "salt", fresh_salt("build-fetch-all"), "--arg", "width", "2"]
     outputs = graph_outputs(instantiate(*args))
-    result = nixdist_build(
-        env,
-        tmp_path,
-        str(GRAPH),
-        *args,
-        "--machines",
-        str(machines(build_farm, tmp_path / "machines")),
-        "-j0",
-        "--no-out-link",
-        "--fetch-all",
-    )
+    result = build_graph(build_farm, env, tmp_path, *args, "--no-out-link", "--fetch-all")
     assert result.returncode == 0, result.stderr[-4000:]
     assert [out for out in outputs.values() if not valid_here(out)] == []
 
