@@ -531,3 +531,44 @@ def test_a_floating_content_addressed_derivation_is_refused_in_one_line(
     assert "floating content-addressed" in line
     assert "-floating.drv" in line
     assert history(env) == []  # nothing started
+
+
+def test_what_a_cache_has_is_fetched_not_built(
+    build_farm: Farm, env: dict[str, str], tmp_path: Path
+) -> None:
+    """As nix-build: outputs the substituters have are fetched (here), and only the rest is
+    built; a derivation whose output a cache has is never planned."""
+    args = ["--argstr", "salt", fresh_salt("build-cache"), "--arg", "width", "2"]
+    args += ["--arg", "depth", "2"]
+    outputs = graph_outputs(instantiate(*args))
+    local = ["--builders", "", *LOCAL_BUILD, "--no-out-link"]
+    subprocess.run(
+        ["nix-build", str(GRAPH), *args, *local], env=env, capture_output=True, check=True
+    )
+    leaves = {drv: out for drv, out in outputs.items() if "-n-0-" in drv}
+    cache = f"file://{tmp_path / 'cache'}"
+    subprocess.run(
+        [
+            "nix",
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--to",
+            cache,
+            *leaves.values(),
+        ],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(
+        ["nix-store", "--delete", *outputs.values()], env=env, capture_output=True, check=False
+    )
+    assert not any(valid_here(out) for out in outputs.values())
+    cached = {**env, "NIX_CONFIG": f"substituters = {cache}\nrequire-sigs = false\nsandbox = false"}
+    result = build_graph(build_farm, cached, tmp_path, *args, "--no-out-link")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "fetching 2 paths from the substituters" in result.stderr
+    built = {row[0] for row in history(env)}
+    assert built == set(outputs) - set(leaves)
+    assert all(valid_here(out) for out in leaves.values())  # fetched here, as nix-build does

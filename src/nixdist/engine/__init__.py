@@ -3,6 +3,7 @@
 driver.py     the steps in order, from the arguments to the exit status (start here)
 targets.py    what the user asked for (nix-instantiate's answer, flake installables, .drv
               paths) and the .drv closure, read from the local store with our parser
+substitutes.py what Nix would fetch rather than build, fetched here first
 places.py     where each store path is valid (here, on which builders) and its path info
 estimates.py  each build's expected time, from the history (the critical path's weights)
 run.py        the run: ready derivations onto builders (the hook's picker) or here,

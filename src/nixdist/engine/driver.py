@@ -1,6 +1,7 @@
 """``nixdist build`` from its arguments to its exit status, in order:
 
 targets   nix-instantiate's .drv paths, or the .drv paths given (`engine.targets`)
+fetch     what Nix's substituters have, fetched here, as nix-build would (`engine.substitutes`)
 closure   the .drv files, read and parsed here
 here      which outputs are valid here, and the path infos of what the builds will need
 plan      the graph of what must be built, by critical path (`scheduler.graph`)
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from nixdist.engine import substitutes
 from nixdist.engine.estimates import Estimates
 from nixdist.engine.places import HERE, Places
 from nixdist.engine.results import add_roots, fetch_here, out_link_names, target_outputs
@@ -30,6 +32,7 @@ from nixdist.hook.picker import MachinePicker
 from nixdist.model.local_store import DEFAULT_LOCAL_STORE
 from nixdist.model.store_path import StorePath
 from nixdist.protocol.hook import HookSettings
+from nixdist.protocol.logjson import Verbosity
 from nixdist.protocol.serve import BuildOptions
 from nixdist.scheduler.graph import plan
 from nixdist.settings import load_settings
@@ -85,6 +88,7 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
     if args.expression is not None:
         targets += instantiate(args.expression, environ)
     store = DEFAULT_LOCAL_STORE
+    _substitute(targets, environ, console)
     drvs = read_closure(store, [t.drv_path for t in targets])
     options = RunOptions(
         keep_going=args.keep_going,
@@ -185,6 +189,16 @@ def _look_here(drvs: Mapping[str, Derivation], places: Places, sessions: Session
     sessions.give_back(HERE, session)
     places.add(infos.values(), HERE)
     return {str(p) for p in valid}
+
+
+def _substitute(targets: Sequence[Target], environ: Mapping[str, str], console: Console) -> None:
+    """Fetch here what Nix's substituters have (`engine.substitutes`), so it is not built."""
+    paths = substitutes.to_fetch([t.drv_path for t in targets], environ)
+    if not paths:
+        return
+    console.log(Verbosity.INFO, f"fetching {len(paths)} paths from the substituters")
+    if (error := substitutes.fetch_here(paths, environ)) is not None:
+        console.warn(f"could not fetch from the substituters; building instead: {error}")
 
 
 def _refuse_floating(graph: BuildGraph, drvs: Mapping[str, Derivation]) -> None:
