@@ -44,6 +44,8 @@ stopping the builder kills it too.
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import socket
 import subprocess
 import time
@@ -260,6 +262,22 @@ def _wait_for_pid(name: str, pidfile: Path, launch_log: Path, deadline: float) -
         if time.monotonic() > deadline:
             raise FarmError(f"builder {name}: the launcher did not start: {tail(launch_log)}")
         time.sleep(_POLL_SECONDS)
+
+
+_SSHD_VERSION: Final = re.compile(r"OpenSSH_(\d+)\.(\d+)")
+
+
+@functools.cache
+def sshd_version(root: str) -> tuple[int, int] | None:
+    """The OpenSSH version of ``/usr/sbin/sshd`` in the root filesystem `root` ("/": this
+    host's), from ``sshd -V``; None when it cannot be told."""
+    argv = ["/usr/sbin/sshd", "-V"] if root == "/" else ["chroot", root, "/usr/sbin/sshd", "-V"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = _SSHD_VERSION.search(done.stdout + done.stderr)
+    return None if match is None else (int(match[1]), int(match[2]))
 
 
 def keygen(path: Path, *, comment: str) -> None:

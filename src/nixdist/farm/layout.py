@@ -109,7 +109,10 @@ def prepare_builder(base: Path, record: BuilderRecord, client_key: Path) -> None
         launch.keygen(host_key, comment=f"nixdist-farm-{spec.name}")
     client_pub = client_key.with_name(client_key.name + ".pub").read_text()
     atomic_write(etc_ssh / Path(render.INNER_AUTHORIZED_KEYS).name, client_pub)
-    sshd_config = render.render_sshd_config(record.port, user=spec.user)
+    root = "/" if spec.nix is None else str(ensure_rootfs(spec.nix))
+    sshd_config = render.render_sshd_config(
+        record.port, user=spec.user, sshd_version=launch.sshd_version(root)
+    )
     atomic_write(etc_ssh / Path(render.INNER_SSHD_CONFIG).name, sshd_config)
     if spec.user is not None:
         _prepare_user(base, spec, spec.user, client_pub)

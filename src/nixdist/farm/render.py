@@ -150,9 +150,18 @@ def render_speed_file(spec: BuilderSpec) -> str:
     return f"{spec.speed_factor}\n"
 
 
-def render_sshd_config(port: int, *, user: str | None = None) -> str:
+#: OpenSSH 9.8 brought PerSourcePenalties (on by default): a source address whose connections
+#: close before authenticating or fail it is refused for a while — and every farm client and
+#: test connects from 127.0.0.1 ("Connection closed by 127.0.0.1" at random in the tests).
+PENALTIES_SINCE: Final = (9, 8)
+
+
+def render_sshd_config(
+    port: int, *, user: str | None = None, sshd_version: tuple[int, int] | None = None
+) -> str:
     """The builder's ``sshd_config``: loopback only, root (and `user`) by key only, no
-    environment passed. The farm's key is in the global authorized_keys and in the user's."""
+    environment passed. The farm's key is in the global authorized_keys and in the user's.
+    For an sshd of `sshd_version` 9.8 or later, no per-source penalties."""
     lines = [
         GENERATED,
         f"Port {port}",
@@ -179,6 +188,8 @@ def render_sshd_config(port: int, *, user: str | None = None) -> str:
         "MaxSessions 100",
         "LogLevel VERBOSE",
     ]
+    if sshd_version is not None and sshd_version >= PENALTIES_SINCE:
+        lines.append("PerSourcePenalties no")
     return "\n".join(lines) + "\n"
 
 

@@ -129,6 +129,15 @@ def test_sshd_config_allows_the_user() -> None:
     assert "AuthorizedKeysFile /etc/ssh/authorized_keys .ssh/authorized_keys\n" in conf
 
 
+def test_an_sshd_with_per_source_penalties_has_them_off() -> None:
+    """OpenSSH 9.8+ would refuse 127.0.0.1 for a while after a few quick connections (every
+    farm client connects from there); older sshd reject the option, so it is not written."""
+    for version in (None, (9, 2), (9, 7)):
+        assert "PerSourcePenalties" not in render_sshd_config(22, sshd_version=version)
+    for version in ((9, 8), (10, 6)):
+        assert "PerSourcePenalties no\n" in render_sshd_config(22, sshd_version=version)
+
+
 def test_accounts_replace_same_names_on_ids_of_the_builder() -> None:
     spec = make_spec("b1", user="nix", jobs=10)
     base = account_id_base("/farm/builders/b1")
