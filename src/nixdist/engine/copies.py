@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from nixdist.engine.places import Places
-    from nixdist.engine.sessions import Sessions
+    from nixdist.engine.sessions import SessionPool
     from nixdist.model.path_info import PathInfo
     from nixdist.model.store_path import StorePath
     from nixdist.store.claims import UploadClaims
@@ -68,7 +68,7 @@ def bring(
     to: str,
     destination: Destination,
     places: Places,
-    sessions: Sessions,
+    sessions: SessionPool,
     claims: UploadClaims | None = None,
     substitute: bool = False,
 ) -> Brought:

@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, assert_never
+from typing import TYPE_CHECKING, Final, Protocol, assert_never
 
 from nixdist.engine.buildlog import BuildLog
 from nixdist.engine.copies import SourceLostError, bring
@@ -60,12 +60,11 @@ from nixdist.store.claims import UploadClaims
 from nixdist.store.daemon import DaemonStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from nixdist.engine.console import Console
     from nixdist.engine.places import Places
-    from nixdist.engine.sessions import Sessions
-    from nixdist.hook.picker import MachinePicker
+    from nixdist.engine.sessions import SessionPool, StoreSession
     from nixdist.model.derivation import Derivation
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
@@ -73,14 +72,42 @@ if TYPE_CHECKING:
     from nixdist.model.request import BuildRequest
     from nixdist.protocol.serve import BuildOptions, BuildResult
     from nixdist.scheduler.graph import BuildGraph
-    from nixdist.state.history import BuildRecord
+    from nixdist.scheduler.policy import LocalCapabilities
+    from nixdist.settings import Settings
+    from nixdist.state.history import BuildRecord, History
     from nixdist.state.slots import SlotLease
-    from nixdist.store.remote import RemoteStore
 
 #: How often the main thread looks at the slots again while builds wait for a free one.
 POLL_S: Final = 0.1
 #: How long the run may go without any build running or starting before it gives up.
 STALL_S: Final = 600.0
+
+
+class Picker(Protocol):
+    """What a run needs of `nixdist.hook.picker.MachinePicker`: a machine (and its slot) for
+    a ready derivation, the decisions and attempts written down, lost builders marked down."""
+
+    @property
+    def machines(self) -> Sequence[Machine]: ...
+
+    @property
+    def local(self) -> LocalCapabilities: ...
+
+    @property
+    def config(self) -> Settings: ...
+
+    @property
+    def history(self) -> History: ...
+
+    def decide(
+        self, request: BuildRequest, *, among: frozenset[str] | None = None
+    ) -> tuple[Decision, SlotLease | None]: ...
+
+    def record(self, request: BuildRequest, decision: Decision) -> None: ...
+
+    def mark_down(self, machine: Machine, reason: str) -> None: ...
+
+    def down_reason(self, uri: str) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,9 +161,9 @@ class Run:
         graph: BuildGraph,
         drvs: Mapping[str, Derivation],
         roots: frozenset[str],
-        picker: MachinePicker,
+        picker: Picker,
         places: Places,
-        sessions: Sessions,
+        sessions: SessionPool,
         store: LocalStore,
         environ: Mapping[str, str],
         console: Console,
@@ -408,7 +435,7 @@ class Run:
         return next(m for m in self.picker.machines if m.uri == uri)
 
     def _on_builder(
-        self, drv_path: str, machine: Machine, session: RemoteStore, record: BuildRecord
+        self, drv_path: str, machine: Machine, session: StoreSession, record: BuildRecord
     ) -> Event:
         drv = self.drvs[drv_path]
         record.enter(Phase.UPLOAD)
@@ -452,7 +479,7 @@ class Run:
 
     def _build(
         self,
-        session: RemoteStore,
+        session: StoreSession,
         drv_path: str,
         closure: Mapping[StorePath, PathInfo],
         *,

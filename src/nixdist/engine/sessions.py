@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from nixdist.engine.places import HERE
 from nixdist.protocol.serve import ServeGreetingError
@@ -20,16 +20,66 @@ from nixdist.store.serve import ServeStore
 from nixdist.transport.openssh import target_for_machine
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
+    from nixdist.model.derivation import BasicDerivation
     from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
+    from nixdist.model.path_info import PathInfo
+    from nixdist.model.store_path import StorePath
+    from nixdist.protocol.logjson import LogMessage
+    from nixdist.protocol.serve import BuildOptions, BuildResult
     from nixdist.store.remote import RemoteStore
     from nixdist.transport.openssh import ControlMasters
 
 
 #: How long to wait before opening a session that closed before its greeting once more.
 REOPEN_DELAY_S: Final = 0.2
+
+
+class StoreSession(Protocol):
+    """What a run does with one session: a copy's source or destination, a build, the end of
+    it (`ServeStore` and `DaemonStore` are two; the unit tests script others)."""
+
+    name: str
+
+    def query_valid_paths(
+        self, paths: Iterable[StorePath], *, lock: bool = False, substitute: bool = False
+    ) -> frozenset[StorePath]: ...
+
+    def query_path_infos(self, paths: Iterable[StorePath]) -> dict[StorePath, PathInfo]: ...
+
+    def query_closure(self, paths: Iterable[StorePath]) -> frozenset[StorePath]: ...
+
+    def dump(self, path: StorePath) -> Iterator[bytes]: ...
+
+    def add_nar(self, info: PathInfo, nar: Iterable[bytes]) -> None: ...
+
+    def build_derivation(
+        self, drv_path: StorePath, drv: BasicDerivation, options: BuildOptions
+    ) -> BuildResult: ...
+
+    def forward_log(
+        self, fd: int, on_message: Callable[[LogMessage], None] | None = None
+    ) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SessionPool(Protocol):
+    """What a run and its copies need of `Sessions`."""
+
+    def take(self, place: str) -> StoreSession: ...
+
+    def give_back(self, place: str, session: StoreSession) -> None: ...
+
+    def discard(self, session: StoreSession) -> None: ...
+
+    def forget(self, place: str) -> None: ...
+
+    def abort_all(self) -> None: ...
 
 
 class Sessions:
@@ -48,11 +98,11 @@ class Sessions:
         self._masters = masters
         self._environ = environ
         self._lock = threading.Lock()
-        self._idle: dict[str, list[RemoteStore]] = {}
-        self._busy: set[RemoteStore] = set()
+        self._idle: dict[str, list[StoreSession]] = {}
+        self._busy: set[StoreSession] = set()
         self._closed = False
 
-    def take(self, place: str) -> RemoteStore:
+    def take(self, place: str) -> StoreSession:
         """A session with `place`: an idle one, else a new one (`TransportError` or
         `ProtocolError` when it cannot be opened)."""
         with self._lock:
@@ -91,7 +141,7 @@ class Sessions:
             time.sleep(REOPEN_DELAY_S)
             return open_remote(target, self._masters, self._environ)
 
-    def give_back(self, place: str, session: RemoteStore) -> None:
+    def give_back(self, place: str, session: StoreSession) -> None:
         """`session` is done with and in a known state: keep it for the next user."""
         with self._lock:
             self._busy.discard(session)
@@ -100,7 +150,7 @@ class Sessions:
                 return
         session.close()
 
-    def discard(self, session: RemoteStore) -> None:
+    def discard(self, session: StoreSession) -> None:
         """`session` failed or is mid-command: end it now."""
         with self._lock:
             self._busy.discard(session)
