@@ -233,6 +233,8 @@ class Run:
         started = False
         busy: set[tuple[str, frozenset[str], bool]] = set()
         for drv_path in self.graph.ready():
+            if self.stopping:
+                break  # one failed in this pass, without --keep-going: nothing new starts
             local_free = self.local_running < self.options.local_jobs
             request = self.graph.request(drv_path, am_willing=local_free)
             kind = (request.system, request.required_features, local_free)

@@ -899,3 +899,19 @@ def test_ctrl_c_aborts_the_remote_builds_and_records_them_as_interrupted(
     assert world.farm.builds == [(drv_path(1), B1)]
     with pytest.raises(InterruptedError):
         world.sessions.take(B1)
+
+
+# -- regressions (each failed before the fix in run.py it came with) ------------------------------
+
+
+def test_no_machine_without_keep_going_starts_nothing_after_it(make_world: MakeWorld) -> None:
+    """A derivation no machine can take fails during a hand-out pass; without --keep-going
+    the rest of that pass must not start either."""
+    drvs = graph_of(
+        (1, make_drv(1, system="aarch64-linux")), (2, make_drv(2, [1])), (3, make_drv(3))
+    )
+    world = make_world(drvs, [machine(B1)])
+    report = world.execute(2, 3)
+    assert [f.drv_path for f in report.failed] == [drv_path(1)]
+    assert world.farm.builds == []
+    assert report.built == 0
