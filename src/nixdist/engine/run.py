@@ -423,7 +423,7 @@ class Run:
     ) -> Event:
         """What an error during an attempt on `machine` means: a lost builder (this one, or
         the one an input was relayed from), or the build's own failure."""
-        if isinstance(err, SourceLostError):
+        if isinstance(err, SourceLostError) and err.place != HERE:  # here is no builder
             record.finish(Outcome.ERROR, error=f"{record.phase}: {err}")
             return Lost(drv_path=drv_path, machine=self._machine(err.place), reason=str(err))
         refused = isinstance(err, LocalProtocolError | StoreRefusedError)

@@ -915,3 +915,17 @@ def test_no_machine_without_keep_going_starts_nothing_after_it(make_world: MakeW
     assert [f.drv_path for f in report.failed] == [drv_path(1)]
     assert world.farm.builds == []
     assert report.built == 0
+
+
+def test_the_local_store_failing_as_a_source_fails_the_build(make_world: MakeWorld) -> None:
+    """The local store dies while it sends a build's inputs: not a builder to mark down (it
+    has no machine), so the build fails with the local store's words."""
+    drvs = graph_of((1, make_drv(1)))
+    world = make_world(drvs, [machine(B1), machine(B2)])
+    world.here.faults["dump"] = "local: nix-store --serve exited"
+    report = world.execute(1)
+    assert [(f.drv_path, f.place, f.message) for f in report.failed] == [
+        (drv_path(1), B1, "local: nix-store --serve exited")
+    ]
+    assert world.picker.down == {}
+    assert world.attempts(1) == [(B1, Outcome.ERROR, Phase.UPLOAD)]
