@@ -181,7 +181,7 @@ class Run:
         self.options = options
         self.events: queue.Queue[Event] = queue.Queue()
         self.threads: dict[str, threading.Thread] = {}
-        self.local_running = 0
+        self.building_here: set[str] = set()  # the local builds running (at most local_jobs)
         self.failures: list[Failed] = []
         self.cannot_build: list[str] = []
         self.attempts: dict[str, int] = {}
@@ -235,7 +235,7 @@ class Run:
         for drv_path in self.graph.ready():
             if self.stopping:
                 break  # one failed in this pass, without --keep-going: nothing new starts
-            local_free = self.local_running < self.options.local_jobs
+            local_free = len(self.building_here) < self.options.local_jobs
             request = self.graph.request(drv_path, am_willing=local_free)
             kind = (request.system, request.required_features, local_free)
             if kind in busy:
@@ -251,7 +251,7 @@ class Run:
                 case Decline():
                     self.picker.record(request, decision)
                     if can_build_locally(request, self.picker.local):
-                        self.local_running += 1
+                        self.building_here.add(drv_path)
                         self._start(drv_path, self._build_here)
                         started = True
                         continue
@@ -323,15 +323,12 @@ class Run:
     def _handle(self, event: Event) -> None:
         self.threads.pop(event.drv_path).join()
         self.placement.ended(event.drv_path)
+        self.building_here.discard(event.drv_path)  # however it ended, even by an exception
         match event:
             case Built(drv_path=drv_path, place=place):
-                if place == HERE:
-                    self.local_running -= 1
                 self.graph.finish(drv_path)
                 self.console.built(drv_path, place)
-            case Failed(place=place):
-                if place == HERE:
-                    self.local_running -= 1
+            case Failed():
                 self._fail(event)
             case Lost(drv_path=drv_path, machine=machine, reason=reason):
                 self._lost(drv_path, machine, reason)

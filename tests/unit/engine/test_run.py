@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import pytest
 
+from nixdist.engine import run as run_module
 from nixdist.engine.console import Console
 from nixdist.engine.driver import EXIT_BUILD_FAILED, EXIT_OTHER, EXIT_TIMED_OUT, _failed_status
 from nixdist.engine.places import HERE, Places
@@ -173,7 +174,8 @@ class Farm:
 
 class FakeStore:
     """One store: the paths valid in it and what goes wrong with it. A builder that is lost
-    (`faults`: at an operation, or `lose` from a test's hook) stays lost for every session."""
+    (`faults`: at an operation, or `lose` from a test's hook) stays lost for every session;
+    a `hiccups` operation fails once, and the store stays."""
 
     def __init__(self, place: str, farm: Farm) -> None:
         self.place = place
@@ -181,6 +183,7 @@ class FakeStore:
         self.farm = farm
         self.valid: dict[StorePath, PathInfo] = {}
         self.faults: dict[str, str] = {}  # operation -> the reason it is lost with
+        self.hiccups: dict[str, str] = {}  # operation -> a reason it fails with once
         self.gone: str | None = None
         self.on_build: dict[str, Callable[[FakeSession], None]] = {}  # drv path -> hook
         self.realised: Path | None = None  # here: the fake nix-store's list of what it built
@@ -189,7 +192,7 @@ class FakeStore:
         with self.farm.lock:
             if self.gone is None and operation in self.faults:
                 self.gone = self.faults[operation]
-            gone = self.gone
+            gone = self.gone or self.hiccups.pop(operation, None)
         if gone is not None:
             raise lost(self.name, gone)
 
@@ -569,6 +572,13 @@ class World:
         return [(row.machine, row.status, row.phase) for row in rows]
 
 
+@pytest.fixture(autouse=True)
+def _stall_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that waits for nothing gives up after 2 s here, not 10 minutes: a regression
+    that leaves a derivation waiting fails the test instead of hanging it."""
+    monkeypatch.setattr(run_module, "STALL_S", 2.0)
+
+
 class MakeWorld(Protocol):
     def __call__(
         self,
@@ -929,3 +939,22 @@ def test_the_local_store_failing_as_a_source_fails_the_build(make_world: MakeWor
     ]
     assert world.picker.down == {}
     assert world.attempts(1) == [(B1, Outcome.ERROR, Phase.UPLOAD)]
+
+
+def test_a_local_build_that_breaks_gives_its_slot_back(make_world: MakeWorld) -> None:
+    """d1 (kvm, here) breaks before its build: the local store's session cannot be opened.
+    With --keep-going, d2 (kvm too) is ready only later (after d0, built on b1, which waits
+    for d1's failure) and must still be built here: the local slot was given back."""
+    drvs = graph_of(
+        (0, make_drv(0)), (1, make_drv(1, features="kvm")), (2, make_drv(2, [0], features="kvm"))
+    )
+    local = LocalCapabilities(system=SYSTEM, system_features=frozenset({"kvm"}), max_jobs=1)
+    world = make_world(drvs, [machine(B1)], local=local)
+    world.here.hiccups["connect"] = "nix-store --serve: cannot start"
+    world.store(B1).on_build[drv_path(0)] = lambda _: world.console.wait_for("failed", 1)
+    report = world.execute(1, 2, keep_going=True, local_jobs=1)
+    assert [(f.drv_path, f.message) for f in report.failed] == [
+        (drv_path(1), "TransportError: nix-store --serve: cannot start")
+    ]
+    assert report.built == 2
+    assert world.nix_calls.read_text() == f"--realise {drv_path(2)} --builders  --max-jobs 1\n"
