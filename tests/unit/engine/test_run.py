@@ -950,7 +950,8 @@ def test_a_local_build_that_breaks_gives_its_slot_back(make_world: MakeWorld) ->
     )
     local = LocalCapabilities(system=SYSTEM, system_features=frozenset({"kvm"}), max_jobs=1)
     world = make_world(drvs, [machine(B1)], local=local)
-    world.here.hiccups["connect"] = "nix-store --serve: cannot start"
+    world.store(B1).add([info_of(StorePath.parse(src_path(0)))])  # d0 needs nothing from here
+    world.here.hiccups["connect"] = "nix-store --serve: cannot start"  # so d1 meets this
     world.store(B1).on_build[drv_path(0)] = lambda _: world.console.wait_for("failed", 1)
     report = world.execute(1, 2, keep_going=True, local_jobs=1)
     assert [(f.drv_path, f.message) for f in report.failed] == [
