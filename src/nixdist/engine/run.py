@@ -23,6 +23,7 @@ runs and nothing can start for `STALL_S`, the run fails naming what it waited fo
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -249,18 +250,28 @@ class Run:
                 case Postpone():
                     busy.add(kind)
                 case Decline():
-                    self.picker.record(request, decision)
                     if can_build_locally(request, self.picker.local):
+                        self.picker.record(request, decision)
                         self.building_here.add(drv_path)
                         self._start(drv_path, self._build_here)
                         started = True
                         continue
+                    if self._waits_here(request):
+                        busy.add(kind)  # built here once a local build ends
+                        continue
+                    self.picker.record(request, decision)
                     report = render_no_machine_report(request, self.picker.machines)
                     why = "".join(f"\n  {line}" for line in render_rejections(decision))
                     self._fail(Failed(drv_path=drv_path, place="", message=report + why))
                 case _:  # pragma: no cover - exhaustiveness
                     assert_never(decision)
         return started
+
+    def _waits_here(self, request: BuildRequest) -> bool:
+        """Whether `request`, which no machine can take, is for this host once one of its
+        local slots (all taken now) is free: Nix builds a declined derivation when it has one."""
+        willing = dataclasses.replace(request, am_willing=True)
+        return self.options.local_jobs > 0 and can_build_locally(willing, self.picker.local)
 
     def _place(
         self, drv_path: str, request: BuildRequest, accepted: Accept, lease: SlotLease

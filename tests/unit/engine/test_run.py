@@ -959,3 +959,15 @@ def test_a_local_build_that_breaks_gives_its_slot_back(make_world: MakeWorld) ->
     ]
     assert report.built == 2
     assert world.nix_calls.read_text() == f"--realise {drv_path(2)} --builders  --max-jobs 1\n"
+
+
+def test_builds_only_this_host_can_do_wait_for_its_slot(make_world: MakeWorld) -> None:
+    """Two derivations need kvm, which only this host has, and -j 1: the second waits for the
+    local slot (Nix builds what the hook declines once it has one), it does not fail."""
+    drvs = graph_of((1, make_drv(1, features="kvm")), (2, make_drv(2, features="kvm")))
+    local = LocalCapabilities(system=SYSTEM, system_features=frozenset({"kvm"}), max_jobs=1)
+    world = make_world(drvs, [machine(B1)], local=local)
+    report = world.execute(1, 2, local_jobs=1)
+    assert not report.failed
+    assert report.built == 2
+    assert len(world.nix_calls.read_text().splitlines()) == 2
