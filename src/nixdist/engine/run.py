@@ -536,6 +536,9 @@ class Run:
             outputs = [StorePath.parse(o.path) for o in drv.outputs.values() if o.path]
             infos = session.query_path_infos(session.query_closure(outputs))
             self.places.add(infos.values(), HERE)
+        except SourceLostError as err:  # the builder an input came from: as for a remote build
+            self.sessions.discard(session)
+            return Lost(drv_path=drv_path, machine=self._machine(err.place), reason=str(err))
         except BaseException:
             self.sessions.discard(session)
             raise

@@ -971,3 +971,20 @@ def test_builds_only_this_host_can_do_wait_for_its_slot(make_world: MakeWorld) -
     assert not report.failed
     assert report.built == 2
     assert len(world.nix_calls.read_text().splitlines()) == 2
+
+
+def test_a_lost_source_of_a_local_build_is_marked_down_and_the_build_retried(
+    make_world: MakeWorld,
+) -> None:
+    """As for a build on a builder: d1's output, relayed from b1 for d2's build here, is lost
+    with b1; b1 is down, d1 is built again on b2, then d2 here."""
+    drvs = graph_of((1, make_drv(1)), (2, make_drv(2, [1], features="kvm")))
+    local = LocalCapabilities(system=SYSTEM, system_features=frozenset({"kvm"}), max_jobs=1)
+    world = make_world(drvs, [machine(B1), machine(B2)], local=local)
+    world.store(B1).faults["dump"] = "b1: broken pipe"
+    report = world.execute(2, local_jobs=1)
+    assert not report.failed
+    assert report.built == 2
+    assert world.picker.down == {B1: "b1: broken pipe"}
+    assert world.farm.built_on(1) == [B1, B2]
+    assert world.nix_calls.read_text() == f"--realise {drv_path(2)} --builders  --max-jobs 1\n"
