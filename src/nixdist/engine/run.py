@@ -530,17 +530,18 @@ class Run:
         try:
             bring(closure, to=HERE, destination=session, places=self.places, sessions=self.sessions)
             message = realise_here(drv_path, self.environ)
-            if message is not None:
-                return Failed(drv_path=drv_path, place=HERE, message=message)
-            drv = self.drvs[drv_path]
-            outputs = [StorePath.parse(o.path) for o in drv.outputs.values() if o.path]
-            infos = session.query_path_infos(session.query_closure(outputs))
-            self.places.add(infos.values(), HERE)
+            if message is None:
+                drv = self.drvs[drv_path]
+                outputs = [StorePath.parse(o.path) for o in drv.outputs.values() if o.path]
+                infos = session.query_path_infos(session.query_closure(outputs))
+                self.places.add(infos.values(), HERE)
         except SourceLostError as err:  # the builder an input came from: as for a remote build
             self.sessions.discard(session)
             return Lost(drv_path=drv_path, machine=self._machine(err.place), reason=str(err))
         except BaseException:
             self.sessions.discard(session)
             raise
-        self.sessions.give_back(HERE, session)
+        self.sessions.give_back(HERE, session)  # between commands, the build failed or not
+        if message is not None:
+            return Failed(drv_path=drv_path, place=HERE, message=message)
         return Built(drv_path=drv_path, place=HERE)

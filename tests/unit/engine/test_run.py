@@ -486,6 +486,9 @@ class RecordingConsole(Console):
 FAKE_NIX_STORE: Final = """#!/bin/sh
 # nix-store --realise DRV --builders '' --max-jobs 1, as nixdist runs it for a build here
 printf '%s\\n' "$*" >> "$FAKE_NIX_CALLS"
+case " $FAKE_NIX_FAILS " in
+*" $2 "*) printf "error: builder for '%s' failed with exit code 1\\n" "$2" >&2; exit 1 ;;
+esac
 printf '%s\\n' "$2" >> "$FAKE_REALISED"
 """
 
@@ -529,6 +532,7 @@ class World:
             "NIX_LOG_DIR": str(tmp_path / "log"),
             "FAKE_NIX_CALLS": str(self.nix_calls),
             "FAKE_REALISED": str(self.here.realised),
+            "FAKE_NIX_FAILS": "",  # the drv paths nix-store --realise fails, space-separated
         }
 
     @property
@@ -988,3 +992,17 @@ def test_a_lost_source_of_a_local_build_is_marked_down_and_the_build_retried(
     assert world.picker.down == {B1: "b1: broken pipe"}
     assert world.farm.built_on(1) == [B1, B2]
     assert world.nix_calls.read_text() == f"--realise {drv_path(2)} --builders  --max-jobs 1\n"
+
+
+def test_a_failed_local_build_gives_its_session_back(make_world: MakeWorld) -> None:
+    """nix-store --realise fails: the build fails with Nix's words, and the session with the
+    local store is given back (it was left taken: a nix-store --serve open to the end)."""
+    drvs = graph_of((1, make_drv(1)))
+    local = LocalCapabilities(system=SYSTEM, max_jobs=1)
+    world = make_world(drvs, [], local=local)
+    world.environ["FAKE_NIX_FAILS"] = drv_path(1)
+    report = world.execute(1, local_jobs=1)
+    assert [(f.drv_path, f.place, f.message) for f in report.failed] == [
+        (drv_path(1), HERE, f"error: builder for '{drv_path(1)}' failed with exit code 1")
+    ]
+    assert _failed_status(report) == EXIT_BUILD_FAILED
