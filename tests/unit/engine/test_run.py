@@ -132,6 +132,11 @@ def info_of(path: StorePath) -> PathInfo:
     )
 
 
+def wait(event: threading.Event) -> None:
+    if not event.wait(WAIT_S):
+        raise AssertionError(f"waited {WAIT_S:g} s in vain")
+
+
 def lost(name: str, reason: str) -> TransportError:
     """The error a session raises when its store goes away: it names that store."""
     err = TransportError(reason)
@@ -393,6 +398,7 @@ class FakePicker:
         self.recorded: list[tuple[str, str]] = []  # (drv path, decision) written down
         self.leases: list[SlotLease] = []
         self.before_deciding: Callable[[BuildRequest], None] | None = None
+        self.decided = defaultdict[str, threading.Event](threading.Event)  # by drv path
 
     def decide(
         self, request: BuildRequest, *, among: frozenset[str] | None = None
@@ -426,6 +432,7 @@ class FakePicker:
         if isinstance(decision, Accept) and kept is not None:
             self.accepted.append((request.drv_path, decision.machine.uri))
             self.leases.append(kept)
+        self.decided[request.drv_path].set()
         return decision, kept
 
     def record(self, request: BuildRequest, decision: Decision) -> None:
@@ -805,6 +812,8 @@ def test_a_failed_build_stops_new_starts_without_keep_going(
 ) -> None:
     world = make_world(failing_graph(), [machine(B1)])
     world.farm.results[drv_path(1)] = BuildResult(status=status, error_msg="exit code 1")
+    # d1 fails only once d3 has been asked about (and postponed: b1's one slot is d1's).
+    world.store(B1).on_build[drv_path(1)] = lambda _: wait(world.picker.decided[drv_path(3)])
     run = world.run(2, 3)
     report = run.execute()
     world.check_after(run)
