@@ -355,7 +355,9 @@ class Run:
             self.stopping = True
 
     def _lost(self, drv_path: str, machine: Machine, reason: str) -> None:
-        """`machine` failed under the build of `drv_path`: down, and the build again."""
+        """`machine` failed under the build of `drv_path`: down, and the build again (or,
+        after max-attempts builders, failed); what only `machine` had and is still needed
+        is built again too."""
         self.picker.mark_down(machine, reason)
         self.places.forget_place(machine.uri)
         self.sessions.forget(machine.uri)
@@ -363,9 +365,11 @@ class Run:
         if attempts >= self.picker.config.max_attempts:
             message = f"gave up after {attempts} builders; the last, '{machine.uri}': {reason}"
             self._fail(Failed(drv_path=drv_path, place=machine.uri, message=message))
-            return
-        self.console.moved(drv_path, machine.uri, reason)
-        self.graph.requeue(drv_path)
+            if self.stopping:
+                return  # nothing new starts: nothing is built again
+        else:
+            self.console.moved(drv_path, machine.uri, reason)
+            self.graph.requeue(drv_path)
         for node in self._lost_outputs():
             self.console.moved(node, machine.uri, "its outputs were only there")
             self.graph.reopen(node)

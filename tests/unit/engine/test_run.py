@@ -1015,3 +1015,24 @@ def test_a_failed_local_build_gives_its_session_back(make_world: MakeWorld) -> N
         (drv_path(1), HERE, f"error: builder for '{drv_path(1)}' failed with exit code 1")
     ]
     assert _failed_status(report) == EXIT_BUILD_FAILED
+
+
+def test_outputs_lost_with_a_builder_given_up_on_are_built_again(make_world: MakeWorld) -> None:
+    """With --keep-going and max-attempts 1, d3's only attempt loses b1: d3 fails, and d1's
+    output, which only b1 had, is built again for d2 (which waited for b2's one slot behind
+    d4) instead of d2 failing for an input valid nowhere."""
+    drvs = graph_of((1, make_drv(1)), (2, make_drv(2, [1])), (3, make_drv(3)), (4, make_drv(4)))
+    world = make_world(drvs, [machine(B1, max_jobs=2), machine(B2)], max_attempts=1)
+    world.picker.pins = {drv_path(1): B1, drv_path(3): B1, drv_path(2): B2, drv_path(4): B2}
+
+    def lose_b1(session: FakeSession) -> None:
+        world.console.wait_for("built", 1)
+        session.store.lose("b1 was switched off")
+
+    world.store(B1).on_build[drv_path(3)] = lose_b1
+    world.store(B2).on_build[drv_path(4)] = lambda _: world.console.wait_for("failed", 3)
+    report = world.execute(2, 3, 4, keep_going=True)
+    assert [(f.drv_path, f.place) for f in report.failed] == [(drv_path(3), B1)]
+    assert world.farm.built_on(1) == [B1, B2]
+    assert world.farm.built_on(2) == [B2]
+    assert report.built == 3
