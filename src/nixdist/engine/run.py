@@ -367,6 +367,9 @@ class Run:
             self._fail(Failed(drv_path=drv_path, place=machine.uri, message=message))
             if self.stopping:
                 return  # nothing new starts: nothing is built again
+        elif self.stopping:  # after a failure without --keep-going nothing new starts
+            self.graph.requeue(drv_path)
+            return
         else:
             self.console.moved(drv_path, machine.uri, reason)
             self.graph.requeue(drv_path)
@@ -405,7 +408,9 @@ class Run:
         try:
             return self._attempt(drv_path, machine, record)
         except BaseException as err:
-            record.finish(Outcome.INTERRUPTED, error=f"{type(err).__name__}: {err}")
+            stopped = self.interrupted.is_set() or not isinstance(err, Exception)
+            outcome = Outcome.INTERRUPTED if stopped else Outcome.ERROR  # ERROR: a bug of ours
+            record.finish(outcome, error=f"{type(err).__name__}: {err}")
             raise
         finally:
             lease.release()
