@@ -19,7 +19,7 @@ from nixdist.engine.estimates import Estimates
 from nixdist.engine.places import HERE, Places
 from nixdist.engine.results import add_roots, fetch_here, out_link_names, target_outputs
 from nixdist.engine.run import Run, RunOptions
-from nixdist.engine.sessions import Sessions
+from nixdist.engine.sessions import Sessions, store_opener
 from nixdist.engine.targets import (
     Expression,
     Target,
@@ -106,10 +106,12 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
     )
     picker = MachinePicker(machines, hook_settings, load_settings(environ), environ, console)
     sessions = Sessions(
-        store=store,
-        machines={m.uri: m for m in machines},
-        masters=picker.masters,
-        environ=environ,
+        store_opener(
+            store=store,
+            machines={m.uri: m for m in machines},
+            masters=picker.masters,
+            environ=environ,
+        )
     )
     try:
         return _plan_and_run(args, options, targets, drvs, picker, sessions, environ, console)
@@ -143,7 +145,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
         picker=picker,
         places=places,
         sessions=sessions,
-        store=sessions.store,
+        store=DEFAULT_LOCAL_STORE,
         environ=environ,
         console=console,
         options=options,

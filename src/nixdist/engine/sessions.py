@@ -85,22 +85,19 @@ class SessionPool(Protocol):
 class Sessions:
     """Idle sessions per store (`HERE` or a builder's URI), and the ones in use."""
 
-    def __init__(
-        self,
-        *,
-        store: LocalStore,
-        machines: Mapping[str, Machine],
-        masters: ControlMasters,
-        environ: Mapping[str, str],
-    ) -> None:
-        self.store = store
-        self._machines = machines
-        self._masters = masters
-        self._environ = environ
+    def __init__(self, open_session: Callable[[str], StoreSession]) -> None:
+        """`open_session` opens a new session with a place (`store_opener`'s, in a run)."""
+        self._open = open_session
         self._lock = threading.Lock()
         self._idle: dict[str, list[StoreSession]] = {}
         self._busy: set[StoreSession] = set()
         self._closed = False
+
+    @property
+    def in_use(self) -> int:
+        """How many sessions are taken and not given back or discarded."""
+        with self._lock:
+            return len(self._busy)
 
     def take(self, place: str) -> StoreSession:
         """A session with `place`: an idle one, else a new one (`TransportError` or
@@ -125,21 +122,6 @@ class Sessions:
     def _check_open(self) -> None:
         if self._closed:
             raise InterruptedError("the run is over: no session may be opened")
-
-    def _open(self, place: str) -> RemoteStore:
-        if place == HERE:
-            return ServeStore.open_local(self.store, self._environ)
-        target = target_for_machine(self._machines[place], self._environ)
-        try:
-            return open_remote(target, self._masters, self._environ)
-        except ServeGreetingError as err:
-            if not err.eof:
-                raise
-            # Once more: Nix (2.8) opening a store for the first time can lose a race with
-            # another process doing the same ("creating symlink … File exists"), and a run
-            # opens several sessions with a builder at once.
-            time.sleep(REOPEN_DELAY_S)
-            return open_remote(target, self._masters, self._environ)
 
     def give_back(self, place: str, session: StoreSession) -> None:
         """`session` is done with and in a known state: keep it for the next user."""
@@ -181,3 +163,31 @@ class Sessions:
             self._idle.clear()
         for session in idle:
             session.close()
+
+
+def store_opener(
+    *,
+    store: LocalStore,
+    machines: Mapping[str, Machine],
+    masters: ControlMasters,
+    environ: Mapping[str, str],
+) -> Callable[[str], StoreSession]:
+    """How a run opens a session: the local ``nix-store --serve`` for `HERE`, else the
+    machine's store over its control master (`nixdist.store.remote.open_remote`)."""
+
+    def open_session(place: str) -> RemoteStore:
+        if place == HERE:
+            return ServeStore.open_local(store, environ)
+        target = target_for_machine(machines[place], environ)
+        try:
+            return open_remote(target, masters, environ)
+        except ServeGreetingError as err:
+            if not err.eof:
+                raise
+            # Once more: Nix (2.8) opening a store for the first time can lose a race with
+            # another process doing the same ("creating symlink … File exists"), and a run
+            # opens several sessions with a builder at once.
+            time.sleep(REOPEN_DELAY_S)
+            return open_remote(target, masters, environ)
+
+    return open_session

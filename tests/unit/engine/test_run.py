@@ -29,6 +29,7 @@ from nixdist.engine.console import Console
 from nixdist.engine.driver import EXIT_BUILD_FAILED, EXIT_OTHER, EXIT_TIMED_OUT, _failed_status
 from nixdist.engine.places import HERE, Places
 from nixdist.engine.run import Run, RunOptions
+from nixdist.engine.sessions import Sessions
 from nixdist.errors import StoreRefusedError, TransportError
 from nixdist.hook.picker import SUPPORTED_SCHEMES
 from nixdist.model.derivation import Derivation, DerivationOutput
@@ -311,64 +312,23 @@ class FakeSession:
         self._log_fd = None
 
 
-class FakeSessions:
-    """`engine.sessions.Sessions` over the farm's stores: idle sessions reused, a failed one
-    aborted, none opened once the run is over."""
+class RecordingSessions(Sessions):
+    """The run's real session pool over the farm's stores, remembering the places it was
+    told to forget."""
 
     def __init__(self, farm: Farm) -> None:
+        super().__init__(self._open_fake)
         self.farm = farm
-        self._lock = threading.Lock()
-        self._idle: dict[str, list[StoreSession]] = {}
-        self.busy: set[StoreSession] = set()
         self.forgotten: list[str] = []
-        self.aborted: list[StoreSession] = []
-        self._closed = False
 
-    def take(self, place: str) -> StoreSession:
-        with self._lock:
-            if self._closed:
-                raise InterruptedError("the run is over: no session may be opened")
-            if idle := self._idle.get(place):
-                session = idle.pop()
-                self.busy.add(session)
-                return session
+    def _open_fake(self, place: str) -> StoreSession:
         store = self.farm.stores[place]
         store.check("connect")
-        new = FakeSession(store)
-        with self._lock:
-            self.busy.add(new)
-        return new
-
-    def give_back(self, place: str, session: StoreSession) -> None:
-        with self._lock:
-            self.busy.discard(session)
-            self._idle.setdefault(place, []).append(session)
-
-    def discard(self, session: StoreSession) -> None:
-        with self._lock:
-            self.busy.discard(session)
-            self.aborted.append(session)
-        session.abort()
+        return FakeSession(store)
 
     def forget(self, place: str) -> None:
-        with self._lock:
-            self.forgotten.append(place)
-            idle = self._idle.pop(place, [])
-        for session in idle:
-            session.abort()
-
-    def abort_all(self) -> None:
-        with self._lock:
-            self._closed = True
-            sessions = [*self.busy, *(s for idle in self._idle.values() for s in idle)]
-            self.aborted += sessions
-            self.busy.clear()
-            self._idle.clear()
-        for session in sessions:
-            session.abort()
-
-    def close(self) -> None:
-        self.abort_all()
+        self.forgotten.append(place)
+        super().forget(place)
 
 
 # -- the picker and the console ---------------------------------------------------------------
@@ -522,7 +482,7 @@ class World:
             local=local or LocalCapabilities(system=SYSTEM, max_jobs=0),
         )
         self.farm = Farm(drvs, [HERE, *(m.uri for m in machines)])
-        self.sessions = FakeSessions(self.farm)
+        self.sessions = RecordingSessions(self.farm)
         self.console = RecordingConsole()
         self.places = Places()
         sources = [info_of(StorePath.parse(p)) for d in drvs.values() for p in d.input_srcs]
@@ -573,7 +533,7 @@ class World:
     def check_after(self, run: Run) -> None:
         """What holds after every run: nothing left running, held or half-built."""
         assert not run.threads
-        assert not self.sessions.busy
+        assert self.sessions.in_use == 0
         assert all(not lease.held for lease in self.picker.leases)
         assert self.farm.problems == []
 
