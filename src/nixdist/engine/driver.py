@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from nixdist.engine.console import Console
     from nixdist.engine.run import RunReport
     from nixdist.model.derivation import Derivation
+    from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.scheduler.graph import BuildGraph
 
@@ -114,7 +115,9 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
         )
     )
     try:
-        return _plan_and_run(args, options, targets, drvs, picker, sessions, environ, console)
+        return _plan_and_run(
+            args, options, targets, drvs, picker, sessions, store, environ, console
+        )
     finally:
         sessions.close()
         picker.close()
@@ -127,6 +130,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     drvs: Mapping[str, Derivation],
     picker: MachinePicker,
     sessions: Sessions,
+    store: LocalStore,
     environ: Mapping[str, str],
     console: Console,
 ) -> BuildOutcome:
@@ -145,7 +149,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
         picker=picker,
         places=places,
         sessions=sessions,
-        store=DEFAULT_LOCAL_STORE,
+        store=store,
         environ=environ,
         console=console,
         options=options,
