@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 
 GRAPH = FIXTURES / "graph.nix"
 NIXDIST = Path(sys.executable).with_name("nixdist")
-CLIENTS = ("2.8", "2.34")
+CLIENTS = ("2.8", "2.26", "2.34")
 BUILDERS = (
     make_spec("a1", features=["fa"], jobs=2),
     make_spec("a2", features=["fa"], jobs=2),
