@@ -79,15 +79,14 @@ def bring(
     no source); a failure of the destination's propagates with its `peer`, as from
     `copy_paths`.
     """
-    # What the run knows is there already is left out; each run's copy asks the destination
-    # about the rest itself (one round trip per run, none when nothing is missing).
-    missing = {path: info for path, info in closure.items() if to not in places.where(path)}
+    valid = destination.query_valid_paths(closure.keys(), substitute=substitute)
+    missing = {path: info for path, info in closure.items() if path not in valid}
     by_source: dict[str, int] = {}
     paths = 0
     for source, run in runs_by_source(missing, lambda p: places.source(p, avoid=to)):
         session = sessions.take(source)
         try:
-            report = copy_paths(session, destination, run, claims=claims, substitute=substitute)
+            report = copy_paths(session, destination, run, claims=claims)
         except NixdistError as err:
             sessions.discard(session)
             if err.peer == session.name:

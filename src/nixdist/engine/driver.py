@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from nixdist.engine.console import Console
     from nixdist.engine.run import RunReport
     from nixdist.model.derivation import Derivation
-    from nixdist.model.local_store import LocalStore
     from nixdist.model.machines import Machine
     from nixdist.scheduler.graph import BuildGraph
 
@@ -115,9 +114,7 @@ def build(args: BuildArgs, environ: Mapping[str, str], console: Console) -> Buil
         )
     )
     try:
-        return _plan_and_run(
-            args, options, targets, drvs, picker, sessions, store, environ, console
-        )
+        return _plan_and_run(args, options, targets, drvs, picker, sessions, environ, console)
     finally:
         sessions.close()
         picker.close()
@@ -130,7 +127,6 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
     drvs: Mapping[str, Derivation],
     picker: MachinePicker,
     sessions: Sessions,
-    store: LocalStore,
     environ: Mapping[str, str],
     console: Console,
 ) -> BuildOutcome:
@@ -149,7 +145,7 @@ def _plan_and_run(  # noqa: PLR0917 - the steps of one build, in order
         picker=picker,
         places=places,
         sessions=sessions,
-        store=store,
+        store=DEFAULT_LOCAL_STORE,
         environ=environ,
         console=console,
         options=options,
